@@ -1,0 +1,208 @@
+"""Plugin discovery: one pluggy ``PluginManager``, entry-point group ``hyperkd``.
+
+Discovery rules (the pytest/datasette model):
+
+* every entry point in the ``hyperkd`` group is a plugin module; it is imported and
+  registered with the manager under the entry point's name;
+* plugins shipped inside the ``hyperkd`` distribution itself (``plugins/`` in the source
+  tree) are *built-in* and always load;
+* ``HYPERKD_DISABLE_PLUGIN_AUTOLOAD=1`` skips every third-party entry point;
+  ``HYPERKD_PLUGINS=a,b`` then loads just the named ones;
+* a plugin that fails to import or to register is recorded (name + error), reported by
+  ``hyperkd plugins list`` and skipped — it never takes the CLI down.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import threading
+import traceback
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from hyperkd import hookspecs
+from hyperkd.errors import HyperKDError
+from hyperkd.registry import REGISTRIES, provider
+
+GROUP = "hyperkd"
+"""The entry-point group plugins register under."""
+DISABLE_ENV = "HYPERKD_DISABLE_PLUGIN_AUTOLOAD"
+ENABLE_ENV = "HYPERKD_PLUGINS"
+BUILTIN_DIST = "hyperkd"
+
+hookimpl = pluggy.HookimplMarker("hyperkd")
+"""Decorator marking a plugin's hook implementations."""
+
+
+@dataclass
+class PluginInfo:
+    """What is known about one discovered plugin."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    status: str = "loaded"  # loaded | failed | disabled
+    error: str | None = None
+    components: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "status": self.status,
+            "error": self.error,
+            "components": self.components,
+        }
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.loaded = False
+        self.loading = False
+        self.pm: pluggy.PluginManager | None = None
+        self.infos: dict[str, PluginInfo] = {}
+
+
+_state = _State()
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _entry_points() -> list[md.EntryPoint]:
+    eps = md.entry_points(group=GROUP)
+    seen: dict[str, md.EntryPoint] = {}
+    for ep in eps:  # the same dist can be visible twice (editable + sys.path); keep first
+        seen.setdefault(ep.name, ep)
+    return sorted(seen.values(), key=lambda e: (not _is_builtin(e), e.name))
+
+
+def _is_builtin(ep: md.EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.metadata["Name"] == BUILTIN_DIST
+
+
+def _components_of(name: str) -> list[dict[str, str]]:
+    return [
+        {"kind": e.kind, "name": e.name}
+        for reg in REGISTRIES.values()
+        for e in reg._entries.values()  # noqa: SLF001 - avoid recursive load
+        if e.provider == name
+    ]
+
+
+def _register_plugin(pm: pluggy.PluginManager, name: str, module: ModuleType) -> None:
+    pm.register(module, name=name)
+    impls = [i for i in pm.hook.hyperkd_register.get_hookimpls() if i.plugin_name == name]
+    with provider(name):
+        for impl in impls:
+            impl.function()
+
+
+def _rollback(name: str) -> None:
+    for reg in REGISTRIES.values():
+        for entry in [e for e in reg._entries.values() if e.provider == name]:  # noqa: SLF001
+            reg.remove(entry.name)
+
+
+def load_plugins(*, force: bool = False) -> pluggy.PluginManager:
+    """Discover and load plugins once per process; returns the plugin manager.
+
+    ``force=True`` forgets what was loaded (registrations included) and discovers again —
+    used by tests that install plugins at run time.
+    """
+    with _state.lock:
+        if _state.loading:  # a plugin's registration triggered a lookup: do not recurse
+            assert _state.pm is not None
+            return _state.pm
+        if _state.loaded and not force:
+            assert _state.pm is not None
+            return _state.pm
+        if force:
+            for name in list(_state.infos):
+                _rollback(name)
+        _state.loading = True
+        _state.pm = pm = _new_manager()
+        _state.infos = {}
+        try:
+            autoload = not _truthy(os.environ.get(DISABLE_ENV))
+            wanted = {
+                s.strip() for s in os.environ.get(ENABLE_ENV, "").split(",") if s.strip()
+            }
+            for ep in _entry_points():
+                builtin = _is_builtin(ep)
+                dist = getattr(ep, "dist", None)
+                info = PluginInfo(
+                    name=ep.name,
+                    module=ep.value,
+                    distribution=dist.metadata["Name"] if dist else None,
+                    version=dist.version if dist else None,
+                    builtin=builtin,
+                )
+                _state.infos[ep.name] = info
+                if not (builtin or autoload or ep.name in wanted):
+                    info.status = "disabled"
+                    continue
+                try:
+                    module = ep.load()
+                    _register_plugin(pm, ep.name, module)
+                except Exception as exc:  # noqa: BLE001 - a broken plugin must not be fatal
+                    _rollback(ep.name)
+                    if pm.get_plugin(ep.name) is not None:
+                        pm.unregister(name=ep.name)
+                    info.status = "failed"
+                    info.error = f"{type(exc).__name__}: {exc}"
+                    info.components = []
+                    if _truthy(os.environ.get("HYPERKD_DEBUG")):
+                        traceback.print_exc()
+                    continue
+                info.components = _components_of(ep.name)
+        finally:
+            _state.loading = False
+            _state.loaded = True
+        return pm
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (plugins loaded on first use)."""
+    return load_plugins()
+
+
+def plugin_infos() -> list[PluginInfo]:
+    """Every discovered plugin with its status, error and components."""
+    load_plugins()
+    return list(_state.infos.values())
+
+
+def failed_plugins() -> list[PluginInfo]:
+    """Plugins that failed to load (reported by the CLI as warnings)."""
+    return [i for i in plugin_infos() if i.status == "failed"]
+
+
+def require_plugin_for(kind: str, name: str) -> None:
+    """Raise a clear error naming what is missing when ``name`` is not registered."""
+    reg = REGISTRIES[kind]
+    if name not in reg:
+        broken = [i.name for i in failed_plugins()]
+        extra = f" Plugins that failed to load: {', '.join(broken)}." if broken else ""
+        raise HyperKDError(
+            f"no installed plugin provides {kind} {name!r}.{extra} "
+            "Install the plugin that provides it, then check `hyperkd plugins list`."
+        )
