@@ -27,6 +27,15 @@ sensors_app = typer.Typer(help="Registered sensors and their band tables.", no_a
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(sensors_app, name="sensors")
 
+
+def _add_core_commands() -> None:
+    from hyperkd.cli.data import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_add_core_commands()
+
 console = Console()
 err_console = Console(stderr=True)
 _debug = {"on": False}

@@ -1,0 +1,3 @@
+"""``hyperkd data synth``: synthetic scenes for any registered sensor."""
+
+from __future__ import annotations
