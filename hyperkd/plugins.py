@@ -26,7 +26,7 @@ import pluggy
 
 from hyperkd import hookspecs
 from hyperkd.errors import HyperKDError
-from hyperkd.registry import REGISTRIES, provider
+from hyperkd.registry import REGISTRIES, Entry, provider
 
 GROUP = "hyperkd"
 """The entry-point group plugins register under."""
@@ -71,6 +71,9 @@ class _State:
         self.loading = False
         self.pm: pluggy.PluginManager | None = None
         self.infos: dict[str, PluginInfo] = {}
+        # what each plugin module registered, so a forced rediscovery can restore it
+        # (import-time decorators do not run twice for a module that is already imported)
+        self.registered: dict[str, tuple[ModuleType, list[Entry]]] = {}
 
 
 _state = _State()
@@ -103,22 +106,34 @@ def _components_of(name: str) -> list[dict[str, str]]:
     return [
         {"kind": e.kind, "name": e.name}
         for reg in REGISTRIES.values()
-        for e in reg._entries.values()  # noqa: SLF001 - avoid recursive load
+        for e in reg._entries.values()
         if e.provider == name
     ]
 
 
 def _register_plugin(pm: pluggy.PluginManager, name: str, module: ModuleType) -> None:
     pm.register(module, name=name)
+    cached = _state.registered.get(name)
+    if cached is not None and cached[0] is module:
+        for e in cached[1]:
+            REGISTRIES[e.kind].add(
+                e.name, e.obj, description=e.description, aliases=e.aliases,
+                provider=e.provider, metadata=e.metadata,
+            )
+        return
     impls = [i for i in pm.hook.hyperkd_register.get_hookimpls() if i.plugin_name == name]
     with provider(name):
         for impl in impls:
             impl.function()
+    _state.registered[name] = (
+        module,
+        [e for reg in REGISTRIES.values() for e in reg._entries.values() if e.provider == name],
+    )
 
 
 def _rollback(name: str) -> None:
     for reg in REGISTRIES.values():
-        for entry in [e for e in reg._entries.values() if e.provider == name]:  # noqa: SLF001
+        for entry in [e for e in reg._entries.values() if e.provider == name]:
             reg.remove(entry.name)
 
 
@@ -163,7 +178,7 @@ def load_plugins(*, force: bool = False) -> pluggy.PluginManager:
                 try:
                     module = ep.load()
                     _register_plugin(pm, ep.name, module)
-                except Exception as exc:  # noqa: BLE001 - a broken plugin must not be fatal
+                except Exception as exc:
                     _rollback(ep.name)
                     if pm.get_plugin(ep.name) is not None:
                         pm.unregister(name=ep.name)

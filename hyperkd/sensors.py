@@ -76,7 +76,7 @@ class Band:
             "name": self.name,
             "center_nm": self.center_nm,
             "fwhm_nm": self.fwhm_nm,
-            "range_nm": list(self.range),
+            "range_nm": list(self.range_nm) if self.range_nm is not None else None,
             "gain": self.gain,
             "offset": self.offset,
             "mean": self.mean,
@@ -87,13 +87,13 @@ class Band:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, explicit_range: bool = True) -> Band:
+    def from_dict(cls, d: Mapping[str, Any]) -> Band:
         rng = d.get("range_nm")
         return cls(
             name=str(d["name"]),
             center_nm=float(d["center_nm"]),
             fwhm_nm=float(d["fwhm_nm"]),
-            range_nm=(float(rng[0]), float(rng[1])) if (rng and explicit_range) else None,
+            range_nm=(float(rng[0]), float(rng[1])) if rng else None,
             gain=float(d.get("gain", 1.0)),
             offset=float(d.get("offset", 0.0)),
             mean=None if d.get("mean") is None else float(d["mean"]),

@@ -204,7 +204,7 @@ def _install_plugin_commands() -> None:
 
     try:
         plugin_manager().hook.hyperkd_cli(app=app)
-    except Exception as exc:  # noqa: BLE001 - a plugin's CLI hook must not break the CLI
+    except Exception as exc:
         err_console.print(f"[yellow]warning:[/] a plugin's CLI hook failed: {exc}", highlight=False)
 
 
@@ -226,12 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except typer.Abort:
         err_console.print("aborted")
         return 130
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
+    except Exception as exc:  # click usage errors (typer vendors click, so duck-type them)
+        show = getattr(exc, "show", None)
+        code = getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return code
         raise
     return rc if isinstance(rc, int) else 0
 

@@ -9,7 +9,8 @@ product's own METADATA.XML values.
 Band selections on ``enmap``:
 
 * ``torchgeo-202`` (the default): torchgeo's EnMAP default, B1-126, B142-160, B168-224 —
-  the bands inside the 1.4 um and 1.9 um water-vapour absorptions are dropped;
+  drops the 22 bands on the flanks of the 1.4 um and 1.9 um water-vapour absorptions
+  (1295-1519 nm and 1739-1968 nm; the absorption cores are not in L2A products at all);
 * ``all``: every band.
 
 ``enmap-218``: the 218-band table of DLR's pre-launch L2A test products, the band count

@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:
+#   make demo   set up .venv and run the main job on the embedded (synthetic) default
+#   make test   set up .venv and run the linters and the test suite
+#
+# torch/torchvision are pinned through constraints.txt (they install from local disk on our
+# machines); pyproject.toml itself leaves them open for users.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.hyperkd-installed
+DEMO_OUT ?= demo
+
+.PHONY: demo test lint install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hyperkd quickstart --out $(DEMO_OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache build *.egg-info

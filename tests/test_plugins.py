@@ -1,0 +1,142 @@
+"""Plugin discovery through real entry points (installed distributions on sys.path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hyperkd.plugins import load_plugins, plugin_infos
+from hyperkd.registry import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+HYPERKD = str(Path(sys.executable).with_name("hyperkd"))
+
+
+def make_dist(site: Path, dist: str, ep_name: str, module: str, source: str) -> None:
+    """Install a one-module distribution into ``site`` by hand: dist-info + entry_points.txt.
+
+    This is what pip leaves behind, so importlib.metadata discovers it exactly as it
+    discovers a pip-installed plugin.
+    """
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text(f"[hyperkd]\n{ep_name} = {module}\n")
+
+
+def test_builtin_plugins_found_through_entry_points():
+    infos = {i.name: i for i in plugin_infos()}
+    for name in ("prithvi", "enmap"):
+        assert infos[name].status == "loaded", infos[name].error
+        assert infos[name].builtin
+        assert infos[name].distribution == "hyperkd"
+    assert {"kind": "sensor", "name": "enmap"} in infos["enmap"].components
+    assert {"kind": "sensor", "name": "hls"} in infos["prithvi"].components
+    assert registry("sensor").get("enmap").provider == "enmap"
+
+
+def test_broken_plugins_are_reported_and_skipped(tmp_path, plugin_env):
+    make_dist(tmp_path, "hyperkd-broken", "broken", "hkd_broken", "raise ImportError('no module named foo')\n")
+    make_dist(
+        tmp_path,
+        "hyperkd-dup",
+        "dup",
+        "hkd_dup",
+        """
+        from hyperkd.plugins import hookimpl
+        from hyperkd.registry import register
+        from hyperkd.sensors import Band, Sensor
+
+        @hookimpl
+        def hyperkd_register():
+            register("sensor", "dup-ok")(lambda: None)
+            register("sensor", "enmap")(lambda: None)  # collides with the built-in
+        """,
+    )
+    plugin_env.syspath_prepend(str(tmp_path))
+    load_plugins(force=True)
+    infos = {i.name: i for i in plugin_infos()}
+    assert infos["broken"].status == "failed"
+    assert "ImportError: no module named foo" in infos["broken"].error
+    assert infos["dup"].status == "failed"
+    assert "'enmap' is already registered by plugin 'enmap'" in infos["dup"].error
+    assert "'dup'" in infos["dup"].error
+    # the failed plugin's partial registrations were rolled back; the built-ins still work
+    assert "dup-ok" not in registry("sensor")
+    assert registry("sensor").get("enmap").provider == "enmap"
+    assert infos["enmap"].status == "loaded"
+
+
+def test_autoload_can_be_turned_off(tmp_path, plugin_env):
+    make_dist(
+        tmp_path,
+        "hyperkd-tiny",
+        "tiny",
+        "hkd_tiny",
+        """
+        from hyperkd.plugins import hookimpl
+        from hyperkd.registry import register
+        from hyperkd.sensors import Band, Sensor
+
+        @hookimpl
+        def hyperkd_register():
+            register("sensor", "tiny-sensor")(
+                lambda: Sensor(name="tiny-sensor", bands=(Band("a", 500, 10),), gsd_m=10)
+            )
+        """,
+    )
+    plugin_env.syspath_prepend(str(tmp_path))
+    plugin_env.setenv("HYPERKD_DISABLE_PLUGIN_AUTOLOAD", "1")
+    load_plugins(force=True)
+    infos = {i.name: i for i in plugin_infos()}
+    assert infos["tiny"].status == "disabled"
+    assert infos["enmap"].status == "loaded"  # built-ins always load
+    assert "tiny-sensor" not in registry("sensor")
+    plugin_env.setenv("HYPERKD_PLUGINS", "tiny")
+    load_plugins(force=True)
+    assert "tiny-sensor" in registry("sensor")
+
+
+@pytest.fixture(scope="module")
+def prisma_site(tmp_path_factory) -> Path:
+    """The example plugin, installed for real by pip into a private site folder."""
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(site), str(ROOT / "examples/hyperkd-prisma")],
+        check=True,
+    )
+    return site
+
+
+def _cli(args: list[str], site: Path, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(site), **env_extra}
+    return subprocess.run([HYPERKD, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_example_plugin_installed_with_pip_is_discovered(prisma_site):
+    assert list(prisma_site.glob("hyperkd_prisma-0.1.0.dist-info/entry_points.txt"))
+    out = _cli(["plugins", "list", "--json"], prisma_site)
+    assert out.returncode == 0, out.stderr
+    plugins = {p["name"]: p for p in json.loads(out.stdout)}
+    assert plugins["prisma"]["status"] == "loaded"
+    assert plugins["prisma"]["distribution"] == "hyperkd-prisma"
+    assert plugins["prisma"]["builtin"] is False
+    assert plugins["prisma"]["components"] == [{"kind": "sensor", "name": "prisma"}]
+    out = _cli(["sensors", "show", "prisma", "--json"], prisma_site)
+    assert out.returncode == 0, out.stderr
+    table = json.loads(out.stdout)
+    assert table["num_bands"] == 239
+    centers = [b["center_nm"] for b in table["bands"]]
+    assert centers == sorted(centers) and centers[0] == 400.0 and centers[-1] == 2505.0
+    # autoload off hides the third-party sensor, keeps the built-ins
+    off = _cli(["sensors", "list", "--json"], prisma_site, HYPERKD_DISABLE_PLUGIN_AUTOLOAD="1")
+    names = {s["name"] for s in json.loads(off.stdout)}
+    assert "prisma" not in names and {"enmap", "hls"} <= names
