@@ -10,5 +10,5 @@ from hyperkd.plugins import hookimpl
 
 @hookimpl
 def hyperkd_register() -> None:
-    """Register the ``enmap`` sensors."""
-    from hyperkd_enmap import sensor  # noqa: F401 - registers on import
+    """Register the ``enmap`` sensors and the ``enmap-l2a`` product reader / dataset."""
+    from hyperkd_enmap import l2a, sensor  # noqa: F401 - registers on import
