@@ -1,3 +1,69 @@
-"""``hyperkd data prepare``: tile products into a chip store."""
+"""``hyperkd data prepare``: tile products into a chip store.
+
+A thin wrapper over :func:`hyperkd.data.prepare.prepare`; everything it does, a notebook
+can do with that function.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hyperkd.cli.data import data_app
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Products (EnMAP L2A folders or zips) or folders holding them.", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Chip store folder to create.", show_default=False)],
+    sensor: Annotated[str, typer.Option(help="Sensor whose product reader to use (enmap reads 224- and 218-band L2A).")] = "enmap",
+    size: Annotated[int, typer.Option(help="Chip size in pixels (224 as in the paper; 64 or 96 for CPU work).")] = 224,
+    stride: Annotated[int | None, typer.Option(help="Step between chips in pixels [default: --size, no overlap].")] = None,
+    max_nodata: Annotated[float, typer.Option(help="Drop chips with more than this share of no-data pixels.")] = 0.1,
+    max_cloud: Annotated[float, typer.Option(help="Drop chips with more than this share of cloudy data pixels.")] = 0.1,
+    selection: Annotated[
+        str, typer.Option(help="Bands: default (sensor's), all, a selection name, or names/ranges like B1-B126,B142-B160.")
+    ] = "default",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run; finished products are skipped.")] = False,
+    shard_size: Annotated[int | None, typer.Option(help="Chips per shard file [default: about 256 MB per shard].")] = None,
+    reader: Annotated[str | None, typer.Option(help="Product reader name, when several read --sensor.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the store's per-product summary as JSON.")] = False,
+) -> None:
+    """Tile products into a chip store: windows, no-data/cloud filtering, per-band statistics.
+
+    Every input is checked before anything is written. Interrupted, the same command with
+    --resume continues where it stopped.
+    """
+    from hyperkd.data.prepare import prepare, short_product_name, store_products
+
+    err = Console(stderr=True)
+    try:
+        store = prepare(
+            inputs, out, sensor=sensor, size=size, stride=stride, max_nodata=max_nodata, max_cloud=max_cloud,
+            selection=selection, resume=resume, shard_size=shard_size, reader=reader, progress=not as_json,
+        )
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished products are safe in {out}; rerun the same command with --resume")
+        raise typer.Exit(130) from None
+    products = store_products(store)
+    if as_json:
+        sys.stdout.write(json.dumps({"store": str(store.root), "chips": len(store), "products": products}, indent=2) + "\n")
+        return
+    table = Table(title="products")
+    for col in ("product", "bands", "chips", "dropped: no data", "dropped: cloud", "nodata"):
+        table.add_column(col)
+    for name, p in products.items():
+        table.add_row(short_product_name(name), str(p.get("num_bands")), str(p.get("chips")), str(p.get("dropped_nodata")),
+                      str(p.get("dropped_cloud")), f"{p.get('nodata')} ({p.get('nodata_source')})")
+    console = Console()
+    console.print(table)
+    console.print(store.summary(), highlight=False)

@@ -200,6 +200,31 @@ class ChipStoreWriter:
             self._sources_done.append(source)
         self._write_manifest(complete=False, stats=None)
 
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Free-form provenance saved in the manifest; edits are saved with the next manifest write."""
+        return self._attrs
+
+    def discard_unfinished(self) -> None:
+        """Forget every chip of a source not marked done, whether pending or already in a shard.
+
+        For a source that turns out to be bad half-way through: afterwards the store holds
+        exactly the finished sources. The manifest is rewritten first (so it never names a
+        missing file), then trailing shards that held only forgotten chips are deleted;
+        earlier ones stay as dead space, as on resume.
+        """
+        self._pending = _Pending(labels={k: [] for k in self.labels})
+        done = set(self._sources_done)
+        self._chips = [c for c in self._chips if c.get("source") in done or c.get("source") is None]
+        used = {int(c["shard"]) for c in self._chips}
+        dropped: list[str] = []
+        while self._shards and len(self._shards) - 1 not in used:
+            dropped.append(self._shards.pop()["stem"])
+        self._write_manifest(complete=False, stats=None)
+        for stem in dropped:
+            for path in self.root.glob(f"{stem}.*.npy"):
+                path.unlink(missing_ok=True)
+
     def flush(self) -> None:
         """Write pending chips as a new shard (atomically) and update the manifest."""
         p = self._pending

@@ -1,0 +1,355 @@
+"""Tile sensor products into a chip store — ``hyperkd data prepare`` as a Python function.
+
+::
+
+    from hyperkd.data.prepare import prepare
+    store = prepare(["products/"], "stores/enmap-224", sensor="enmap", size=224)
+    print(store.summary())
+
+What happens, in order, and why:
+
+1. the ``dataset`` registry names the product reader for ``sensor``
+   (:func:`hyperkd.data.products.product_format_for`), which lists the products under each
+   input (a product, or a folder of them);
+2. *pre-flight*: every product is opened and checked (names, metadata, band counts, a
+   truncated image, band tables that disagree) **before anything is written**, so a bad
+   input costs nothing;
+3. each product is cut into ``size`` x ``size`` windows every ``stride`` pixels (plus a last
+   row/column flush with the far edge, so the whole product is covered); a window whose
+   no-data share exceeds ``max_nodata``, or whose cloudy share of data pixels exceeds
+   ``max_cloud``, is dropped; kept chips go to the store as reflectance with their valid
+   mask and provenance (product, window, CRS, transform);
+4. a product is marked done only when all its chips are on disk, so an interrupted run
+   resumes (``resume=True``) at the first unfinished product and the result equals an
+   uninterrupted run; a product that fails half-way (corrupt pixels, no data at all) is
+   rolled back, and a store that would hold nothing is removed;
+5. closing the store computes per-band mean/std over valid pixels in one streaming pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rasterio.windows import Window
+
+import hyperkd
+from hyperkd.data.products import Product, ProductFormat, find_products, product_format_for
+from hyperkd.data.store import MANIFEST, ChipStore, ChipStoreWriter, nbytes_per_chip
+from hyperkd.errors import DataError
+from hyperkd.sensors import Sensor
+
+SHARD_BYTES = 256 << 20
+"""Target shard size: big enough for few files, small enough to buffer in memory."""
+CENTER_TOLERANCE = 0.2
+"""Products may share a store when each band centre differs by at most this share of its FWHM."""
+
+_RANGE_RE = re.compile(r"^([A-Za-z_]*)(\d+)-(?:[A-Za-z_]*)(\d+)$")
+
+
+def parse_selection(text: str | Sequence[str] | None) -> str | list[str] | None:
+    """A ``--selection`` value: ``default``, ``all``, a selection name, or band names.
+
+    Band names are comma-separated and may be inclusive ranges: ``B1-B126,B142-160``.
+    """
+    if text is None or not isinstance(text, str):
+        return None if text is None else list(text)
+    text = text.strip()
+    if "," not in text and not _RANGE_RE.match(text):
+        return text
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        m = _RANGE_RE.match(part)
+        if m:
+            prefix, lo, hi = m.group(1) or "B", int(m.group(2)), int(m.group(3))
+            if hi < lo:
+                raise DataError(f"band range {part!r} runs backwards")
+            names.extend(f"{prefix}{i}" for i in range(lo, hi + 1))
+        else:
+            names.append(part)
+    return names
+
+
+def chip_windows(width: int, height: int, size: int, stride: int) -> list[Window]:
+    """Row-major ``size`` x ``size`` windows every ``stride`` px, the last ones flush with the edges.
+
+    A product narrower or lower than ``size`` gives no window.
+    """
+    if size <= 0 or stride <= 0:
+        raise DataError(f"chip size and stride must be positive, got size {size}, stride {stride}")
+    if width < size or height < size:
+        return []
+
+    def starts(n: int) -> list[int]:
+        s = list(range(0, n - size + 1, stride))
+        if s[-1] != n - size:
+            s.append(n - size)
+        return s
+
+    return [Window(c, r, size, size) for r in starts(height) for c in starts(width)]
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return progress and os.environ.get("HYPERKD_DISABLE_PROGRESS", "") in ("", "0")
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A rich progress bar over chip windows (a no-op object when disabled)."""
+    if not enabled:
+
+        class _Null:
+            def add_task(self, *a: Any, **k: Any) -> int:
+                return 0
+
+            def update(self, *a: Any, **k: Any) -> None:
+                return None
+
+        yield _Null()
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("windows, {task.fields[kept]} chips kept"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        yield bar
+
+
+def short_product_name(name: str) -> str:
+    """A product name shortened for tables and progress bars (datatake, start time, tile)."""
+    m = re.search(r"DT\d{10}_\d{8}T\d{6}Z_\d{3}", name)
+    return m.group(0) if m else name[:40]
+
+
+def _check_compatible(products: Sequence[Product], reference: Sensor) -> dict[str, float]:
+    """Each product's largest centre shift (nm) against ``reference``; DataError if too large."""
+    shifts: dict[str, float] = {}
+    for p in products:
+        try:
+            bands = [p.sensor.bands[p.sensor.band_index(b.name)] for b in reference.bands]
+        except hyperkd.HyperKDError:
+            raise DataError(
+                f"{p.path}: has {p.sensor.num_bands} bands ({p.sensor.name}); it lacks bands of the store's "
+                f"table ({reference.num_bands} bands, {reference.name}, selection {reference.selection}). "
+                "Products with different band tables go into separate stores"
+            ) from None
+        worst = 0.0
+        for ref, own in zip(reference.bands, bands, strict=True):
+            shift = abs(own.center_nm - ref.center_nm)
+            if shift > CENTER_TOLERANCE * min(own.fwhm_nm, ref.fwhm_nm):
+                raise DataError(
+                    f"{p.path}: band {own.name} is centred at {own.center_nm:g} nm, the store's table at "
+                    f"{ref.center_nm:g} nm (FWHM {ref.fwhm_nm:g}); products with different band tables go "
+                    "into separate stores"
+                )
+            worst = max(worst, shift)
+        shifts[p.name] = round(worst, 4)
+    return shifts
+
+
+def _stored_sensor(out: Path, selected: Sensor) -> Sensor:
+    """On resume, the band table the store was started with (so argument order cannot change it)."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+        stored = Sensor.from_dict(old["sensor"])
+    except (OSError, ValueError, KeyError, hyperkd.HyperKDError) as exc:
+        raise DataError(f"{out / MANIFEST}: cannot read the unfinished store's manifest ({exc})") from None
+    if stored.band_names != selected.band_names:
+        raise DataError(
+            f"cannot resume {out}: it was started with {stored.num_bands} bands (selection {stored.selection}), "
+            f"this run selects {selected.num_bands} ({selected.selection}); use the same --selection or a new --out"
+        )
+    return stored
+
+
+def _remove_store(out: Path, created_dir: bool) -> None:
+    """Delete what this run created (the store was new and holds nothing finished)."""
+    if created_dir:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in [out / MANIFEST, *out.glob("shard-*.npy")]:
+        path.unlink(missing_ok=True)
+
+
+def prepare(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    sensor: str = "enmap",
+    size: int = 224,
+    stride: int | None = None,
+    max_nodata: float = 0.1,
+    max_cloud: float = 0.1,
+    selection: str | Sequence[str] | None = "default",
+    resume: bool = False,
+    shard_size: int | None = None,
+    reader: str | None = None,
+    reader_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> ChipStore:
+    """Tile the products in ``inputs`` into a chip store at ``out``; returns the sealed store.
+
+    Parameters
+    ----------
+    inputs: products (folders, zips, files the reader accepts) or folders of products.
+    out: the store folder; it must not hold a store unless ``resume``.
+    sensor: which sensor's reader to use (``enmap`` reads 224- and 218-band L2A products).
+    size, stride: chip size and step in pixels (``stride`` defaults to ``size``: no overlap).
+    max_nodata: drop a chip when more than this share of its pixels has no data.
+    max_cloud: drop a chip when more than this share of its data pixels is cloudy
+        (products without cloud layers count as cloud-free).
+    selection: band selection: ``"default"`` (the sensor's), ``"all"``, a selection name, or
+        band names (``parse_selection`` turns ``"B1-B126,B142-B160"`` into names).
+    resume: continue an unfinished store; finished products are skipped.
+    shard_size: chips per shard (default: about 256 MB per shard).
+    reader: the product reader's name, when several read ``sensor``.
+    reader_options: keyword arguments for the reader's ``open`` (EnMAP: ``cloud_layers``,
+        ``use_pixelmask``).
+    progress: show a progress bar (also off when ``HYPERKD_DISABLE_PROGRESS=1``).
+    """
+    if not 0.0 <= max_nodata <= 1.0 or not 0.0 <= max_cloud <= 1.0:
+        raise DataError(f"--max-nodata and --max-cloud are fractions in [0, 1], got {max_nodata}, {max_cloud}")
+    stride = stride or size
+    out = Path(out).expanduser()
+    fmt: ProductFormat = product_format_for(sensor, reader)
+    paths = find_products(fmt, inputs)
+    products: list[Product] = []
+    try:
+        # -- pre-flight: everything that can be checked before writing ------------------------
+        for path in paths:
+            products.append(fmt.open(path, **dict(reader_options or {})))
+            products[-1].check()
+        seen: dict[str, Path] = {}
+        for p in products:
+            if p.name in seen:
+                raise DataError(f"{p.path}: product {p.name} was given twice (also as {seen[p.name]})")
+            seen[p.name] = p.path
+        selected = products[0].sensor.select(parse_selection(selection) if isinstance(selection, str) else selection)
+        if resume and (out / MANIFEST).exists():
+            selected = _stored_sensor(out, selected)
+        shifts = _check_compatible(products, selected)
+        windows = {p.name: chip_windows(p.width, p.height, size, stride) for p in products}
+        if shard_size is None:
+            shard_size = max(1, SHARD_BYTES // nbytes_per_chip(selected.num_bands, size))
+
+        # -- write -----------------------------------------------------------------------------
+        created_dir = not out.exists()
+        writer = ChipStoreWriter(
+            out, selected, size, shard_size=shard_size, resume=resume,
+            attrs={
+                "created_by": "hyperkd data prepare",
+                "hyperkd_version": hyperkd.__version__,
+                "reader": fmt.name,
+                "requested_sensor": sensor,
+                "selection": selected.selection,
+                "chip_size": size,
+                "stride": stride,
+                "max_nodata": max_nodata,
+                "max_cloud": max_cloud,
+                "inputs": [str(i) for i in inputs],
+            },
+        )
+        writer.attrs.setdefault("products", {})
+        bands = selected.band_names
+        with _progress(_progress_enabled(progress)) as bar:
+            for p in products:
+                task = bar.add_task(short_product_name(p.name), total=len(windows[p.name]), kept=0)
+                if p.name in writer.sources_done:
+                    bar.update(task, completed=len(windows[p.name]), kept="(done before)")
+                    continue
+                try:
+                    counts = _tile_product(p, windows[p.name], bands, writer, max_nodata, max_cloud, bar, task)
+                except DataError as exc:
+                    writer.discard_unfinished()
+                    if not writer.sources_done:
+                        _remove_store(out, created_dir)
+                        raise DataError(f"{exc} (nothing was written to {out})") from None
+                    raise DataError(
+                        f"{exc} (the store at {out} keeps the {len(writer.sources_done)} product(s) finished "
+                        "before; fix or remove this input, then rerun with --resume)"
+                    ) from None
+                writer.attrs["products"][p.name] = {
+                    **p.info(), **counts, "windows": len(windows[p.name]), "max_center_shift_nm": shifts[p.name],
+                }
+                writer.mark_source_done(p.name)
+        if len(writer) == 0:
+            tried = sum(len(w) for w in windows.values())
+            if not any(windows.values()):
+                why = f"every product is smaller than the {size} px chip size"
+            else:
+                why = (f"all {tried} windows had more than {max_nodata:.0%} no data or {max_cloud:.0%} cloud; "
+                       "raise --max-nodata / --max-cloud or use a smaller --size")
+            _remove_store(out, created_dir)
+            raise DataError(f"no chips to store in {out}: {why}")
+        return writer.close()
+    finally:
+        for p in products:
+            p.close()
+
+
+def _tile_product(
+    product: Product,
+    windows: Sequence[Window],
+    bands: Sequence[str],
+    writer: ChipStoreWriter,
+    max_nodata: float,
+    max_cloud: float,
+    bar: Any,
+    task: Any,
+) -> dict[str, int]:
+    """Cut one product into chips; returns kept/dropped counts. DataError if it has no data."""
+    kept = dropped_nodata = dropped_cloud = 0
+    data_pixels = 0
+    crs = product.crs.to_string() if product.crs is not None else None
+    for window in windows:
+        pw = product.read(window, bands)
+        data_pixels += int((~pw.nodata).sum())
+        nodata_frac, cloud_frac = pw.nodata_fraction, pw.cloud_fraction
+        if nodata_frac > max_nodata:
+            dropped_nodata += 1
+        elif cloud_frac > max_cloud:
+            dropped_cloud += 1
+        else:
+            writer.add(
+                pw.image,
+                pw.valid,
+                source=product.name,
+                path=str(product.path),
+                window=[int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
+                crs=crs,
+                transform=list(pw.transform)[:6],
+                nodata_fraction=round(nodata_frac, 6),
+                cloud_fraction=round(cloud_frac, 6),
+            )
+            kept += 1
+        bar.update(task, advance=1, kept=kept)
+    if windows and data_pixels == 0:
+        where = product.info().get("image") or product.path
+        raise DataError(
+            f"{where}: no pixel holds data in the selected bands (every value is the no-data value "
+            f"{product.nodata:g} or flagged defective); remove this product from the inputs"
+        )
+    return {"chips": kept, "dropped_nodata": dropped_nodata, "dropped_cloud": dropped_cloud}
+
+
+def store_products(store: ChipStore) -> dict[str, dict[str, Any]]:
+    """Per-product provenance and chip counts recorded by :func:`prepare` in a store."""
+    return dict((store.manifest.get("attrs") or {}).get("products", {}))
+
+
+__all__ = ["chip_windows", "parse_selection", "prepare", "short_product_name", "store_products"]
