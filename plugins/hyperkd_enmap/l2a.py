@@ -66,7 +66,9 @@ PRODUCT_PATTERN = (
 
 PRODUCT_RE = re.compile(rf"^{PRODUCT_PATTERN}$")
 FILE_RE = re.compile(
-    rf"^(?:(?P<product>{PRODUCT_PATTERN})-)?(?P<key>[A-Z][A-Z_]*?)(?P<cog>_COG)?\.(?P<ext>xml|tif|tiff)$",
+    rf"^(?:(?P<product>{PRODUCT_PATTERN})-)?"
+    r"(?P<key>METADATA|HISTORY|SPECTRAL_IMAGE|QL_PIXELMASK|QL_QUALITY_[A-Z]+|QL_VNIR|QL_SWIR)"
+    r"(?P<cog>_COG)?\.(?P<ext>xml|tif|tiff)$",
     re.IGNORECASE,
 )
 ZIP_RE = re.compile(rf"^{PRODUCT_PATTERN}(?:\.[A-Za-z0-9_-]+)*\.zip$", re.IGNORECASE)
