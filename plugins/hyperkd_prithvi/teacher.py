@@ -1,0 +1,356 @@
+"""Registered Prithvi-EO teachers: frozen encoders that take surface reflectance.
+
+Names (``hyperkd.create("teacher", NAME, ...)``):
+
+========================  ======  =====  =====  =====  ======  ============================
+name                      embed   depth  heads  patch  frames  weights
+========================  ======  =====  =====  =====  ======  ============================
+prithvi-eo-1.0-100m       768     12     12     16     3       ibm-nasa-geospatial/Prithvi-EO-1.0-100M
+(alias ``prithvi``, the HyperKD paper's teacher)
+prithvi-eo-2.0-300m       1024    24     16     16     4       .../Prithvi-EO-2.0-300M
+prithvi-eo-2.0-300m-tl    1024    24     16     16     4       .../Prithvi-EO-2.0-300M-TL
+prithvi-eo-2.0-600m       1280    32     16     14     4       .../Prithvi-EO-2.0-600M
+prithvi-eo-2.0-600m-tl    1280    32     16     14     4       .../Prithvi-EO-2.0-600M-TL
+prithvi-eo-tiny           64      2      4      16     1       none: random init (tests, CPU demos)
+========================  ======  =====  =====  =====  ======  ============================
+
+``prithvi-eo-tiny`` has the Prithvi architecture at toy widths. It is **not** a NASA/IBM
+model and has no official weights; it exists so tests and CPU demos can exercise the exact
+code path of the real teachers in seconds.
+
+Factory keywords: ``weights`` (``"default"`` = official file through the HF cache; ``None`` =
+random init, the random-teacher control; or a file / folder / ``org/name[@rev][/file]``),
+``layers`` (blocks :meth:`PrithviTeacher.forward_features` returns by default),
+``keep_decoder`` (keep the MAE decoder after loading; default False saves its memory), and
+any :class:`~hyperkd_prithvi.model.PrithviConfig` field as an architecture override
+(``img_size``, ``num_frames``, ``embed_dim``, ``depth``, ``num_heads``,
+``decoder_embed_dim``, ``decoder_depth``, ``decoder_num_heads``, ``patch_size``,
+``pos_embed_mode``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hyperkd.errors import WeightsError
+from hyperkd.interfaces import Teacher
+from hyperkd.registry import register
+from hyperkd.sensors import Sensor, get_sensor
+from hyperkd_prithvi.model import (
+    MAEDecoder,
+    PrithviConfig,
+    PrithviMAE,
+    PrithviViT,
+    build_mae,
+    count_parameters,
+    normalise_layers,
+)
+from hyperkd_prithvi.sensor import HLS_SCALE, prithvi_reference
+from hyperkd_prithvi.weights import load_weights
+
+WeightsSpec = str | os.PathLike[str] | None
+
+
+@dataclass(frozen=True)
+class PrithviVariant:
+    """A named Prithvi-EO configuration plus its normalisation and official weights."""
+
+    name: str
+    config: PrithviConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    stats: str
+    repo_id: str | None
+    filename: str | None
+    description: str
+    default_weights: str | None = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (``hyperkd teachers show --json``)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "config": self.config.to_dict(),
+            "mean_dn": list(self.mean),
+            "std_dn": list(self.std),
+            "stats": self.stats,
+            "repo_id": self.repo_id,
+            "filename": self.filename,
+            "default_weights": (
+                f"{self.repo_id} / {self.filename}" if self.default_weights == "default" else "random init"
+            ),
+        }
+
+
+def _variants() -> dict[str, PrithviVariant]:
+    ref = prithvi_reference()
+    v1, v2 = ref["v1"], ref["v2"]
+    decoder = {k: v1[k] for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")}
+    out = {
+        "prithvi-eo-1.0-100m": PrithviVariant(
+            name="prithvi-eo-1.0-100m",
+            config=PrithviConfig(
+                img_size=v1["img_size"], patch_size=tuple(v1["patch_size"]), num_frames=v1["num_frames"],
+                in_chans=v1["in_chans"], embed_dim=v1["embed_dim"], depth=v1["depth"],
+                num_heads=v1["num_heads"], mlp_ratio=v1["mlp_ratio"], mask_ratio=v1["mask_ratio"], **decoder,
+            ),
+            mean=tuple(v1["mean"]), std=tuple(v1["std"]), stats="v1",
+            repo_id=v1["repo_id"], filename=v1["filename"],
+            description="Prithvi-EO-1.0-100M (NASA/IBM; ViT-B/16, 3 frames): the HyperKD paper's teacher",
+        )
+    }
+    for name, v in v2["variants"].items():
+        coords = ("time", "location") if v["coords"] else ()
+        size = name.removeprefix("prithvi-eo-2.0-").upper()
+        out[name] = PrithviVariant(
+            name=name,
+            config=PrithviConfig(
+                img_size=v1["img_size"], patch_size=tuple(v["patch_size"]), num_frames=v["num_frames"],
+                in_chans=v1["in_chans"], embed_dim=v["embed_dim"], depth=v["depth"], num_heads=v["num_heads"],
+                mlp_ratio=v1["mlp_ratio"], mask_ratio=v1["mask_ratio"], coords_encoding=coords,
+                coords_scale_learn=bool(v["coords"]), **decoder,
+            ),
+            mean=tuple(float(m) for m in v2["mean"]), std=tuple(float(s) for s in v2["std"]), stats="v2",
+            repo_id=v["repo_id"], filename=v["filename"],
+            description=f"Prithvi-EO-2.0-{size} (NASA/IBM; patch {v['patch_size'][1]}, "
+            f"{v['embed_dim']} wide, {v['depth']} blocks"
+            + (", temporal + location encoders)" if v["coords"] else ")"),
+        )
+    out["prithvi-eo-tiny"] = PrithviVariant(
+        name="prithvi-eo-tiny",
+        config=PrithviConfig(
+            img_size=32, patch_size=(1, 16, 16), num_frames=1, in_chans=6, embed_dim=64, depth=2,
+            num_heads=4, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
+        ),
+        mean=tuple(v1["mean"]), std=tuple(v1["std"]), stats="v1",
+        repo_id=None, filename=None, default_weights=None,
+        description="tiny Prithvi-architecture teacher for tests and CPU demos; NOT NASA/IBM weights "
+        "(random init unless given a checkpoint)",
+    )
+    return out
+
+
+VARIANTS: dict[str, PrithviVariant] = _variants()
+"""Every built-in Prithvi variant by registry name."""
+
+
+class PrithviTeacher(Teacher):
+    """A frozen Prithvi-EO encoder that takes surface reflectance.
+
+    :meth:`forward_features` takes ``(B, 6, H, W)`` (or ``(B, 6, T, H, W)``) surface
+    reflectance in HLS band order B02..B07, converts it to HLS digital numbers (x 10000),
+    applies the variant's own mean/std (v1 or v2 statistics) and runs the encoder.
+    ``H`` and ``W`` must be multiples of the patch size (16, or 14 for the 600M models).
+    """
+
+    input_unit = "reflectance"
+
+    def __init__(
+        self,
+        variant: PrithviVariant,
+        encoder: PrithviViT,
+        decoder: MAEDecoder | None = None,
+        *,
+        layers: Sequence[int] | int | None = None,
+        weights_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.variant = variant
+        self.config = encoder.cfg
+        self.encoder = encoder
+        self.decoder = decoder
+        self.embed_dim = self.config.embed_dim
+        self.patch_size = self.config.patch_size[1]
+        self.depth = self.config.depth
+        self.layers = normalise_layers(layers, self.depth)
+        self.weights_info = dict(weights_info or {"source": "random init"})
+        self.sensor = _sensor_with_stats(variant)
+        mean = torch.tensor(variant.mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        std = torch.tensor(variant.std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.register_buffer("mean_dn", mean, persistent=False)
+        self.register_buffer("std_dn", std, persistent=False)
+        self._frozen = False
+
+    # -- frozen by default ---------------------------------------------------------------------
+    def freeze(self) -> PrithviTeacher:
+        """Eval mode and no gradients; later ``.train()`` calls keep it in eval mode."""
+        super().freeze()
+        self._frozen = True
+        return self
+
+    def unfreeze(self) -> PrithviTeacher:
+        """Undo :meth:`freeze` (for fine-tuning experiments; distillation never needs it)."""
+        self._frozen = False
+        for p in self.parameters():
+            p.requires_grad_(True)
+        return self
+
+    def train(self, mode: bool = True) -> PrithviTeacher:
+        """Respect the freeze: a frozen teacher stays in eval mode (e.g. under Lightning)."""
+        return super().train(mode and not self._frozen)
+
+    # -- features -------------------------------------------------------------------------------
+    def normalize(self, x: Tensor) -> Tensor:
+        """Reflectance ``(B, 6, [T,] H, W)`` -> Prithvi's normalised HLS DN, 5-D."""
+        if x.ndim == 4:
+            x = x.unsqueeze(2)
+        if x.ndim != 5 or x.shape[1] != self.config.in_chans:
+            raise ValueError(
+                f"{self.variant.name} expects (B, {self.config.in_chans}, H, W) reflectance in HLS band order "
+                f"{', '.join(self.sensor.band_names)}; got shape {tuple(x.shape)}"
+            )
+        return (x * HLS_SCALE - self.mean_dn.to(x.dtype)) / self.std_dn.to(x.dtype)
+
+    def forward_features(
+        self,
+        x: Tensor,
+        layers: Sequence[int] | int | None = None,
+        *,
+        with_cls: bool = False,
+        temporal_coords: Tensor | None = None,
+        location_coords: Tensor | None = None,
+    ) -> list[Tensor]:
+        """Token features of the chosen blocks, one tensor per layer.
+
+        ``x``: ``(B, 6, H, W)`` reflectance (``T = 1``) or ``(B, 6, T, H, W)``. ``layers``:
+        block indices, negative from the end (default: the teacher's ``layers``, normally
+        ``[-1]``). The last block's output is taken after the final LayerNorm; earlier
+        blocks' outputs are the raw residual stream (as in the reference code).
+
+        Returns ``(B, N, D)`` tensors with ``N = T * (H/p) * (W/p)`` patch tokens in
+        ``(t, h, w)`` row-major order — for ``T = 1`` simply ``(h, w)`` — or
+        ``(B, 1 + N, D)`` with the cls token first when ``with_cls=True``. -TL variants
+        accept ``temporal_coords (B, T, 2)`` = (year, day-of-year) and ``location_coords
+        (B, 2)`` = (lat, lon); without them those encodings are left out, which the models
+        were pretrained to handle.
+        """
+        idx = self.layers if layers is None else normalise_layers(layers, self.depth)
+        feats = self.encoder.forward_features(
+            self.normalize(x), idx, temporal_coords=temporal_coords, location_coords=location_coords
+        )
+        return feats if with_cls else [f[:, 1:, :] for f in feats]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Patch-token features of the teacher's first default layer, ``(B, N, D)``."""
+        return self.forward_features(x)[0]
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid ``(h, w)`` of an ``H x W`` input."""
+        return (height // self.config.patch_size[1], width // self.config.patch_size[2])
+
+    def num_parameters(self) -> int:
+        """Parameters held (encoder, plus decoder if kept)."""
+        return count_parameters(self)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant.name!r}, weights={self.weights_info.get('source')!r}, layers={self.layers}"
+
+
+def _sensor_with_stats(variant: PrithviVariant) -> Sensor:
+    """The ``hls`` sensor carrying this variant's own mean/std (reflectance units)."""
+    hls = get_sensor("hls", selection="all")
+    bands = tuple(
+        replace(b, mean=m / HLS_SCALE, std=s / HLS_SCALE)
+        for b, m, s in zip(hls.bands, variant.mean, variant.std, strict=True)
+    )
+    return replace(hls, bands=bands, source=f"{hls.source}; mean/std: Prithvi {variant.stats} statistics")
+
+
+def variant_config(name: str, **overrides: Any) -> PrithviConfig:
+    """The configuration of a variant with architecture overrides applied (validated)."""
+    cfg = VARIANTS[name].config
+    if not overrides:
+        return cfg
+    try:
+        return cfg.replace(**overrides)
+    except TypeError as exc:
+        raise TypeError(f"{name}: unknown architecture override ({exc})") from None
+
+
+def build_teacher(
+    name: str,
+    *,
+    weights: WeightsSpec = "default",
+    layers: Sequence[int] | int | None = None,
+    keep_decoder: bool = False,
+    frozen: bool = True,
+    **overrides: Any,
+) -> PrithviTeacher:
+    """Build variant ``name`` with ``weights`` loaded strictly (see module docs).
+
+    Why the whole MAE is built and loaded even though only the encoder is used: a strict
+    load of the full official checkpoint proves every tensor in the file was understood.
+    The decoder is dropped afterwards unless ``keep_decoder``.
+    """
+    variant = VARIANTS[name]
+    cfg = variant_config(name, **overrides)
+    info: dict[str, Any] = {"source": "random init"}
+    if weights is None:
+        mae: PrithviMAE = build_mae(cfg)
+    else:
+        # Built on the meta device and filled from the file (assign): no time is spent on a
+        # random init that the weights would overwrite, and nothing is allocated before the
+        # file has been found and read.
+        mae = build_mae(cfg, device="meta")
+        try:
+            info = load_weights(
+                mae, weights, official_repo=variant.repo_id, official_filename=variant.filename, variant=name
+            )
+        except WeightsError as exc:
+            if overrides and str(weights) == "default":
+                shape = set(overrides) & set(cfg.shape_fields())
+                if shape:
+                    raise WeightsError(
+                        f"{exc}. Note: architecture overrides {sorted(shape)} change parameter shapes, "
+                        "so the official weights cannot fit; pass weights=None or a matching checkpoint"
+                    ) from exc
+            raise
+    teacher = PrithviTeacher(
+        variant, mae.encoder, mae.decoder if keep_decoder else None, layers=layers, weights_info=info
+    )
+    return teacher.freeze() if frozen else teacher
+
+
+def _factory(name: str) -> Any:
+    variant = VARIANTS[name]
+    default = variant.default_weights
+
+    def factory(
+        weights: WeightsSpec = default,
+        layers: Sequence[int] | int | None = None,
+        keep_decoder: bool = False,
+        frozen: bool = True,
+        **overrides: Any,
+    ) -> PrithviTeacher:
+        return build_teacher(
+            name, weights=weights, layers=layers, keep_decoder=keep_decoder, frozen=frozen, **overrides
+        )
+
+    factory.__name__ = name.replace("-", "_").replace(".", "_")
+    factory.__qualname__ = factory.__name__
+    factory.__doc__ = variant.description
+    return factory
+
+
+_ALIASES = {"prithvi-eo-1.0-100m": ["prithvi"]}
+for _name, _variant in VARIANTS.items():
+    register(
+        "teacher",
+        _name,
+        aliases=_ALIASES.get(_name, []),
+        description=_variant.description,
+        family="prithvi-eo",
+    )(_factory(_name))
+
+
+def parameter_counts(name: str, **overrides: Any) -> dict[str, int]:
+    """Encoder / decoder / total parameter counts of a variant, computed on the meta device."""
+    mae = build_mae(variant_config(name, **overrides), device="meta")
+    enc, dec = count_parameters(mae.encoder), count_parameters(mae.decoder)
+    return {"encoder": enc, "decoder": dec, "total": enc + dec}
