@@ -14,6 +14,7 @@ Discovery rules (the pytest/datasette model):
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import os
 import threading
@@ -33,6 +34,9 @@ GROUP = "hyperkd"
 DISABLE_ENV = "HYPERKD_DISABLE_PLUGIN_AUTOLOAD"
 ENABLE_ENV = "HYPERKD_PLUGINS"
 BUILTIN_DIST = "hyperkd"
+
+CORE_MODULES = ("hyperkd.maskers", "hyperkd.losses", "hyperkd.models.mae")
+"""The core's own built-in components (registered as provider ``hyperkd``)."""
 
 hookimpl = pluggy.HookimplMarker("hyperkd")
 """Decorator marking a plugin's hook implementations."""
@@ -157,6 +161,8 @@ def load_plugins(*, force: bool = False) -> pluggy.PluginManager:
         _state.pm = pm = _new_manager()
         _state.infos = {}
         try:
+            for mod in CORE_MODULES:
+                importlib.import_module(mod)
             autoload = not _truthy(os.environ.get(DISABLE_ENV))
             wanted = {
                 s.strip() for s in os.environ.get(ENABLE_ENV, "").split(",") if s.strip()

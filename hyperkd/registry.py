@@ -64,6 +64,15 @@ def current_provider() -> str:
     return _current_provider.get()
 
 
+def _infer_provider(obj: Any) -> str:
+    """The plugin being loaded, else ``hyperkd`` for the core's own components, else ``user``."""
+    prov = current_provider()
+    if prov != "user":
+        return prov
+    module = getattr(obj, "__module__", "") or ""
+    return "hyperkd" if module == "hyperkd" or module.startswith("hyperkd.") else prov
+
+
 def _first_line(obj: Any) -> str:
     doc = inspect.getdoc(obj) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
@@ -134,7 +143,7 @@ class Registry:
         metadata: dict[str, Any] | None = None,
     ) -> Entry:
         """Register ``obj`` under ``name`` (and ``aliases``). Refuses duplicates."""
-        prov = provider or current_provider()
+        prov = provider or _infer_provider(obj)
         for key in (name, *aliases):
             existing = self._lookup(key)
             if existing is not None:

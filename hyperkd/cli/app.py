@@ -29,12 +29,11 @@ app.add_typer(sensors_app, name="sensors")
 
 
 def _add_core_commands() -> None:
+    from hyperkd.cli import train  # noqa: F401 - registers pretrain and recipes
     from hyperkd.cli.data import data_app
 
     app.add_typer(data_app, name="data")
 
-
-_add_core_commands()
 
 console = Console()
 err_console = Console(stderr=True)
@@ -234,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         raise
     return rc if isinstance(rc, int) else 0
+
+
+_add_core_commands()
 
 
 def run() -> None:

@@ -1,0 +1,90 @@
+"""``hyperkd pretrain`` and ``hyperkd recipes ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hyperkd.cli.app import app, console, print_json
+
+recipes_app = typer.Typer(help="Built-in and plugin recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe field: key.path=value (repeatable)."),
+]
+
+
+@recipes_app.command("list")
+def recipes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List recipes (name, file, description)."""
+    from hyperkd import recipes
+
+    rows = []
+    for name, path in recipes.available().items():
+        r = recipes.load_recipe(path)
+        rows.append({"name": name, "path": str(path), "mode": r.get("mode", ""), "description": r.get("description", "")})
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        console.print(f"[bold]{r['name']}[/] ({r['mode']}): {r['description']}", highlight=False)
+
+
+@recipes_app.command("show")
+def recipes_show(
+    name: Annotated[str, typer.Argument(help="Recipe name or .yaml path.")],
+    overrides: SetOpt = None,
+) -> None:
+    """Print a recipe fully resolved (inheritance and --set applied) as YAML."""
+    from hyperkd import recipes
+
+    typer.echo(recipes.dump(recipes.resolve(name, overrides or [])), nl=False)
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    student: Annotated[str | None, typer.Option("--student", help="Sensor name, <sensor>-mae-<size>, or a saved student.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Chip-store folder, or 'synthetic'.")] = None,
+    recipe: Annotated[str, typer.Option("--recipe", help="Recipe name or .yaml file.")] = "mae",
+    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/pretrain"),
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    devices: Annotated[str | None, typer.Option("--devices", help="Lightning devices (e.g. 1, 4, auto).")] = None,
+    accelerator: Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help="auto, ddp, fsdp, ...")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="32-true, bf16-mixed, 16-mixed.")] = None,
+    num_nodes: Annotated[int | None, typer.Option("--num-nodes")] = None,
+) -> None:
+    """MAE-pretrain a student from scratch (the no-KD baseline)."""
+    from hyperkd.train import pretrain
+
+    result = pretrain(
+        recipe, out, overrides=overrides or [], resume=resume,
+        student__name=student, data__store=data, trainer__devices=_devices(devices),
+        trainer__accelerator=accelerator, trainer__strategy=strategy, trainer__precision=precision,
+        trainer__num_nodes=num_nodes,
+    )
+    _report(result)
+
+
+def _devices(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def _report(result) -> None:
+    if result is None:
+        return
+    m = result.metrics
+    keys = [k for k in ("val/loss", "val/mse", "val/psnr", "val/ssim", "val/sam_deg") if k in m]
+    console.print(
+        f"[green]done[/] {result.run_dir} (step {result.global_step}): "
+        + ", ".join(f"{k.split('/')[1]}={m[k]:.4g}" for k in keys),
+        highlight=False,
+    )
+    console.print(f"student: {result.student_dir}", highlight=False)

@@ -1,0 +1,393 @@
+"""The hyperspectral masked-autoencoder student, generic over sensors.
+
+A student is built from a sensor's band table alone, so any registered sensor (EnMAP,
+PRISMA, a plugin's) gets a working student: ``build_student("enmap")``,
+``build_student("enmap-mae-small")``, ``build_student("prisma-mae-tiny")``.
+
+Architecture: ViT encoder (timm blocks, fixed 2-D sin-cos positions, a cls token) over the
+visible patches, a light transformer decoder over all patches that predicts every selected
+band of every pixel of the masked patches (MAE, He et al. 2022).
+
+The patch embedding is the cost centre with 200+ bands: a plain ``Conv2d(C, D, p, p)`` has
+``C*p*p*D`` weights (202 bands, p=16, D=768: 39.7M, more than the rest of a ViT-B/16 block
+stack's first layers combined). ``embedding="factorized"`` first mixes the C bands into
+``spectral_dim`` learned components per pixel (a 1x1 convolution, ``C*k`` weights) and then
+patchifies those (``k*p*p*D``): 202 -> 32 components cuts the embedding 6x. The decoder
+still predicts all C bands. ``benchmarks/train_step.py`` measures the speed trade-off.
+
+Inputs are ``(B, C, H, W)`` surface reflectance; the model standardises them with the
+sensor's per-band mean/std (from the chip store's statistics) stored as buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from hyperkd.errors import HyperKDError
+from hyperkd.models.pos_embed import sincos_2d
+from hyperkd.registry import register
+from hyperkd.sensors import Sensor
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64, decoder_depth=2,
+                 decoder_num_heads=4, patch_size=8),
+    "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4,
+                  decoder_num_heads=8, patch_size=16),
+    "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
+                 decoder_num_heads=16, patch_size=16),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_embed_dim=512, decoder_depth=8,
+                  decoder_num_heads=16, patch_size=16),
+}
+"""Named student sizes (ViT-Ti-ish for CPU work up to ViT-L)."""
+
+
+class SpectralPatchEmbed(nn.Module):
+    """``(B, C, H, W) -> (B, N, D)``: plain or spectrally factorised patch embedding."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, kind: str = "factorized",
+                 spectral_dim: int = 32) -> None:
+        super().__init__()
+        if kind not in ("plain", "factorized"):
+            raise HyperKDError(f"student embedding must be 'plain' or 'factorized', got {kind!r}")
+        self.kind = kind
+        self.patch_size = patch_size
+        if kind == "factorized":
+            k = min(spectral_dim, in_chans)
+            self.spectral = nn.Conv2d(in_chans, k, kernel_size=1, bias=False)
+            self.proj = nn.Conv2d(k, embed_dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            self.spectral = nn.Identity()
+            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.spectral(x)).flatten(2).transpose(1, 2)
+
+
+@dataclass
+class MAEOutput:
+    """What one forward pass returns.
+
+    ``pred``/``target``: ``(B, N, p*p*C)`` in standardised units (target per-patch
+    normalised if ``norm_pix_loss``); ``mask``: ``(B, N)`` True = masked;
+    ``weight``: ``(B, N, p*p*C)`` 1 on valid pixels of masked patches; ``features``: the
+    requested encoder layers' visible tokens ``(B, N_keep, D)`` (no cls);
+    ``ids_keep``: ``(B, N_keep)`` patch indices of those tokens.
+    """
+
+    pred: Tensor
+    target: Tensor
+    mask: Tensor
+    weight: Tensor
+    features: list[Tensor]
+    ids_keep: Tensor
+
+
+class HyperspectralMAE(nn.Module, PyTorchModelHubMixin, tags=["hyperkd", "hyperspectral", "mae"]):
+    """Masked autoencoder for one sensor's band table.
+
+    Build it with :func:`build_student`; the constructor's arguments are the model's
+    ``config.json`` (the sensor goes in as its full band-table dict).
+    """
+
+    def __init__(
+        self,
+        sensor: dict[str, Any],
+        img_size: int = 64,
+        patch_size: int = 8,
+        embed_dim: int = 128,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        decoder_embed_dim: int = 64,
+        decoder_depth: int = 2,
+        decoder_num_heads: int = 4,
+        embedding: str = "factorized",
+        spectral_dim: int = 32,
+        norm_pix_loss: bool = False,
+        size: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.sensor = Sensor.from_dict(sensor)
+        if img_size % patch_size:
+            raise HyperKDError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size, self.patch_size = img_size, patch_size
+        self.in_chans = c = self.sensor.num_bands
+        self.embed_dim, self.depth = embed_dim, depth
+        self.norm_pix_loss = norm_pix_loss
+        self.size = size
+        g = img_size // patch_size
+        self.grid = (g, g)
+        means, stds = self.sensor.means, self.sensor.stds
+        self.register_buffer("band_mean", torch.tensor(means or [0.0] * c).view(1, c, 1, 1))
+        self.register_buffer("band_std", torch.tensor(stds or [1.0] * c).view(1, c, 1, 1))
+
+        self.patch_embed = SpectralPatchEmbed(c, embed_dim, patch_size, embedding, spectral_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.register_buffer("pos_embed", sincos_2d(embed_dim, g, g), persistent=False)
+        self.blocks = nn.ModuleList(
+            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.register_buffer("decoder_pos_embed", sincos_2d(decoder_embed_dim, g, g), persistent=False)
+        self.decoder_blocks = nn.ModuleList(
+            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True)
+             for _ in range(decoder_depth)]
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * c)
+        self._init_weights()
+
+    # -- init ---------------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(self._init_module)
+
+    @staticmethod
+    def _init_module(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # -- helpers --------------------------------------------------------------------------
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """Reflectance -> per-band standardised units."""
+        return (x - self.band_mean) / self.band_std
+
+    def destandardize(self, x: Tensor) -> Tensor:
+        return x * self.band_std + self.band_mean
+
+    def patchify(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, N, p*p*C)`` with pixel-major, band-minor patch vectors."""
+        b, c, h, w = x.shape
+        p = self.patch_size
+        x = x.reshape(b, c, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, x: Tensor, c: int | None = None) -> Tensor:
+        """Inverse of :meth:`patchify`."""
+        c = c or self.in_chans
+        p = self.patch_size
+        gh, gw = self.grid
+        b = x.shape[0]
+        x = x.reshape(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, gh * p, gw * p)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != (self.img_size, self.img_size):
+            raise HyperKDError(
+                f"student {self.sensor.name} expects (B, {self.in_chans}, {self.img_size}, {self.img_size}) "
+                f"reflectance, got {tuple(x.shape)}; check the chip size and band selection of the data"
+            )
+
+    # -- encoder / decoder ----------------------------------------------------------------
+    def forward_encoder(
+        self, x: Tensor, mask: Tensor | None, layers: Sequence[int] = ()
+    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """Encode the visible patches of standardised ``x``.
+
+        Returns ``latent (B, 1+N_keep, D)`` (after the final norm), ``ids_keep``,
+        ``ids_restore`` and the requested layers' token outputs (cls dropped; the last
+        layer's after the final norm).
+        """
+        b = x.shape[0]
+        tokens = self.patch_embed(x) + self.pos_embed[:, 1:, :]
+        n = tokens.shape[1]
+        if mask is None:
+            ids_shuffle = torch.arange(n, device=x.device).expand(b, n)
+            n_keep = n
+        else:
+            counts = mask.sum(1)
+            if not bool((counts == counts[0]).all()):
+                raise HyperKDError("masks must hide the same number of patches in every sample")
+            n_keep = n - int(counts[0])
+            ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :n_keep]
+        tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[2]))
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(b, -1, -1)
+        h = torch.cat([cls, tokens], dim=1)
+        want = {i % self.depth for i in layers}
+        feats: dict[int, Tensor] = {}
+        for i, blk in enumerate(self.blocks):
+            h = blk(h)
+            if i in want and i != self.depth - 1:
+                feats[i] = h[:, 1:]
+        h = self.norm(h)
+        if self.depth - 1 in want:
+            feats[self.depth - 1] = h[:, 1:]
+        return h, ids_keep, ids_restore, [feats[i % self.depth] for i in layers]
+
+    def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        """Predict every patch from the visible tokens: ``(B, N, p*p*C)``."""
+        x = self.decoder_embed(latent)
+        b, n = ids_restore.shape
+        n_vis = x.shape[1] - 1
+        masks = self.mask_token.expand(b, n - n_vis, -1)
+        x_ = torch.cat([x[:, 1:], masks], dim=1)
+        x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
+        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def forward(
+        self, x: Tensor, mask: Tensor, valid: Tensor | None = None, layers: Sequence[int] = ()
+    ) -> MAEOutput:
+        """Masked reconstruction of reflectance ``x`` under ``mask`` ``(B, N)`` (True = hidden)."""
+        self._check_input(x)
+        xs = self.standardize(x)
+        latent, ids_keep, ids_restore, feats = self.forward_encoder(xs, mask, layers)
+        pred = self.forward_decoder(latent, ids_restore)
+        target = self.patchify(xs)
+        if self.norm_pix_loss:
+            mu = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mu) / (var + 1e-6) ** 0.5
+        c = self.in_chans
+        if valid is None:
+            vw = torch.ones_like(target)
+        else:
+            vw = self.patchify(valid[:, None].to(target.dtype).expand(-1, c, -1, -1))
+        weight = vw * mask[..., None].to(target.dtype)
+        return MAEOutput(pred=pred, target=target, mask=mask, weight=weight, features=feats, ids_keep=ids_keep)
+
+    def reconstruct(self, x: Tensor, out: MAEOutput) -> Tensor:
+        """Reflectance image with the masked patches replaced by the prediction."""
+        pred = out.pred
+        if self.norm_pix_loss:  # undo per-patch normalisation with the input's own patch stats
+            t = self.patchify(self.standardize(x))
+            pred = pred * (t.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + t.mean(dim=-1, keepdim=True)
+        merged = torch.where(out.mask[..., None], pred, self.patchify(self.standardize(x)))
+        return self.destandardize(self.unpatchify(merged))
+
+    @torch.no_grad()
+    def forward_features(self, x: Tensor, layers: Sequence[int] = (-1,), with_cls: bool = False) -> list[Tensor]:
+        """Unmasked encoder features ``(B, N[+1], D)`` of the chosen layers (for fine-tuning)."""
+        self._check_input(x)
+        latent, _, _, feats = self.forward_encoder(self.standardize(x), None, layers)
+        if with_cls:
+            return [torch.cat([latent[:, :1], f], dim=1) for f in feats]
+        return feats
+
+    def encode(self, x: Tensor, layers: Sequence[int] = (-1,)) -> list[Tensor]:
+        """Like :meth:`forward_features` but keeps gradients (full fine-tuning)."""
+        self._check_input(x)
+        return self.forward_encoder(self.standardize(x), None, layers)[3]
+
+    def num_parameters(self, part: str = "all") -> int:
+        """Parameter count of ``all``, ``encoder``, ``decoder`` or ``embedding``."""
+        mods: dict[str, list[nn.Module]] = {
+            "embedding": [self.patch_embed],
+            "encoder": [self.patch_embed, self.blocks, self.norm],
+            "decoder": [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred],
+        }
+        if part == "all":
+            return sum(p.numel() for p in self.parameters())
+        extra = self.cls_token.numel() if part == "encoder" else (self.mask_token.numel() if part == "decoder" else 0)
+        return sum(p.numel() for m in mods[part] for p in m.parameters()) + extra
+
+
+def _sensor_dict(sensor: str | Sensor | dict[str, Any], selection: str | None) -> dict[str, Any]:
+    if isinstance(sensor, dict):
+        return sensor
+    if isinstance(sensor, Sensor):
+        return sensor.to_dict()
+    from hyperkd.sensors import get_sensor
+
+    return get_sensor(sensor, selection=selection or "default").to_dict()
+
+
+def _factory(size: str):
+    def make(
+        sensor: str | Sensor | dict[str, Any] = "enmap", selection: str | None = None, **overrides: Any
+    ) -> HyperspectralMAE:
+        cfg = {**SIZES[size], **overrides}
+        return HyperspectralMAE(sensor=_sensor_dict(sensor, selection), size=size, **cfg)
+
+    make.__name__ = f"mae_{size}"
+    d = SIZES[size]
+    make.__doc__ = (
+        f"Hyperspectral MAE, {size}: D={d['embed_dim']}, depth {d['depth']}, {d['num_heads']} heads, "
+        f"patch {d['patch_size']} (any sensor: <sensor>-mae-{size})."
+    )
+    return make
+
+
+for _size in SIZES:
+    register("student", f"mae-{_size}")(_factory(_size))
+
+
+def build_student(spec: str | Sensor, **kwargs: Any) -> HyperspectralMAE:
+    """Build a student from a name.
+
+    ``spec`` may be a registered student (``mae-small``; pass ``sensor=``), a sensor name
+    (``enmap``: that sensor's ``tiny`` student), or ``<sensor>-mae-<size>``
+    (``enmap-mae-small``, ``prisma-mae-base``), or a :class:`Sensor`. Keyword arguments
+    override the architecture (``img_size=224``, ``embedding="plain"``...).
+    """
+    from hyperkd.registry import create, registry
+
+    if isinstance(spec, Sensor):
+        return create("student", "mae-tiny", sensor=spec, **kwargs)
+    if spec in registry("student"):
+        return create("student", spec, **kwargs)
+    if "-mae-" in spec:
+        sensor, size = spec.rsplit("-mae-", 1)
+        if size in SIZES and sensor in registry("sensor"):
+            return create("student", f"mae-{size}", sensor=sensor, **kwargs)
+    if spec in registry("sensor"):
+        return create("student", "mae-tiny", sensor=spec, **kwargs)
+    raise HyperKDError(
+        f"unknown student {spec!r}: use a sensor name (e.g. 'enmap'), '<sensor>-mae-<size>' with size in "
+        f"{sorted(SIZES)}, a registered student ({', '.join(registry('student').names())}), or a saved "
+        "student folder"
+    )
+
+
+def load_student(path: str, **kwargs: Any) -> HyperspectralMAE:
+    """Load a saved student (folder with config.json + model.safetensors)."""
+    return HyperspectralMAE.from_pretrained(path, **kwargs)
+
+
+def flops_per_chip(model: HyperspectralMAE, mask_ratio: float = 0.75) -> float:
+    """Approximate forward FLOPs for one chip (matmuls only; 2 FLOPs per MAC)."""
+    n = model.num_patches
+    n_vis = n - round(mask_ratio * n)
+    d = model.embed_dim
+    c = model.in_chans
+    p2 = model.patch_size**2
+    emb = model.patch_embed
+    if emb.kind == "factorized":
+        k = emb.proj.in_channels
+        embed = n * p2 * c * k + n * p2 * k * d
+    else:
+        embed = n * p2 * c * d
+    def blocks(tokens: int, width: int, depth: int, mlp: float = 4.0) -> float:
+        per = 4 * tokens * width * width + 2 * tokens * tokens * width + 2 * mlp * tokens * width * width
+        return depth * per
+    dd = model.decoder_embed.out_features
+    dec_depth = len(model.decoder_blocks)
+    total = embed + blocks(n_vis + 1, d, model.depth) + (n_vis + 1) * d * dd
+    total += blocks(n + 1, dd, dec_depth) + n * dd * p2 * c
+    return 2.0 * total

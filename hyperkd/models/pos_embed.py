@@ -1,0 +1,31 @@
+"""Fixed 2-D sin-cos position embeddings (MAE / Prithvi style)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """``(len(pos), dim)``: concat(sin(p*w_k), cos(p*w_k)), w_k = 10000^(-k/(dim/2))."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = pos.reshape(-1).to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = True) -> torch.Tensor:
+    """``(1, [1+] h*w, dim)`` table; half the dims encode the column (w), half the row (h).
+
+    Tokens are ordered row-major (h, w); the cls row (if any) is zeros.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
+    gh, gw = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
+    emb = torch.cat([sincos_1d(dim // 2, gw), sincos_1d(dim // 2, gh)], dim=1)
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim, dtype=torch.float64), emb], dim=0)
+    return emb.float().unsqueeze(0)

@@ -1,0 +1,111 @@
+"""The training engine: loss falls, kill + resume continues, 2-process DDP, run folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from hyperkd.checkpoint import load_checkpoint_file
+from hyperkd.errors import HyperKDError
+from hyperkd.models.mae import HyperspectralMAE
+from hyperkd.train import pretrain
+
+from .helpers.toy import toy_store
+
+HYPERKD = str(Path(sys.executable).with_name("hyperkd"))
+TINY = ["student.patch_size=4", "student.embed_dim=64", "student.depth=2", "student.num_heads=2",
+        "student.decoder_embed_dim=32", "student.decoder_depth=1", "student.decoder_num_heads=2",
+        "student.spectral_dim=16", "data.batch_size=8", "trainer.log_every_n_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return toy_store(tmp_path_factory.mktemp("toy") / "store", chips=48, size=32)
+
+
+def val_series(run: Path, key: str) -> list[float]:
+    rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def test_pretraining_lowers_masked_reconstruction_loss(store, tmp_path):
+    run = tmp_path / "run"
+    res = pretrain("mae", run, overrides=[f"data.store={store.root}", "trainer.max_epochs=25", *TINY])
+    losses = val_series(run, "val/loss_mse")
+    assert len(losses) == 25
+    # standardised targets: always predicting the band means scores about 1.0
+    assert losses[-1] < 0.85 * losses[0] and losses[-1] < 0.75, losses
+    # run folder contents
+    for f in ("recipe.yaml", "metrics.json", "checkpoints/last.ckpt", "figures/reconstruction.png",
+              "figures/loss.png", "student/model.safetensors", "student/config.json"):
+        assert (run / f).exists(), f
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == res.global_step == 25 * 5  # 42 training chips, batches of 8
+    assert {"val/psnr", "val/ssim", "val/sam_deg", "val/mse"} <= set(metrics)
+    student = HyperspectralMAE.from_pretrained(str(run / "student"))
+    assert student.in_chans == 202 and student.img_size == 32
+    # the exported student carries the store's statistics
+    assert student.band_mean.flatten()[0].item() == pytest.approx(store.stats["mean"][0], rel=1e-5)
+    with pytest.raises(HyperKDError, match="already holds a run"):
+        pretrain("mae", run, overrides=[f"data.store={store.root}", *TINY])
+
+
+class StepRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.steps.append(trainer.global_step)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(store, tmp_path):
+    run = tmp_path / "run"
+    sets = [f"data.store={store.root}", "trainer.max_steps=60", "trainer.max_epochs=100",
+            "trainer.checkpoint_every_n_steps=1", "trainer.figures=false", *TINY]
+    args = [HYPERKD, "pretrain", "--out", str(run)] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "HYPERKD_DISABLE_PROGRESS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.exists() and load_checkpoint_file(ckpt)["global_step"] >= 6:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    step = load_checkpoint_file(ckpt)["global_step"]
+    assert 6 <= step < 60
+    rec = StepRecorder()
+    res = pretrain(run / "recipe.yaml", run, resume=True, callbacks=[rec])
+    assert rec.steps[0] == step  # continues where the checkpoint left off, mid-epoch
+    assert res.global_step == 60
+    assert rec.steps == list(range(step, 60))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(HyperKDError, match="no checkpoint"):
+        pretrain("mae", tmp_path / "nothing", resume=True)
+
+
+def test_ddp_two_processes_on_cpu(store, tmp_path):
+    run = tmp_path / "ddp"
+    sets = [f"data.store={store.root}", "trainer.max_steps=3", "trainer.figures=false", *TINY]
+    args = [HYPERKD, "pretrain", "--out", str(run), "--accelerator", "cpu", "--devices", "2",
+            "--strategy", "ddp"] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "HYPERKD_DISABLE_PROGRESS": "1"}
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 3
+    assert (run / "student" / "model.safetensors").exists()
