@@ -24,6 +24,9 @@ load_plugins()  # register the plugin's components before importing its modules 
 
 from hyperkd_enmap.l2a import find_l2a_products, open_l2a, parse_l2a_metadata  # noqa: E402
 
+# rasterio 1.4 multiplies Affine objects with `*`, which affine 2.4+ flags as pending deprecation
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning:rasterio.*")
+
 _spec = importlib.util.spec_from_file_location("enmap_fixtures", Path(__file__).parent / "data/enmap/data.py")
 fx = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fx)  # type: ignore[union-attr]

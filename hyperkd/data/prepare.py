@@ -42,7 +42,7 @@ from rasterio.windows import Window
 import hyperkd
 from hyperkd.data.products import Product, ProductFormat, find_products, product_format_for
 from hyperkd.data.store import MANIFEST, ChipStore, ChipStoreWriter, nbytes_per_chip
-from hyperkd.errors import DataError
+from hyperkd.errors import DataError, SensorError
 from hyperkd.sensors import Sensor
 
 SHARD_BYTES = 256 << 20
@@ -239,7 +239,12 @@ def prepare(
             if p.name in seen:
                 raise DataError(f"{p.path}: product {p.name} was given twice (also as {seen[p.name]})")
             seen[p.name] = p.path
-        selected = products[0].sensor.select(parse_selection(selection) if isinstance(selection, str) else selection)
+        try:
+            selected = products[0].sensor.select(
+                parse_selection(selection) if isinstance(selection, str) else selection
+            )
+        except SensorError as exc:
+            raise DataError(f"{products[0].path}: {str(exc).rstrip(', ')}") from None
         if resume and (out / MANIFEST).exists():
             selected = _stored_sensor(out, selected)
         shifts = _check_compatible(products, selected)
