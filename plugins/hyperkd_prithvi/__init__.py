@@ -15,10 +15,10 @@ from hyperkd.plugins import hookimpl
 @hookimpl
 def hyperkd_register() -> None:
     """Register the ``hls`` sensor and the Prithvi-EO teachers."""
-    from hyperkd_prithvi import (
-        sensor,  # noqa: F401 - registers on import
-        teacher,  # noqa: F401 - registers on import
-    )
+    from hyperkd_prithvi import sensor  # noqa: F401 - registers on import
+    from hyperkd_prithvi.teacher import register_teachers
+
+    register_teachers()
 
 
 @hookimpl

@@ -66,8 +66,7 @@ def teacher_rows() -> list[dict[str, Any]]:
 def teacher_details(name: str) -> dict[str, Any]:
     """Everything ``teachers show`` prints: config, parameter counts, bands, weights, shapes."""
     import hyperkd
-    from hyperkd_prithvi.sensor import HLS_SCALE, prithvi_reference
-    from hyperkd_prithvi.teacher import VARIANTS, parameter_counts
+    from hyperkd_prithvi.teacher import HLS_SCALE, VARIANTS, parameter_counts, prithvi_reference
 
     entry = hyperkd.registry("teacher").get(name)
     d: dict[str, Any] = {

@@ -22,8 +22,7 @@ from torch import Tensor
 from hyperkd.errors import WeightsError
 from hyperkd.io import atomic_path, atomic_write_json
 from hyperkd_prithvi.model import build_mae
-from hyperkd_prithvi.sensor import prithvi_reference
-from hyperkd_prithvi.teacher import VARIANTS, PrithviVariant, parameter_counts
+from hyperkd_prithvi.teacher import VARIANTS, PrithviVariant, parameter_counts, prithvi_reference
 from hyperkd_prithvi.weights import (
     CONFIG_FILENAME,
     CONVERTED_FILENAME,

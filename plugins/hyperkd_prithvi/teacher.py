@@ -30,9 +30,12 @@ any :class:`~hyperkd_prithvi.model.PrithviConfig` field as an architecture overr
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 import torch
@@ -51,10 +54,24 @@ from hyperkd_prithvi.model import (
     count_parameters,
     normalise_layers,
 )
-from hyperkd_prithvi.sensor import HLS_SCALE, prithvi_reference
 from hyperkd_prithvi.weights import load_weights
 
 WeightsSpec = str | os.PathLike[str] | None
+
+HLS_SCALE = 10000.0
+"""HLS digital numbers are surface reflectance times this (as in ``hyperkd_prithvi.sensor``)."""
+
+
+@lru_cache(maxsize=1)
+def prithvi_reference() -> dict[str, Any]:
+    """The Prithvi constants shipped with the plugin (``data/prithvi.json``).
+
+    Read here rather than imported from ``hyperkd_prithvi.sensor``: that module registers the
+    ``hls`` sensor when imported, and importing it outside the plugin hook would attribute
+    the sensor to the wrong provider.
+    """
+    text = resources.files("hyperkd_prithvi").joinpath("data/prithvi.json").read_text()
+    return json.loads(text)
 
 
 @dataclass(frozen=True)
@@ -338,15 +355,23 @@ def _factory(name: str) -> Any:
     return factory
 
 
-_ALIASES = {"prithvi-eo-1.0-100m": ["prithvi"]}
-for _name, _variant in VARIANTS.items():
-    register(
-        "teacher",
-        _name,
-        aliases=_ALIASES.get(_name, []),
-        description=_variant.description,
-        family="prithvi-eo",
-    )(_factory(_name))
+ALIASES: dict[str, list[str]] = {"prithvi-eo-1.0-100m": ["prithvi"]}
+
+
+def register_teachers() -> None:
+    """Register every variant (called by the plugin's ``hyperkd_register`` hook).
+
+    Registration is a function, not an import side effect, so entries are always
+    attributed to the ``prithvi`` plugin and come back after a plugin reload.
+    """
+    for name, variant in VARIANTS.items():
+        register(
+            "teacher",
+            name,
+            aliases=ALIASES.get(name, []),
+            description=variant.description,
+            family="prithvi-eo",
+        )(_factory(name))
 
 
 def parameter_counts(name: str, **overrides: Any) -> dict[str, int]:
