@@ -1,0 +1,300 @@
+"""Synthetic scenes: determinism, cross-sensor consistency, physical plausibility, labels,
+arbitrary sensors, the ``data synth`` / ``data info`` CLI and resumable stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hyperkd.cli.app import main
+from hyperkd.data.spectral_library import earthlib_library, water_reflectance
+from hyperkd.data.store import ChipStore
+from hyperkd.data.synth import (
+    LANDCOVER_CLASSES,
+    Instrument,
+    SceneConfig,
+    generate_scene,
+    render,
+    spectral_response,
+    synthesize,
+)
+from hyperkd.errors import DataError
+from hyperkd.sensors import Band, Sensor, get_sensor
+
+CFG = SceneConfig()
+LC = {name: i for i, name in enumerate(LANDCOVER_CLASSES)}
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """A dozen 48 px scenes rendered for EnMAP (all 224 bands) and HLS."""
+    enmap, hls = get_sensor("enmap", "all"), get_sensor("hls")
+    out = []
+    for i in range(12):
+        sc = generate_scene(CFG, 48, seed=1, index=i)
+        out.append((sc, render(sc, enmap), render(sc, hls)))
+    return out
+
+
+def _stack(scenes, what):
+    if what == "enmap":
+        return np.stack([e for _, e, _ in scenes])
+    if what == "hls":
+        return np.stack([h for _, _, h in scenes])
+    if what == "pure":
+        return np.stack([sc.unit_fraction[0] == 1.0 for sc, _, _ in scenes])
+    return np.stack([sc.labels[what] for sc, _, _ in scenes])
+
+
+# -- determinism ---------------------------------------------------------------------------------
+
+
+def test_same_seed_same_scene_and_rendering():
+    hls = get_sensor("hls")
+    a, b = generate_scene(CFG, 32, seed=7, index=3), generate_scene(CFG, 32, seed=7, index=3)
+    for k in a.labels:
+        np.testing.assert_array_equal(a.labels[k], b.labels[k])
+    np.testing.assert_array_equal(a.slot_weight, b.slot_weight)
+    np.testing.assert_array_equal(render(a, hls), render(b, hls))
+
+
+def test_different_seeds_and_chips_differ():
+    a = generate_scene(CFG, 32, seed=7, index=3)
+    b = generate_scene(CFG, 32, seed=8, index=3)
+    c = generate_scene(CFG, 32, seed=7, index=4)
+    hls = get_sensor("hls")
+    ra, rb, rc = render(a, hls), render(b, hls), render(c, hls)
+    assert np.abs(ra - rb).mean() > 0.01 and np.abs(ra - rc).mean() > 0.01
+    assert not np.array_equal(a.labels["landcover"], b.labels["landcover"]) or not np.array_equal(
+        a.labels["soc"], b.labels["soc"], equal_nan=True
+    )
+
+
+def test_band_selection_keeps_values_of_kept_bands():
+    sc = generate_scene(CFG, 24, seed=2, index=0)
+    full, default = get_sensor("enmap", "all"), get_sensor("enmap")
+    rf, rd = render(sc, full), render(sc, default)
+    idx = [full.band_index(n) for n in default.band_names]
+    assert rd.shape[0] == default.num_bands < full.num_bands
+    np.testing.assert_array_equal(rf[idx], rd)
+
+
+# -- physics and cross-sensor consistency -------------------------------------------------------
+
+
+def test_rendering_is_the_srf_convolution_of_the_high_resolution_cube():
+    """Mixing pre-convolved endmembers equals convolving the 10 nm cube (exactly, up to float)."""
+    sc = generate_scene(CFG, 24, seed=3, index=1)
+    quiet = Instrument(noise=False, psf_sigma_px=0.0)
+    for sensor in (get_sensor("enmap"), get_sensor("hls")):
+        cube = sc.spectra()  # (L, S, S)
+        resp = spectral_response(sensor, sc.wavelengths_nm)
+        expected = np.tensordot(resp, cube, axes=(1, 0))
+        np.testing.assert_allclose(render(sc, sensor, quiet), expected, atol=2e-6)
+
+
+def test_hls_bands_agree_with_enmap_bands_in_their_ranges(scenes):
+    """HLS red (640-670 nm) is the mean of the EnMAP bands inside it, up to both sensors' noise."""
+    enmap, hls = get_sensor("enmap", "all"), get_sensor("hls")
+    E, H = _stack(scenes, "enmap"), _stack(scenes, "hls")
+    centres = np.array(enmap.centers_nm)
+    for b, (lo, hi) in enumerate(hls.ranges_nm):
+        inside = (centres >= lo) & (centres <= hi)
+        assert inside.sum() >= 3
+        diff = H[:, b] - E[:, inside].mean(axis=1)
+        assert abs(diff.mean()) < 1e-3, hls.bands[b].name
+        assert np.sqrt((diff**2).mean()) < 4e-3, hls.bands[b].name
+    # and the bands are not trivially equal: a band outside red disagrees with HLS red
+    nir = (centres >= 850) & (centres <= 880)
+    assert np.abs(H[:, 2] - E[:, nir].mean(axis=1)).mean() > 0.05
+
+
+def test_vegetation_has_a_red_edge_and_water_is_dark_in_the_swir(scenes):
+    H, lc, crop, pure = (_stack(scenes, k) for k in ("hls", "landcover", "croptype", "pure"))
+    red, nir, swir1 = H[:, 2], H[:, 3], H[:, 4]
+    ratio = nir / np.maximum(red, 1e-3)
+    fallow = CFG.crop_classes.index("fallow")
+    dense = pure & (((lc == LC["cropland"]) & (crop != fallow)) | (lc == LC["forest"]))
+    assert dense.sum() > 500
+    assert np.median(ratio[dense]) > 5.0
+    for cls in ("barren", "developed", "water"):
+        m = pure & (lc == LC[cls])
+        assert m.sum() > 50, cls
+        assert np.median(ratio[m]) < 2.0, cls
+    water = pure & (lc == LC["water"])
+    land = pure & (lc != LC["water"])
+    assert np.median(swir1[water]) < 0.02 < np.median(swir1[land])
+    # the modelled water spectrum itself: blue/green brighter than NIR/SWIR, never negative
+    wl = earthlib_library().wavelengths_nm
+    w = water_reflectance(wl, chl=5, tsm=10, cdom_440=0.2)
+    assert (w >= 0).all() and w[(wl > 500) & (wl < 600)].mean() > 3 * w[wl > 1500].mean()
+
+
+def test_soc_falls_with_soil_albedo(scenes):
+    """Darker soils carry more carbon: per unit (the rule) and per bare-soil pixel (observable)."""
+    units = [u for sc, _, _ in scenes for u in sc.units if "soil_albedo" in u]
+    a = np.array([u["soil_albedo"] for u in units])
+    soc = np.array([u["soc_gkg"] for u in units])
+    assert len(units) > 50
+    assert np.corrcoef(a, np.log(soc))[0, 1] < -0.6
+    H, lc, soc_px, pure = (_stack(scenes, k) for k in ("hls", "landcover", "soc", "pure"))
+    bare = pure & (lc == LC["barren"])
+    assert bare.sum() > 200
+    assert np.corrcoef(H.mean(axis=1)[bare], np.log(soc_px[bare]))[0, 1] < -0.4
+
+
+def test_labels_shapes_classes_and_consistency(scenes):
+    lc, crop, soc, pure = (_stack(scenes, k) for k in ("landcover", "croptype", "soc", "pure"))
+    assert lc.shape == crop.shape == soc.shape == (12, 48, 48)
+    assert lc.dtype == np.int16 and crop.dtype == np.int16 and soc.dtype == np.float32
+    assert set(np.unique(lc)) == set(range(len(LANDCOVER_CLASSES)))
+    assert set(np.unique(crop)) == set(range(len(CFG.crop_classes)))
+    assert (lc[crop > 0] == LC["cropland"]).all()
+    assert (crop[lc != LC["cropland"]] == 0).all()
+    soil = np.isin(lc, [LC[c] for c in ("cropland", "grassland", "forest", "barren")])
+    assert np.isfinite(soc[pure & soil]).all()
+    assert np.isnan(soc[pure & ~soil]).all()
+    lo, hi = CFG.soc.clip
+    assert np.nanmin(soc) >= lo and np.nanmax(soc) <= hi
+
+
+def test_noise_grows_with_signal_and_in_absorption_bands():
+    sc = generate_scene(CFG, 32, seed=5, index=2)
+    enmap = get_sensor("enmap", "all")
+    clean = render(sc, enmap, Instrument(noise=False))
+    noisy = render(sc, enmap)
+    resid = noisy - clean
+    centres = np.array(enmap.centers_nm)
+    window = np.abs(resid[(centres > 1340) & (centres < 1440)]).mean()
+    clear = np.abs(resid[(centres > 1550) & (centres < 1700)]).mean()
+    assert window > 5 * clear
+    band = int(np.argmin(np.abs(centres - 860)))
+    x, r = clean[band].ravel(), np.abs(resid[band]).ravel()
+    assert r[x > np.quantile(x, 0.8)].mean() > 1.2 * r[x < np.quantile(x, 0.2)].mean()
+
+
+# -- arbitrary sensors --------------------------------------------------------------------------
+
+
+def test_any_band_count_works(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = np.sort(rng.uniform(420, 2400, 37))
+    sensor = Sensor(
+        name="adhoc-37", gsd_m=30.0,
+        bands=tuple(Band(f"c{i}", float(c), float(rng.uniform(4, 40))) for i, c in enumerate(centres)),
+    )
+    store = synthesize(sensor, tmp_path / "adhoc", chips=2, size=16, seed=1, progress=False)
+    item = store[1]
+    assert item["image"].shape == (37, 16, 16) and np.isfinite(item["image"]).all()
+    assert store.sensor.band_names == sensor.band_names and store.synthetic
+    bad = Sensor(name="thermal", gsd_m=30.0, bands=(Band("t1", 10900.0, 500.0),))
+    with pytest.raises(DataError, match=r"t1.*outside"):
+        synthesize(bad, tmp_path / "bad", chips=1, size=16, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+# -- stores, CLI, resume ------------------------------------------------------------------------
+
+
+def test_cli_synth_round_trip_and_stats_match_numpy(tmp_path, capsys):
+    a, b = tmp_path / "enmap", tmp_path / "hls"
+    rc = main(["data", "synth", "--out", str(a), "--chips", "3", "--size", "16", "--seed", "4",
+               "--also", f"hls={b}"])
+    assert rc == 0, capsys.readouterr().err
+    store, teacher = ChipStore(a), ChipStore(b)
+    assert len(store) == len(teacher) == 3 and store.synthetic and teacher.synthetic
+    assert store.sensor.name == "enmap" and store.sensor.num_bands == get_sensor("enmap").num_bands
+    assert teacher.sensor.num_bands == 6
+    assert store.manifest["attrs"]["synth"]["seed"] == 4 and "SYNTHETIC" in store.manifest["attrs"]["synthetic"]
+    # same scenes in both stores, and the same as generating them directly
+    direct = generate_scene(CFG, 16, seed=4, index=2)
+    for k in ("landcover", "croptype", "soc"):
+        np.testing.assert_array_equal(store[2][k], teacher[2][k])
+        np.testing.assert_array_equal(store[2][k], direct.labels[k])
+    np.testing.assert_allclose(
+        store[2]["image"], render(direct, get_sensor("enmap")).astype(np.float16).astype(np.float32)
+    )
+    # manifest statistics = numpy over every stored pixel
+    pix = np.concatenate([store[i]["image"].reshape(store.sensor.num_bands, -1) for i in range(3)], axis=1)
+    np.testing.assert_allclose(store.stats["mean"], pix.mean(axis=1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(store.stats["std"], pix.std(axis=1, ddof=1), rtol=1e-4, atol=1e-7)
+    assert store.stats["count"] == 3 * 16 * 16
+
+    capsys.readouterr()
+    assert main(["data", "info", str(a), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    lc = np.stack([store[i]["landcover"] for i in range(3)])
+    counts = np.bincount(lc.ravel(), minlength=len(LANDCOVER_CLASSES))
+    assert info["labels"]["landcover"]["classes"] == dict(zip(LANDCOVER_CLASSES, counts.tolist(), strict=True))
+    soc = np.stack([store[i]["soc"] for i in range(3)])
+    assert info["labels"]["soc"]["nan_fraction"] == pytest.approx(np.isnan(soc).mean())
+    assert info["labels"]["soc"]["mean"] == pytest.approx(np.nanmean(soc.astype(np.float64)))
+    assert info["synthetic"] and info["chips"] == 3 and info["sensor"]["num_bands"] == 202
+    assert info["provenance"]["paired_stores"] == {str(b): "hls:all"}
+    assert main(["data", "info", str(a)]) == 0
+    assert "SYNTHETIC DATA" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--chips", "0"]) == 1
+    assert "--chips must be >= 1" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--also", "hls"]) == 1
+    assert "SENSOR[:SELECTION]=STORE" in capsys.readouterr().err
+    cfg = tmp_path / "scene.yaml"
+    cfg.write_text("crops:\n  - name: maize\n    lai: [3, 7]\n    chl: [40, 60]\n    colour: green\n")
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--config", str(cfg)]) == 1
+    assert "unknown field 'colour'" in capsys.readouterr().err
+
+
+def test_chip_does_not_depend_on_count_shards_or_interruption(tmp_path):
+    hls = get_sensor("hls")
+    full = synthesize(hls, tmp_path / "full", chips=5, size=16, seed=9, shard_size=2, progress=False)
+
+    def stop_after_three(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(hls, tmp_path / "resumed", chips=5, size=16, seed=9, shard_size=2, progress=stop_after_three)
+    with pytest.raises(DataError, match="--resume"):
+        synthesize(hls, tmp_path / "resumed", chips=5, size=16, seed=9, shard_size=2, progress=False)
+    with pytest.raises(DataError, match="other synth settings"):
+        synthesize(hls, tmp_path / "resumed", chips=5, size=16, seed=10, shard_size=2, progress=False,
+                   resume=True)
+    resumed = synthesize(hls, tmp_path / "resumed", chips=5, size=16, seed=9, shard_size=2, progress=False,
+                         resume=True)
+    short = synthesize(hls, tmp_path / "short", chips=2, size=16, seed=9, progress=False)
+    assert len(resumed) == 5
+    for i in range(5):
+        np.testing.assert_array_equal(full[i]["image"], resumed[i]["image"])
+        np.testing.assert_array_equal(full[i]["soc"], resumed[i]["soc"])
+    np.testing.assert_array_equal(full[1]["image"], short[1]["image"])
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_scene_config_round_trip_partial_files_and_weights(tmp_path):
+    assert SceneConfig.from_dict(CFG.to_dict()) == CFG
+    assert SceneConfig.from_dict(json.loads(json.dumps(CFG.to_dict()))).digest() == CFG.digest()
+    path = tmp_path / "c.yaml"
+    path.write_text("name: wet\np_water: 1.0\nwater:\n  lake: 1.0\nsoc:\n  slope: 4.0\n")
+    cfg = SceneConfig.from_file(path)
+    assert cfg.p_water == 1.0 and cfg.water.lake == 1.0 and cfg.soc.slope == 4.0
+    assert cfg.crops == CFG.crops and cfg.digest() != CFG.digest()
+    assert all(generate_scene(cfg, 16, seed=0, index=i).meta["water"] for i in range(3))
+
+    with pytest.raises(DataError, match="unknown crop 'rice'"):
+        CFG.with_weights(crops={"rice": 1.0})
+    with pytest.raises(DataError, match="range"):
+        SceneConfig.from_dict({"parcel_px": [20, 6]})
+    # a student set without cotton keeps the class list, so ids agree with the teacher set
+    student = CFG.with_weights(crops={"cotton": 0.0}, covers={"cropland": 1.0, "forest": 0.0})
+    assert student.crop_classes == CFG.crop_classes
+    cotton = CFG.crop_classes.index("cotton")
+    for i in range(6):
+        sc = generate_scene(student, 32, seed=0, index=i)
+        assert not (sc.labels["croptype"] == cotton).any()
+        assert not (sc.labels["landcover"] == LC["forest"]).any()
