@@ -88,3 +88,17 @@ def _report(result) -> None:
         highlight=False,
     )
     console.print(f"student: {result.student_dir}", highlight=False)
+
+
+@app.command("quickstart")
+def quickstart_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Report folder (replaced).")] = Path("demo"),
+    chips: Annotated[int, typer.Option("--chips")] = 96,
+    size: Annotated[int, typer.Option("--size")] = 64,
+    epochs: Annotated[int, typer.Option("--epochs")] = 12,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """The whole story on synthetic data, nothing downloaded (what `make demo` runs)."""
+    from hyperkd.quickstart import quickstart
+
+    quickstart(out, chips=chips, size=size, epochs=epochs, seed=seed, log=lambda s: console.print(s, highlight=False))
