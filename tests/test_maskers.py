@@ -1,0 +1,85 @@
+"""Maskers: exact ratio, determinism, and spatial-feature masking's preference for structure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hyperkd import create
+from hyperkd.errors import HyperKDError
+from hyperkd.maskers import num_masked, patch_structure
+from hyperkd.plugins import load_plugins
+
+GRID = (8, 8)  # 32 px images, 4 px patches
+
+
+def half_textured(b: int = 16, c: int = 6, seed: int = 0) -> torch.Tensor:
+    """Left half: strong random texture; right half: one flat value (+ tiny noise)."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.full((b, c, 32, 32), 0.2)
+    img[..., :16] += 0.2 * torch.rand(b, 1, 32, 16, generator=g)
+    img += 1e-4 * torch.rand(b, c, 32, 32, generator=g)
+    return img
+
+
+def textured_fraction(mask: torch.Tensor) -> tuple[float, float]:
+    """Masked fraction of the textured and of the flat interior (the seam columns 3-4 hold
+    a real edge, so they count as neither)."""
+    m = mask.view(-1, *GRID).float()
+    return m[..., :3].mean().item(), m[..., 5:].mean().item()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _plugins():
+    load_plugins()
+
+
+@pytest.mark.parametrize("name", ["random", "spatial-feature"])
+@pytest.mark.parametrize("ratio", [0.25, 0.75, 0.9])
+def test_masks_hide_exactly_the_ratio_in_every_row(name, ratio):
+    masker = create("masker", name)
+    mask = masker(half_textured(), GRID, ratio, torch.Generator().manual_seed(1))
+    assert mask.dtype == torch.bool and mask.shape == (16, 64)
+    assert (mask.sum(1) == num_masked(64, ratio)).all()
+
+
+def test_spatial_feature_prefers_the_textured_half():
+    masker = create("masker", "spatial-feature")
+    img = half_textured()
+    tex, flat = textured_fraction(masker(img, GRID, 0.5, torch.Generator().manual_seed(0)))
+    assert tex > 0.7 and flat < 0.2, (tex, flat)
+    # at 0.75 the textured patches are almost all hidden before most flat ones are
+    tex, flat = textured_fraction(masker(img, GRID, 0.75, torch.Generator().manual_seed(0)))
+    assert tex > 0.95 and flat < 0.5, (tex, flat)
+    # the preference sharpens as mix -> 1 and temperature -> 0
+    sharp = create("masker", "spatial-feature", mix=1.0, temperature=0.25)
+    tex, flat = textured_fraction(sharp(img, GRID, 0.5, torch.Generator().manual_seed(0)))
+    assert tex > 0.8 and flat < 0.01, (tex, flat)
+    # prefer=low inverts the rule; mix=0 is plain random masking
+    tex, flat = textured_fraction(create("masker", "spatial-feature", prefer="low")(img, GRID, 0.5))
+    assert tex < 0.2 and flat > 0.7, (tex, flat)
+    tex, flat = textured_fraction(create("masker", "spatial-feature", mix=0.0)(
+        half_textured(256), GRID, 0.5, torch.Generator().manual_seed(0)))
+    assert abs(tex - flat) < 0.05
+
+
+def test_spatial_feature_is_deterministic_given_a_generator():
+    masker = create("masker", "spatial-feature")
+    img = half_textured()
+    a = masker(img, GRID, 0.75, torch.Generator().manual_seed(3))
+    b = masker(img, GRID, 0.75, torch.Generator().manual_seed(3))
+    c = masker(img, GRID, 0.75, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_structure_scores_and_flat_images():
+    img = half_textured(2)
+    s = patch_structure(img, GRID).view(2, *GRID)
+    assert s[..., :3].min() > 100 * s[..., 5:].max()  # the seam column (3, 4) is excluded
+    masker = create("masker", "spatial-feature")
+    q = masker.probabilities(torch.full((2, 3, 32, 32), 0.4), GRID)
+    torch.testing.assert_close(q, torch.full((2, 64), 1 / 64))
+    with pytest.raises(HyperKDError, match="mix"):
+        create("masker", "spatial-feature", mix=1.5)
+    with pytest.raises(HyperKDError, match="patch grid"):
+        patch_structure(torch.rand(1, 1, 30, 30), GRID)
