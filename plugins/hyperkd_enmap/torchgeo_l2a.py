@@ -98,8 +98,8 @@ class EnMAPL2A(EnMAP):
         self.cloud_layers = tuple(c.upper() for c in cloud_layers)
         self.nodata = nodata
         sel = [first.band_index(n) for n in self.sensor.band_names]
-        self._gain = torch.tensor([first.bands[i].gain for i in sel], dtype=torch.float64)[:, None, None]
-        self._offset = torch.tensor([first.bands[i].offset for i in sel], dtype=torch.float64)[:, None, None]
+        self._gain = np.asarray([first.bands[i].gain for i in sel], dtype=np.float64)[:, None, None]
+        self._offset = np.asarray([first.bands[i].offset for i in sel], dtype=np.float64)[:, None, None]
         self._user_transforms = transforms
         RasterDataset.__init__(
             self, list(self._layers), crs, res, self.sensor.band_names, None, cache
@@ -125,12 +125,11 @@ class EnMAPL2A(EnMAP):
             raise IndexError(f"query: {query} not found in index with bounds: {self.bounds}")
         files = list(index.filepath)
         fill = self.nodata if self.nodata is not None else -32768
-        dn = torch.from_numpy(
-            self._merge(files, query, self.band_indexes, fill, self.resampling).astype(np.float64)
-        )
+        # numpy, not torch, for the arithmetic: single-threaded and several times faster on CPU here
+        dn = self._merge(files, query, self.band_indexes, fill, self.resampling)
         missing = dn == fill
-        valid = ~missing.any(dim=0)
-        image = (dn * self._gain + self._offset).to(torch.float32)
+        valid = ~missing.any(axis=0)
+        image = (dn * self._gain + self._offset).astype(np.float32)
         image[missing] = 0.0
         for key in [PIXELMASK, *(f"QL_QUALITY_{c}" for c in self.cloud_layers)]:
             masked = [f for f in files if key in self._layers[f]]
@@ -146,8 +145,10 @@ class EnMAPL2A(EnMAP):
             else:
                 q = self._merge(layer_files, query, [1], MASK_BACKGROUND, Resampling.nearest)[0]
                 flagged = np.isin(q, CLOUD_FLAGS[key.removeprefix("QL_QUALITY_")])
-            valid &= ~torch.from_numpy(flagged)
-        sample: dict[str, Any] = {"image": image, "valid": valid, "crs": self.crs, "bounds": query}
+            valid &= ~flagged
+        sample: dict[str, Any] = {
+            "image": torch.from_numpy(image), "valid": torch.from_numpy(valid), "crs": self.crs, "bounds": query,
+        }
         if self._user_transforms is not None:
             sample = self._user_transforms(sample)
         return sample

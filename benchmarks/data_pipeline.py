@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Chips per second: prepared chip store vs on-the-fly reads of the same EnMAP L2A products.
+
+Writes generated 224-band int16 L2A products (the official layout, via
+``tests/data/enmap/data.py``), prepares a chip store from them, then times, in one run and on
+the same chip size, batch size and worker count:
+
+1. ``store``:    a torch ``DataLoader`` over the :class:`~hyperkd.data.store.ChipStore`
+   (memory-mapped float16 shards, shuffled);
+2. ``rasterio``: random windows read on the fly with the L2A reader (rasterio windowed reads,
+   gain/offset, no-data + quality masks) inside a ``DataLoader``;
+3. ``torchgeo``: torchgeo's ``RandomGeoSampler`` over ``EnMAPL2A`` (the torchgeo
+   ``RasterDataset`` adapter: reflectance + valid mask);
+4. ``torchgeo-dn``: the same sampler over torchgeo's own ``EnMAP`` dataset (raw DNs, no
+   masks), to show what the adapter itself costs.
+
+and prints chips/s and each method's ratio to the store. All files were just written, so
+they sit in the OS page cache: this compares decoding and assembly work, not disk speed
+(a cold disk widens the gap further, as on-the-fly reads touch whole strips of all bands).
+
+    python benchmarks/data_pipeline.py --quick     # ~1 minute on 2 CPU cores
+    python benchmarks/data_pipeline.py             # larger products, more chips
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fixtures() -> Any:
+    """The fake-product writer shared with the tests (``tests/data/enmap/data.py``)."""
+    spec = importlib.util.spec_from_file_location("enmap_fixtures", REPO / "tests/data/enmap/data.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+class OnTheFlyWindows(Dataset):
+    """Random ``size`` x ``size`` windows read from the products at every access (seeded)."""
+
+    def __init__(self, paths: list[Path], bands: list[str], size: int, length: int, seed: int = 0) -> None:
+        self.paths, self.bands, self.size, self.length, self.seed = paths, bands, size, length, seed
+        self._products: list[Any] | None = None
+
+    def _open(self) -> list[Any]:
+        if self._products is None:  # opened lazily, so each DataLoader worker has its own handles
+            from hyperkd_enmap.l2a import open_l2a
+
+            self._products = [open_l2a(p) for p in self.paths]
+        return self._products
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        from rasterio.windows import Window
+
+        products = self._open()
+        rng = np.random.default_rng((self.seed, i))
+        p = products[int(rng.integers(len(products)))]
+        col = int(rng.integers(0, p.width - self.size + 1))
+        row = int(rng.integers(0, p.height - self.size + 1))
+        w = p.read(Window(col, row, self.size, self.size), self.bands)
+        return {"image": torch.from_numpy(w.image), "valid": torch.from_numpy(w.valid)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["_products"] = None
+        return d
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Batch ``image`` (and ``valid`` where present) with ``np.stack``, identically for every method.
+
+    Neither default_collate nor torchgeo's stack_samples is used: both call ``torch.stack``,
+    which on the CPU torch builds we measured is several times slower than ``np.stack`` for
+    these arrays; the script prints both costs so the choice is visible.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key in ("image", "valid"):
+        if key in samples[0]:
+            arrs = [s[key].numpy() if isinstance(s[key], torch.Tensor) else s[key] for s in samples]
+            out[key] = torch.from_numpy(np.stack(arrs))
+    return out
+
+
+def collate_costs(store: Any, batch: int) -> tuple[float, float]:
+    """Milliseconds per batch for ``torch.stack`` and ``np.stack`` of ``batch`` store chips."""
+    items = [store[i % len(store)]["image"] for i in range(batch)]
+    t0 = time.perf_counter()
+    for _ in range(5):
+        torch.stack([torch.from_numpy(a) for a in items])
+    t1 = time.perf_counter()
+    for _ in range(5):
+        np.stack(items)
+    t2 = time.perf_counter()
+    return (t1 - t0) / 5 * 1000, (t2 - t1) / 5 * 1000
+
+
+def chips_per_second(make_loader: Callable[[], Iterable[dict[str, Any]]], n_chips: int) -> float:
+    """Throughput over ``n_chips`` chips after one warm-up batch (file opening, first decode).
+
+    The loader is restarted when it runs out (another epoch of a small store).
+    """
+
+    def stream() -> Iterator[dict[str, Any]]:
+        while True:
+            yield from make_loader()
+
+    it = stream()
+    next(it)
+    seen, t0 = 0, time.perf_counter()
+    for b in it:
+        seen += int(b["image"].shape[0])
+        if seen >= n_chips:
+            break
+    return seen / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small products and few chips (~1 minute)")
+    ap.add_argument("--products", type=int, default=2, help="number of generated products")
+    ap.add_argument("--width", type=int, default=None, help="product width in px (default 512, quick 256)")
+    ap.add_argument("--height", type=int, default=None, help="product height in px (default 512, quick 256)")
+    ap.add_argument("--size", type=int, default=64, help="chip size in px")
+    ap.add_argument("--batch", type=int, default=16, help="batch size")
+    ap.add_argument("--chips", type=int, default=None, help="chips timed per method (default 1024, quick 192)")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for every method")
+    ap.add_argument("--interleave", choices=("pixel", "band"), default="pixel",
+                    help="GeoTIFF interleave of the generated products (GDAL's default: pixel)")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep products and store here")
+    args = ap.parse_args(argv)
+    width = args.width or (256 if args.quick else 512)
+    height = args.height or (256 if args.quick else 512)
+    n_chips = args.chips or (192 if args.quick else 1024)
+    S, B = args.size, args.batch
+
+    from hyperkd.data.prepare import prepare
+    from hyperkd.plugins import load_plugins
+
+    load_plugins()
+    fx = _fixtures()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="hyperkd-bench-"))
+    try:
+        prod_root = work / "products"
+        if prod_root.exists():
+            shutil.rmtree(prod_root)
+        products = []
+        for k in range(args.products):
+            name = fx.PRODUCT.replace("_002_", f"_{k + 1:03d}_")
+            origin = (fx.ORIGIN[0], fx.ORIGIN[1] - 30.0 * height * k)
+            products.append(fx.write_l2a_product(prod_root, product=name, width=width, height=height, seed=k,
+                                                 corner=width // 4, origin=origin,
+                                                 interleave=args.interleave))
+        store_dir = work / "store"
+        if store_dir.exists():
+            shutil.rmtree(store_dir)
+        t0 = time.perf_counter()
+        store = prepare(products, store_dir, size=S, max_nodata=0.5, progress=False)
+        t_prep = time.perf_counter() - t0
+        bands = store.sensor.band_names
+        mb = sum(f.stat().st_size for f in prod_root.rglob("*.TIF")) / 2**20
+
+        results: dict[str, float] = {}
+        gen = torch.Generator().manual_seed(0)
+        loaders: dict[str, Callable[[], Iterable[dict[str, Any]]]] = {
+            "store": lambda: DataLoader(store, batch_size=B, shuffle=True, num_workers=args.workers, generator=gen,
+                                collate_fn=collate),
+            "rasterio": lambda: DataLoader(
+                OnTheFlyWindows(products, bands, S, n_chips + 2 * B), batch_size=B, num_workers=args.workers,
+                collate_fn=collate,
+            ),
+        }
+
+        def torchgeo_loader(raw: bool) -> Iterable[dict[str, Any]]:
+            from hyperkd_enmap.torchgeo_l2a import EnMAPL2A
+            from torchgeo.datasets import EnMAP
+            from torchgeo.samplers import RandomGeoSampler
+
+            ds = EnMAP(paths=[str(p) for p in products], bands=bands) if raw else EnMAPL2A(paths=products)
+            sampler = RandomGeoSampler(ds, size=S, length=n_chips + 2 * B, generator=torch.Generator().manual_seed(0))
+            return DataLoader(ds, sampler=sampler, batch_size=B, collate_fn=collate, num_workers=args.workers)
+
+        loaders["torchgeo"] = lambda: torchgeo_loader(raw=False)
+        loaders["torchgeo-dn"] = lambda: torchgeo_loader(raw=True)
+        for name, make in loaders.items():
+            results[name] = chips_per_second(make, n_chips)
+        ms_torch, ms_np = collate_costs(store, B)
+
+        print(f"hyperkd data-pipeline benchmark{' (--quick)' if args.quick else ''}")
+        print(f"  {args.products} generated L2A products {width}x{height} px x 224 bands int16 "
+              f"({mb:.0f} MB GeoTIFF, {args.interleave}-interleaved strips, uncompressed), in page cache")
+        print(f"  chips {S}x{S} px x {len(bands)} bands ({store.sensor.selection}), batch {B}, "
+              f"workers {args.workers}, {n_chips} chips timed per method after 1 warm-up batch")
+        print(f"  prepare: {len(store)} chips in {t_prep:.1f} s ({len(store) / t_prep:.0f} chips/s)")
+        print(f"  batches built with np.stack ({ms_np:.0f} ms/batch here; torch.stack: {ms_torch:.0f} ms)")
+        print(f"  machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+              f"python {platform.python_version()}, torch {torch.__version__}")
+        labels = {
+            "store": "chip store (DataLoader over ChipStore)",
+            "rasterio": "rasterio windows on the fly (L2A reader)",
+            "torchgeo": "torchgeo RandomGeoSampler + EnMAPL2A",
+            "torchgeo-dn": "torchgeo RandomGeoSampler + EnMAP (raw DN)",
+        }
+        print(f"  {'method':<44}{'chips/s':>10}{'store is':>12}")
+        for name, cps in results.items():
+            ratio = results["store"] / cps
+            print(f"  {labels[name]:<44}{cps:>10.1f}{ratio:>11.1f}x")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
