@@ -232,3 +232,13 @@ def test_read_state_dict_rejects_non_state_dicts(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(WeightsError, match="holds a list, not a state dict"):
         read_state_dict(tmp_path / "list.pt")
+
+
+def test_loaded_teacher_is_frozen_float32_and_off_the_meta_device(tmp_path):
+    torch.save({k: v.half() for k, v in tiny_state_dict(seed=9).items()}, tmp_path / "half.pt")
+    teacher = tiny(tmp_path / "half.pt")
+    params = list(teacher.parameters())
+    assert {p.dtype for p in params} == {torch.float32}
+    assert not any(p.is_meta or p.requires_grad for p in params) and not teacher.training
+    want = tiny_state_dict(seed=9)["encoder.cls_token"].half().float()
+    torch.testing.assert_close(teacher.encoder.cls_token, want, rtol=0, atol=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 teachers_app = typer.Typer(help="Registered teachers: architecture, size, bands, weights.", no_args_is_help=True)
 convert_app = typer.Typer(help="Convert checkpoints to model.safetensors + config.json.", no_args_is_help=True)
@@ -134,7 +135,7 @@ def teachers_list(
     for r in rows:
         name = r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else "")
         if "embed_dim" not in r:
-            table.add_row(name, "", "", "", "", "", "", r["description"])
+            table.add_row(escape(name), "", "", "", "", "", "", escape(r["description"]))
             continue
         table.add_row(
             name, str(r["embed_dim"]), str(r["depth"]), str(r["num_heads"]), str(r["patch_size"]),
@@ -158,9 +159,9 @@ def teachers_show(
     if as_json:
         print_json(d)
         return
-    console.print(f"[bold]{d['name']}[/] — {d['description']}", highlight=False)
+    console.print(f"[bold]{escape(d['name'])}[/] — {escape(d['description'])}", highlight=False)
     if "config" not in d:
-        console.print(f"plugin: {d['plugin']}", highlight=False)
+        console.print(f"plugin: {escape(d['plugin'])}", highlight=False)
         return
     params = d["parameters"]
     cached = {True: "cached", False: "not cached", None: "n/a"}[d["default_weights_cached"]]
@@ -190,7 +191,7 @@ def teachers_show(
 
 @convert_app.command("prithvi")
 def convert_prithvi_cmd(
-    src: Annotated[str, typer.Argument(help="Checkpoint: .pt/.safetensors file, folder, or org/name[@rev][/file].")],
+    src: Annotated[str, typer.Argument(help="Checkpoint: .pt/.safetensors file, folder, or Hub org/name (optionally @revision and /file).")],
     out: Annotated[str, typer.Argument(help="Output folder (model.safetensors + config.json).")],
     variant: Annotated[
         str | None, typer.Option("--variant", help="Variant name; default: detected from the shapes.")
@@ -206,8 +207,10 @@ def convert_prithvi_cmd(
         print_json(summary)
         return
     console.print(
-        f"wrote {summary['weights']} and {summary['config']}: {summary['variant']}, "
-        f"{summary['tensors']} tensors, {_fmt_params(summary['parameters'])} parameters "
-        f"(source {summary['source']}, {summary['layout']} keys)",
+        escape(
+            f"wrote {summary['weights']} and {summary['config']}: {summary['variant']}, "
+            f"{summary['tensors']} tensors, {_fmt_params(summary['parameters'])} parameters "
+            f"(source {summary['source']}, {summary['layout']} keys)"
+        ),
         highlight=False,
     )

@@ -114,7 +114,7 @@ def parse_source(
     if looks_local or m is None:
         raise WeightsError(
             f"weights {text!r}: no such file or folder, and not a Hugging Face repo id "
-            "(expected a .pt/.safetensors file, a folder, or org/name[@revision][/file])"
+            "(expected a .pt/.safetensors file, a folder, or org/name, org/name@revision, org/name@revision/file)"
         )
     repo, rev, path = m.group("repo"), m.group("rev"), m.group("path")
     if path:
