@@ -88,7 +88,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Batch ``image`` (and ``valid`` where present) with ``np.stack``, identically for every method.
 
     Neither default_collate nor torchgeo's stack_samples is used: both call ``torch.stack``,
-    which on the CPU torch builds we measured is several times slower than ``np.stack`` for
+    which with the CPU torch build of our development container was several times slower than ``np.stack`` for
     these arrays; the script prints both costs so the choice is visible.
     """
     out: dict[str, torch.Tensor] = {}
