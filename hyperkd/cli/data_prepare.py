@@ -27,21 +27,20 @@ def prepare_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Chip store folder to create.", show_default=False)],
     sensor: Annotated[str, typer.Option(help="Sensor whose product reader to use (enmap reads 224- and 218-band L2A).")] = "enmap",
     size: Annotated[int, typer.Option(help="Chip size in pixels (224 as in the paper; 64 or 96 for CPU work).")] = 224,
-    stride: Annotated[int | None, typer.Option(help="Step between chips in pixels [default: --size, no overlap].")] = None,
+    stride: Annotated[int | None, typer.Option(help="Step between chips in pixels (default: --size, i.e. no overlap).")] = None,
     max_nodata: Annotated[float, typer.Option(help="Drop chips with more than this share of no-data pixels.")] = 0.1,
     max_cloud: Annotated[float, typer.Option(help="Drop chips with more than this share of cloudy data pixels.")] = 0.1,
     selection: Annotated[
         str, typer.Option(help="Bands: default (sensor's), all, a selection name, or names/ranges like B1-B126,B142-B160.")
     ] = "default",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run; finished products are skipped.")] = False,
-    shard_size: Annotated[int | None, typer.Option(help="Chips per shard file [default: about 256 MB per shard].")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Chips per shard file (default: about 256 MB per shard).")] = None,
     reader: Annotated[str | None, typer.Option(help="Product reader name, when several read --sensor.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the store's per-product summary as JSON.")] = False,
 ) -> None:
     """Tile products into a chip store: windows, no-data/cloud filtering, per-band statistics.
 
-    Every input is checked before anything is written. Interrupted, the same command with
-    --resume continues where it stopped.
+    Every input is checked before anything is written. Interrupted, the same command with --resume continues.
     """
     from hyperkd.data.prepare import prepare, short_product_name, store_products
 
