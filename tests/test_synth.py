@@ -298,3 +298,39 @@ def test_scene_config_round_trip_partial_files_and_weights(tmp_path):
         sc = generate_scene(student, 32, seed=0, index=i)
         assert not (sc.labels["croptype"] == cotton).any()
         assert not (sc.labels["landcover"] == LC["forest"]).any()
+
+
+def test_an_unusable_second_output_leaves_the_first_untouched(tmp_path):
+    hls = get_sensor("hls")
+    synthesize(hls, tmp_path / "done", chips=1, size=16, progress=False)
+    with pytest.raises(DataError, match="already holds a complete chip store"):
+        synthesize(hls, tmp_path / "new", chips=1, size=16, also=[(hls, tmp_path / "done")], progress=False)
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(DataError, match="own output folder"):
+        synthesize(hls, tmp_path / "a", chips=1, size=16, also={"enmap": tmp_path / "a"}, progress=False)
+
+
+def test_info_summarises_any_store_over_valid_pixels(tmp_path):
+    from hyperkd.data.info import store_info
+    from hyperkd.data.store import ChipStoreWriter, LabelSpec
+
+    sensor = Sensor(name="toy", gsd_m=10.0, bands=tuple(Band(f"b{i}", 500.0 + 100 * i, 20.0) for i in range(3)))
+    labels = {"lc": LabelSpec("class", classes=("a", "b")), "y": LabelSpec("continuous", unit="m")}
+    w = ChipStoreWriter(tmp_path / "s", sensor, 4, labels=labels, shard_size=2)
+    rng = np.random.default_rng(0)
+    valids, lcs, ys = [], [], []
+    for _ in range(3):
+        valid = rng.random((4, 4)) > 0.3
+        lc = rng.integers(-1, 2, (4, 4))  # -1: unlabelled
+        y = np.where(rng.random((4, 4)) > 0.2, rng.normal(size=(4, 4)), np.nan)
+        w.add(rng.random((3, 4, 4)).astype(np.float32), valid, {"lc": lc, "y": y})
+        valids.append(valid), lcs.append(lc), ys.append(y)
+    info = store_info(w.close())
+    v, lc, y = np.stack(valids), np.stack(lcs), np.stack(ys).astype(np.float32)
+    assert not info["synthetic"] and info["chips"] == 3 and info["shards"] == 2
+    assert info["valid_fraction"] == pytest.approx(v.mean())
+    assert info["labels"]["lc"]["classes"] == {"a": int((lc[v] == 0).sum()), "b": int((lc[v] == 1).sum())}
+    assert info["labels"]["lc"]["unlabelled"] == int((lc[v] == -1).sum())
+    assert info["labels"]["y"]["nan_fraction"] == pytest.approx(np.isnan(y[v]).mean())
+    assert info["labels"]["y"]["max"] == pytest.approx(np.nanmax(y[v]))
+    assert info["sensor"]["num_bands"] == 3 and info["provenance"] == {}

@@ -1417,19 +1417,30 @@ class _ChipMaker:
         return scene.labels, scene.meta, images
 
 
-def _check_resumable(target: SynthTarget, recipe: Mapping[str, Any]) -> None:
+def _preflight(target: SynthTarget, recipe: Mapping[str, Any], resume: bool) -> None:
+    """Refuse, before anything is written to any store, an output that cannot be (re)used."""
     manifest = target.out / "manifest.json"
     if not manifest.exists():
+        if target.out.exists() and not target.out.is_dir():
+            raise DataError(f"{target.out} is a file; --out (and --also) need a folder")
         return
     try:
-        old = json.loads(manifest.read_text()).get("attrs", {}).get("synth")
+        old = json.loads(manifest.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{manifest}: cannot read the store to resume it ({exc})") from None
-    if old is not None and old != dict(recipe):
+        raise DataError(f"{manifest}: cannot read the existing store ({exc}); delete it or pick another folder") from None
+    if old.get("complete"):
+        raise DataError(f"{target.out} already holds a complete chip store; choose another folder or delete it first")
+    if not resume:
         raise DataError(
-            f"cannot resume {target.out}: it was started with other synth settings "
-            f"(seed {old.get('seed')}, chips {old.get('chips')}, size {old.get('size')}, config "
-            f"{old.get('config_digest')}); use the same --chips/--size/--seed/--config or delete it"
+            f"{target.out} holds an unfinished chip store; pass --resume to continue it or delete the folder"
+        )
+    synth = (old.get("attrs") or {}).get("synth")
+    if synth != dict(recipe):
+        what = (f"seed {synth.get('seed')}, chips {synth.get('chips')}, size {synth.get('size')}, "
+                f"config {synth.get('config_digest')}") if isinstance(synth, Mapping) else "not by data synth"
+        raise DataError(
+            f"cannot resume {target.out}: it was started with other synth settings ({what}); use the same "
+            "--chips/--size/--seed/--config or delete it"
         )
 
 
@@ -1524,10 +1535,10 @@ def synthesize(
         "size": size,
         "config_digest": cfg.digest(),
     }
+    for t in targets:
+        _preflight(t, recipe, resume)
     writers: list[ChipStoreWriter] = []
     for t in targets:
-        if resume:
-            _check_resumable(t, recipe)
         a = {
             "synthetic": "SYNTHETIC DATA made by hyperkd.data.synth from earthlib spectra; not real imagery",
             "synth": recipe,
