@@ -72,3 +72,8 @@ def test_debug_shows_the_traceback(capsys):
 def test_usage_error_exits_2(capsys):
     code, _, err = run(capsys, "sensors", "show")
     assert code == 2 and "Missing argument" in err
+
+
+def test_error_text_with_brackets_is_printed_verbatim(capsys):
+    code, _, err = run(capsys, "sensors", "show", "[/bad]")
+    assert code == 1 and "unknown sensor '[/bad]'" in err

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import hyperkd
@@ -56,8 +57,8 @@ def warn_failed_plugins() -> None:
 
     for info in failed_plugins():
         err_console.print(
-            f"[yellow]warning:[/] plugin {info.name!r} ({info.module}) failed to load and was "
-            f"skipped: {info.error}",
+            f"[yellow]warning:[/] plugin {escape(repr(info.name))} ({escape(info.module)}) failed to "
+            f"load and was skipped: {escape(str(info.error))}",
             highlight=False,
         )
 
@@ -218,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HyperKDError as exc:
         if debug_enabled():
             raise
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
