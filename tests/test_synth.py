@@ -208,6 +208,7 @@ def test_cli_synth_round_trip_and_stats_match_numpy(tmp_path, capsys):
     assert store.sensor.name == "enmap" and store.sensor.num_bands == get_sensor("enmap").num_bands
     assert teacher.sensor.num_bands == 6
     assert store.manifest["attrs"]["synth"]["seed"] == 4 and "SYNTHETIC" in store.manifest["attrs"]["synthetic"]
+    assert store.manifest["attrs"]["command"].startswith("hyperkd data synth --sensor enmap --out")
     # same scenes in both stores, and the same as generating them directly
     direct = generate_scene(CFG, 16, seed=4, index=2)
     for k in ("landcover", "croptype", "soc"):

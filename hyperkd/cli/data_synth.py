@@ -33,10 +33,25 @@ def parse_also(values: list[str] | None) -> list[tuple[str, Path]]:
     return pairs
 
 
+def _command_line(
+    out: Path, sensor: str, chips: int, size: int, seed: int, selection: str, also: list[str] | None,
+    config: Path | None, noise: bool,
+) -> str:
+    """The command that reproduces a store (recorded in its manifest); --workers/--resume omitted."""
+    parts = ["hyperkd data synth", f"--sensor {sensor}", f"--out {out}", f"--chips {chips}", f"--size {size}",
+             f"--seed {seed}", f"--selection {selection}"]
+    parts += [f"--also {a}" for a in also or []]
+    if config is not None:
+        parts.append(f"--config {config}")
+    if not noise:
+        parts.append("--no-noise")
+    return " ".join(parts)
+
+
 @data_app.command("synth")
 def synth_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Chip store folder to create.", show_default=False)],
-    sensor: Annotated[str, typer.Option("--sensor", "-s", help="Registered sensor to render for.")] = "enmap",
+    sensor: Annotated[str, typer.Option("--sensor", "-s", help="Registered sensor to render for: NAME or NAME:SELECTION.")] = "enmap",
     chips: Annotated[int, typer.Option("--chips", "-n", help="Number of scenes (chips).")] = 32,
     size: Annotated[int, typer.Option(help="Chip size in pixels (30 m pixels; 224 as in the paper).")] = 64,
     seed: Annotated[int, typer.Option(help="Scene-set seed: same seed, same scenes.")] = 0,
@@ -77,7 +92,8 @@ def synth_cmd(
         store = synthesize(
             sensor, out, chips=chips, size=size, seed=seed, selection=parse_selection(selection),
             also=targets, config=cfg, instrument=Instrument(noise=noise), workers=workers, resume=resume,
-            progress=not as_json, attrs={"command": "hyperkd data synth " + " ".join(sys.argv[2:])},
+            progress=not as_json, attrs={"command": _command_line(out, sensor, chips, size, seed, selection, also,
+                                                                  config, noise)},
         )
     except KeyboardInterrupt:
         err.print(f"interrupted: finished shards are safe in {out}; rerun the same command with --resume")

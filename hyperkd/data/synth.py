@@ -332,6 +332,12 @@ class SceneConfig:
                     raise DataError(
                         f"scene config: region {reg.name!r} weights unknown crop {crop!r}; crops are {names}"
                     )
+            for box in reg.soil_boxes:
+                if not isinstance(box, tuple) or len(box) != 4 or not (box[0] <= box[1] and box[2] <= box[3]):
+                    raise DataError(
+                        f"scene config: region {reg.name!r} soil box {box!r} must be "
+                        "[lat_min, lat_max, lon_min, lon_max]"
+                    )
             for key in reg.cover_weights:
                 if key not in PARCEL_COVERS:
                     raise DataError(f"scene config: region {reg.name!r} cover_weights names unknown {key!r}")
