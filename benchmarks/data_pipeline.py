@@ -179,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict[str, float] = {}
         gen = torch.Generator().manual_seed(0)
+        # the store is small, so it is read for several epochs: one loader, persistent workers
+        store_loader = DataLoader(store, batch_size=B, shuffle=True, num_workers=args.workers, generator=gen,
+                                  collate_fn=collate, persistent_workers=args.workers > 0)
         loaders: dict[str, Callable[[], Iterable[dict[str, Any]]]] = {
-            "store": lambda: DataLoader(store, batch_size=B, shuffle=True, num_workers=args.workers, generator=gen,
-                                collate_fn=collate),
+            "store": lambda: store_loader,
             "rasterio": lambda: DataLoader(
                 OnTheFlyWindows(products, bands, S, n_chips + 2 * B), batch_size=B, num_workers=args.workers,
                 collate_fn=collate,
