@@ -226,6 +226,8 @@ def prepare(
         raise DataError(f"--max-nodata and --max-cloud are fractions in [0, 1], got {max_nodata}, {max_cloud}")
     stride = stride or size
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: --out must be a folder for the chip store, but it is a file")
     fmt: ProductFormat = product_format_for(sensor, reader)
     paths = find_products(fmt, inputs)
     products: list[Product] = []
