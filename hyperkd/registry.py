@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,13 +65,28 @@ def current_provider() -> str:
     return _current_provider.get()
 
 
+@functools.lru_cache(maxsize=1)
+def _plugin_modules() -> tuple[tuple[str, str], ...]:
+    """(module, plugin name) of every entry point in the ``hyperkd`` group."""
+    import importlib.metadata as md
+
+    return tuple((ep.value.split(":")[0], ep.name) for ep in md.entry_points(group="hyperkd"))
+
+
 def _infer_provider(obj: Any) -> str:
-    """The plugin being loaded, else ``hyperkd`` for the core's own components, else ``user``."""
+    """Who registers ``obj``: the plugin being loaded; else the plugin whose package defines
+    ``obj`` (a plugin module imported before discovery); else ``hyperkd`` for the core's own
+    components; else ``user``."""
     prov = current_provider()
     if prov != "user":
         return prov
     module = getattr(obj, "__module__", "") or ""
-    return "hyperkd" if module == "hyperkd" or module.startswith("hyperkd.") else prov
+    if module == "hyperkd" or module.startswith("hyperkd."):
+        return "hyperkd"
+    for mod, name in _plugin_modules():
+        if module == mod or module.startswith(mod + "."):
+            return name
+    return prov
 
 
 def _first_line(obj: Any) -> str:

@@ -140,3 +140,17 @@ def test_example_plugin_installed_with_pip_is_discovered(prisma_site):
     off = _cli(["sensors", "list", "--json"], prisma_site, HYPERKD_DISABLE_PLUGIN_AUTOLOAD="1")
     names = {s["name"] for s in json.loads(off.stdout)}
     assert "prisma" not in names and {"enmap", "hls"} <= names
+
+
+def test_plugin_module_imported_before_discovery_keeps_its_provider():
+    """Import-time decorators in a plugin package are credited to that plugin, not 'user'."""
+    from hyperkd.registry import Registry
+
+    def fake() -> None:
+        """A component defined in the EnMAP plugin's package."""
+
+    fake.__module__ = "hyperkd_enmap.sensor"
+    reg = Registry("sensor")
+    assert reg.add("x", fake).provider == "enmap"
+    fake.__module__ = "somewhere_else"
+    assert reg.add("y", fake).provider == "user"
