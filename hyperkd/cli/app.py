@@ -30,7 +30,7 @@ app.add_typer(sensors_app, name="sensors")
 
 
 def _add_core_commands() -> None:
-    from hyperkd.cli import train  # noqa: F401 - registers pretrain and recipes
+    from hyperkd.cli import distill, train  # noqa: F401 - register distill, pretrain and recipes
     from hyperkd.cli.data import data_app
 
     app.add_typer(data_app, name="data")

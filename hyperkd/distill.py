@@ -1,0 +1,372 @@
+"""HyperKD distillation: a frozen multispectral teacher guides a hyperspectral MAE student.
+
+``distill(recipe, out)`` is what ``hyperkd distill`` calls. One training step:
+
+1. the chip ``(B, Cs, H, W)`` (student-sensor reflectance) goes through the **aligner**
+   to the teacher's bands, ``(B, Ct, H, W)`` -- the teacher's view of the same scene;
+2. the **masker** picks the hidden patches (``spatial-feature`` scores the aligned view:
+   ``distill.mask_on``);
+3. the student encodes the visible patches and reconstructs the hidden ones;
+4. the **teacher** encodes the *whole* aligned chip, frozen, under ``torch.inference_mode``;
+5. for every layer pair in ``distill.pairs`` (``[student_block, teacher_block]``), the
+   student's visible tokens are projected to the teacher's width by a trainable projector
+   and the teacher's tokens are taken at the same patch positions (token grids of
+   different size are interpolated, :func:`hyperkd.losses.teacher_tokens_at`);
+6. the recipe's loss terms are summed: reconstruction (``mse``, ``ssim``, ``sam``) and
+   distillation (``kld``, ``cosine``).
+
+Because the teacher sees the full chip, its features depend only on the chip -- not on
+the mask, the masker or the student -- so with a fixed aligner they can be cached across
+epochs (``distill.cache_teacher``); the run reports what the cache saved in
+``RUN/distill.json``. The run folder is pretraining's (:mod:`hyperkd.train`) plus
+``figures/distill_loss.png`` and ``distill.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hyperkd import recipes as recipes_mod
+from hyperkd.data.store import ChipStore
+from hyperkd.engine import MAEModule
+from hyperkd.errors import HyperKDError, RecipeError
+from hyperkd.interfaces import Aligner, Teacher
+from hyperkd.io import atomic_write_json
+from hyperkd.losses import LossTerm, teacher_tokens_at
+from hyperkd.models.mae import HyperspectralMAE, MAEOutput
+from hyperkd.registry import create
+from hyperkd.train import RunResult, _masker, build_losses, fit, launch_rank
+
+PROJECTORS = ("linear", "mlp")
+
+
+def make_projector(student_dim: int, teacher_dim: int, kind: str = "linear") -> nn.Module:
+    """Student width -> teacher width: ``linear`` (default) or ``mlp`` (Linear-GELU-Linear)."""
+    if kind == "linear":
+        return nn.Linear(student_dim, teacher_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(student_dim, teacher_dim), nn.GELU(), nn.Linear(teacher_dim, teacher_dim))
+    raise RecipeError(f"distill.projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
+
+
+class TeacherCache:
+    """Teacher features per chip (keyed by chip-store index), kept on the CPU.
+
+    Valid because the teacher sees the whole aligned chip, the aligner is fixed and the
+    loaders do no augmentation. Stops adding entries at ``max_mb``. Counts hits and misses,
+    and the time the teacher took, so a run can say what caching saved.
+    """
+
+    def __init__(self, max_mb: float = 2048.0) -> None:
+        self.max_bytes = int(max_mb * 2**20)
+        self.store: dict[int, list[Tensor]] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.full = False
+
+    def get(self, keys: Sequence[int]) -> list[list[Tensor] | None]:
+        """Each key's cached per-layer rows, or ``None`` where it is not cached."""
+        return [self.store.get(k) for k in keys]
+
+    def put(self, keys: Sequence[int], feats: Sequence[Tensor]) -> None:
+        """Store row ``i`` of each layer's features under ``keys[i]``."""
+        for i, k in enumerate(keys):
+            if k in self.store:
+                continue
+            rows = [f[i].detach().to("cpu", copy=True) for f in feats]
+            size = sum(r.numel() * r.element_size() for r in rows)
+            if self.bytes + size > self.max_bytes:
+                self.full = True
+                return
+            self.store[k] = rows
+            self.bytes += size
+
+
+class DistillModule(MAEModule):
+    """MAE training of ``student`` plus distillation from a frozen ``teacher``.
+
+    ``pairs``: ``[(student_block, teacher_block), ...]`` (negative = from the end); one
+    projector per pair. ``mask_on``: ``"aligned"`` (the masker sees the teacher-band view,
+    as spatial feature-guided masking intends) or ``"student"``. ``cache_teacher``:
+    ``"auto"`` (on unless the aligner is trainable), ``True`` or ``False``.
+    ``teacher_img_size``: resize the aligned chip to this size before the teacher
+    (``None``: as is; the chip size must then be a multiple of the teacher's patch).
+
+    The teacher is a submodule (so it follows the module to its device) but is left out
+    of ``state_dict``: checkpoints hold the student, projectors and a learned aligner only,
+    and the teacher is rebuilt from the recipe on resume.
+    """
+
+    def __init__(
+        self,
+        student: HyperspectralMAE,
+        teacher: Teacher,
+        aligner: Aligner,
+        masker: Any,
+        losses: Mapping[str, tuple[float, LossTerm]],
+        *,
+        mask_ratio: float = 0.75,
+        optim: Mapping[str, Any] | None = None,
+        pairs: Sequence[Sequence[int]] = ((-1, -1),),
+        projector: str = "linear",
+        mask_on: str = "aligned",
+        cache_teacher: bool | str = "auto",
+        cache_max_mb: float = 2048.0,
+        teacher_img_size: int | None = None,
+    ) -> None:
+        pairs = [(int(s), int(t)) for s, t in pairs]
+        if not pairs:
+            raise RecipeError("distill.pairs is empty; give at least one [student_block, teacher_block]")
+        for s, t in pairs:
+            if not -student.depth <= s < student.depth:
+                raise RecipeError(f"distill.pairs: student block {s} out of range (student depth {student.depth})")
+            if not -teacher.depth <= t < teacher.depth:
+                raise RecipeError(f"distill.pairs: teacher block {t} out of range (teacher depth {teacher.depth})")
+        super().__init__(student, masker, losses, mask_ratio=mask_ratio, optim=optim,
+                         feature_layers=tuple(s for s, _ in pairs))
+        if mask_on not in ("aligned", "student"):
+            raise RecipeError(f"distill.mask_on must be 'aligned' or 'student', got {mask_on!r}")
+        if aligner.source.num_bands != student.in_chans or aligner.target.num_bands != teacher.sensor.num_bands:
+            raise HyperKDError(
+                f"aligner maps {aligner.source.num_bands} -> {aligner.target.num_bands} bands, but the student "
+                f"has {student.in_chans} and the teacher {teacher.sensor.num_bands}"
+            )
+        size = int(teacher_img_size or student.img_size)
+        if size % teacher.patch_size:
+            raise RecipeError(
+                f"the teacher's input ({size} px) is not a multiple of its patch size {teacher.patch_size}; "
+                f"set distill.teacher_img_size to a multiple of {teacher.patch_size}"
+            )
+        self.teacher = teacher.freeze()
+        self.aligner = aligner
+        self.pairs = pairs
+        self.teacher_layers = [t for _, t in pairs]
+        self.teacher_img_size = int(teacher_img_size) if teacher_img_size else None
+        self.teacher_grid = (size // teacher.patch_size, size // teacher.patch_size)
+        self.mask_on = mask_on
+        self.projectors = nn.ModuleList(
+            [make_projector(student.embed_dim, teacher.embed_dim, projector) for _ in pairs]
+        )
+        self.aligner_trainable = any(p.requires_grad for p in aligner.parameters())
+        self.uses_teacher = any(getattr(t, "needs_teacher", False) and w != 0 for w, t in self.loss_terms.values())
+        use_cache = (not self.aligner_trainable) if cache_teacher == "auto" else bool(cache_teacher)
+        if use_cache and self.aligner_trainable:
+            raise RecipeError("distill.cache_teacher: the aligner is trainable, so teacher features change; "
+                              "set cache_teacher to auto or false")
+        self.cache = TeacherCache(cache_max_mb) if use_cache else None
+        self.teacher_seconds = 0.0
+        self.teacher_chips = 0
+        self.register_state_dict_post_hook(_drop_teacher_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_teacher_keys)
+
+    # -- keep the teacher frozen and out of checkpoints -----------------------------------------
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # -- one step ---------------------------------------------------------------------------
+    def make_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        image = batch["image"]
+        if self.mask_on == "aligned":
+            with torch.no_grad():
+                image = self.aligner(image)
+        return self.masker(image, self.student.grid, self.mask_ratio, generator)
+
+    def teacher_input(self, image: Tensor) -> Tensor:
+        """The aligned chip the teacher sees (resized to ``teacher_img_size`` if set)."""
+        x = self.aligner(image)
+        if self.teacher_img_size and x.shape[-1] != self.teacher_img_size:
+            x = F.interpolate(x, size=(self.teacher_img_size,) * 2, mode="bilinear", align_corners=False)
+        return x
+
+    def _run_teacher(self, image: Tensor) -> list[Tensor]:
+        sync = image.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(image.device)
+        t0 = time.perf_counter()
+        if self.aligner_trainable:  # gradients must reach the aligner through the frozen teacher
+            feats = self.teacher.forward_features(self.teacher_input(image), self.teacher_layers)
+        else:
+            with torch.inference_mode():
+                feats = self.teacher.forward_features(self.teacher_input(image), self.teacher_layers)
+            feats = [f.clone() for f in feats]  # inference tensors cannot enter autograd
+        if sync:
+            torch.cuda.synchronize(image.device)
+        self.teacher_seconds += time.perf_counter() - t0
+        self.teacher_chips += image.shape[0]
+        return feats
+
+    def teacher_features(self, batch: Mapping[str, Any]) -> list[Tensor]:
+        """Teacher tokens ``(B, Ht*Wt, D)`` per paired layer; cached chips are not re-encoded."""
+        image = batch["image"]
+        if self.cache is None or "index" not in batch:
+            return self._run_teacher(image)
+        keys = [int(i) for i in torch.as_tensor(batch["index"]).flatten().tolist()]
+        cached = self.cache.get(keys)
+        missing = [i for i, c in enumerate(cached) if c is None]
+        self.cache.hits += len(keys) - len(missing)
+        self.cache.misses += len(missing)
+        if missing:
+            fresh = self._run_teacher(image[missing] if len(missing) < len(keys) else image)
+            self.cache.put([keys[i] for i in missing], fresh)
+            for j, i in enumerate(missing):
+                cached[i] = [f[j] for f in fresh]
+        return [torch.stack([row[layer].to(image.device, non_blocking=True) for row in cached])
+                for layer in range(len(self.pairs))]
+
+    def extra_context(self, batch: Mapping[str, Tensor], out: MAEOutput) -> dict[str, Any]:
+        if not self.uses_teacher:
+            return {}
+        feats = self.teacher_features(batch)
+        pairs = []
+        for proj, s, t in zip(self.projectors, out.features, feats, strict=True):
+            t_at = teacher_tokens_at(t.to(s.dtype), self.teacher_grid, self.student.grid, out.ids_keep)
+            pairs.append((proj(s), t_at))
+        return {"kd_pairs": pairs, "teacher_features": feats}
+
+    def teacher_stats(self) -> dict[str, Any]:
+        """What the teacher cost and what the cache saved (``RUN/distill.json``)."""
+        per_chip = self.teacher_seconds / self.teacher_chips if self.teacher_chips else None
+        stats: dict[str, Any] = {
+            "teacher_forward_s": round(self.teacher_seconds, 4),
+            "teacher_chips_encoded": self.teacher_chips,
+            "teacher_s_per_chip": per_chip,
+        }
+        if self.cache is not None:
+            c = self.cache
+            stats["cache"] = {
+                "enabled": True, "hits": c.hits, "misses": c.misses, "entries": len(c.store),
+                "bytes": c.bytes, "full": c.full,
+                "saved_s_estimate": round(c.hits * per_chip, 4) if per_chip else 0.0,
+            }
+        else:
+            stats["cache"] = {"enabled": False}
+        return stats
+
+
+def _drop_teacher_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    for k in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
+        del state_dict[k]
+
+
+def _ignore_missing_teacher_keys(module: nn.Module, incompatible: Any) -> None:
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith("teacher.")]
+
+
+# -- assembly from a recipe ---------------------------------------------------------------------
+def build_teacher(recipe: Mapping[str, Any]) -> Teacher:
+    """The frozen teacher a recipe's ``teacher`` section names (``name`` + factory keywords)."""
+    cfg = dict(recipe.get("teacher") or {})
+    name = cfg.pop("name", None)
+    if not name:
+        raise RecipeError("distillation needs a teacher: set teacher.name (e.g. --teacher prithvi)")
+    teacher = create("teacher", str(name), **cfg)
+    if not isinstance(teacher, Teacher):
+        raise HyperKDError(f"teacher {name!r} built a {type(teacher).__name__}, not a hyperkd Teacher")
+    return teacher.freeze()
+
+
+def build_aligner(recipe: Mapping[str, Any], student: HyperspectralMAE, teacher: Teacher) -> Aligner:
+    """The recipe's aligner from the student's and the teacher's band tables."""
+    cfg = dict(recipe.get("aligner") or {"name": "spectral-range"})
+    name = str(cfg.pop("name", "spectral-range"))
+    return create("aligner", name, source=student.sensor, target=teacher.sensor, **cfg)
+
+
+DISTILL_KEYS = ("pairs", "projector", "mask_on", "cache_teacher", "cache_max_mb", "teacher_img_size")
+
+
+def distill_module(recipe: Mapping[str, Any], student: HyperspectralMAE, teacher: Teacher) -> DistillModule:
+    """A :class:`DistillModule` assembled from a recipe for an already built teacher."""
+    d = dict(recipe.get("distill") or {})
+    unknown = sorted(set(d) - set(DISTILL_KEYS))
+    if unknown:
+        raise RecipeError(f"unknown distill setting(s) {unknown}; known: {', '.join(DISTILL_KEYS)}")
+    masker, ratio = _masker(recipe)
+    return DistillModule(
+        student, teacher, build_aligner(recipe, student, teacher), masker, build_losses(recipe),
+        mask_ratio=ratio, optim=recipe.get("optim"), **d,
+    )
+
+
+def teacher_terms(module: MAEModule) -> list[str]:
+    """Names of the loss terms that compare with the teacher."""
+    return [n for n, (_, t) in module.loss_terms.items() if getattr(t, "needs_teacher", False)]
+
+
+def distill(
+    recipe: str | Path | Mapping[str, Any] = "hyperkd",
+    out: str | Path = "runs/distill",
+    *,
+    teacher: str | None = None,
+    teacher_weights: str | None = None,
+    student: str | None = None,
+    data: str | None = None,
+    overrides: Iterable[str] = (),
+    resume: bool = False,
+    callbacks: Iterable[Any] = (),
+    **fields: Any,
+) -> RunResult:
+    """Distil ``teacher`` into a hyperspectral MAE ``student`` following ``recipe``.
+
+    ``teacher`` / ``teacher_weights`` / ``student`` / ``data`` set ``teacher.name``,
+    ``teacher.weights`` (a file, folder or Hub repo; ``"none"`` = random init, the
+    random-teacher control), ``student.name`` and ``data.store``; ``overrides`` are
+    ``key=value`` strings and ``fields`` dotted keys with ``.`` written ``__``, as in
+    :func:`hyperkd.train.pretrain`. The teacher is built (and its weights found) before the
+    run folder or any data is made, so a missing checkpoint fails at once.
+    """
+    if isinstance(recipe, Mapping):
+        resolved = recipes_mod.apply_overrides(recipe, overrides)
+    else:
+        resolved = recipes_mod.resolve(recipe, overrides)
+    extra = {k.replace("__", "."): v for k, v in fields.items() if v is not None}
+    extra.update({k: v for k, v in (("teacher.name", teacher), ("student.name", student),
+                                    ("data.store", data)) if v is not None})
+    if teacher_weights is not None:
+        extra["teacher.weights"] = None if str(teacher_weights).lower() in ("none", "random") else str(teacher_weights)
+    resolved = recipes_mod.resolve_mapping(resolved, extra)
+    if teacher_weights is not None and extra["teacher.weights"] is None:
+        resolved["teacher"]["weights"] = None  # resolve_mapping skips None values
+    built = build_teacher(resolved)
+    holder: dict[str, DistillModule] = {}
+
+    def factory(rec: Mapping[str, Any], stu: HyperspectralMAE, store: ChipStore) -> L.LightningModule:
+        holder["module"] = distill_module(rec, stu, built)
+        return holder["module"]
+
+    result = fit(resolved, out, resume=resume, module_factory=factory, callbacks=callbacks)
+    module = holder["module"]
+    if launch_rank() == 0:
+        run = Path(out)
+        stats = {"teacher": resolved["teacher"], "teacher_weights": dict(getattr(built, "weights_info", {})),
+                 "aligner": resolved.get("aligner"), "pairs": module.pairs, **module.teacher_stats()}
+        atomic_write_json(run / "distill.json", _jsonable(stats))
+        if resolved["trainer"].get("figures", True):
+            from hyperkd.figures import loss_curves
+
+            terms = teacher_terms(module)
+            keys = [f"{split}/loss_{t}" for t in terms for split in ("train", "val")]
+            (run / "figures").mkdir(parents=True, exist_ok=True)
+            loss_curves(run / "logs" / "metrics.csv", run / "figures" / "distill_loss.png", keys=keys or None)
+    return result
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return str(obj)

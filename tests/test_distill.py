@@ -1,0 +1,176 @@
+"""HyperKD distillation: loss terms, a tiny run that learns, resume, a plugin sensor, offline errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hyperkd import create, get_sensor
+from hyperkd.checkpoint import load_checkpoint_file
+from hyperkd.cli import main
+from hyperkd.errors import HyperKDError
+from hyperkd.losses import teacher_tokens_at
+from hyperkd.models.mae import MAEOutput
+from hyperkd.plugins import load_plugins
+
+from .helpers.toy import toy_store
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["student.patch_size=4", "student.embed_dim=64", "student.depth=2", "student.num_heads=2",
+        "student.decoder_embed_dim=32", "student.decoder_depth=1", "student.decoder_num_heads=2",
+        "student.spectral_dim=16", "data.batch_size=8", "trainer.log_every_n_steps=1",
+        "trainer.checkpoint_every_n_steps=1000"]
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A tiny Prithvi-architecture checkpoint in the official (prefixed .pt) layout."""
+    load_plugins()
+    from hyperkd_prithvi.testing import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("teacher") / "prithvi_tiny.pt", seed=1)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return toy_store(tmp_path_factory.mktemp("toy") / "store", chips=32, size=32)
+
+
+def series(run: Path, key: str) -> list[float]:
+    rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+# -- loss terms ---------------------------------------------------------------------------------
+def test_teacher_tokens_are_matched_to_the_student_grid_and_visible_positions():
+    t = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)  # 2x2 grid
+    ids = torch.tensor([[0, 3], [1, 2]])
+    torch.testing.assert_close(teacher_tokens_at(t, (2, 2), (2, 2), ids), torch.stack([t[0, [0, 3]], t[1, [1, 2]]]))
+    up = teacher_tokens_at(torch.ones(2, 4, 3), (2, 2), (4, 4), torch.tensor([[0, 15], [5, 6]]))
+    torch.testing.assert_close(up, torch.ones(2, 2, 3))
+    # a 4x4 teacher grid averaged down to 2x2: token 0 is the mean of the top-left 2x2 block
+    fine = torch.arange(16, dtype=torch.float32).view(1, 16, 1)
+    down = teacher_tokens_at(fine, (4, 4), (2, 2), torch.tensor([[0]]))
+    assert down.item() == pytest.approx((0 + 1 + 4 + 5) / 4)
+    with pytest.raises(HyperKDError, match="expected a 3x3 grid"):
+        teacher_tokens_at(t, (3, 3), (2, 2), ids)
+
+
+def test_kld_and_cosine_are_zero_for_matching_features_and_need_a_teacher():
+    load_plugins()
+    t = torch.randn(2, 5, 16)
+    same = {"kd_pairs": [(torch.nn.functional.layer_norm(t, (16,)), t)]}
+    other = {"kd_pairs": [(torch.randn(2, 5, 16), t)]}
+    kld = create("loss", "kld", temperature=2.0)
+    assert kld.needs_teacher and float(kld(None, same)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kld(None, other)) > 0.01
+    cos = create("loss", "cosine")
+    assert float(cos(None, {"kd_pairs": [(2 * t, t)]})) == pytest.approx(0.0, abs=1e-6)
+    assert float(cos(None, {"kd_pairs": [(-t, t)]})) == pytest.approx(2.0, abs=1e-5)
+    with pytest.raises(HyperKDError, match="hyperkd distill"):
+        kld(None, {})
+
+
+def test_ssim_and_sam_measure_only_the_reconstructed_patches():
+    load_plugins()
+    student = create("student", "mae-tiny", sensor=get_sensor("enmap"), img_size=16, patch_size=4, embed_dim=32,
+                     depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    x = 0.1 + 0.3 * torch.rand(2, 202, 16, 16)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :8] = True
+    target = student.patchify(student.standardize(x))
+    weight = mask[..., None].float().expand_as(target)
+    perfect = MAEOutput(pred=target.clone(), target=target, mask=mask, weight=weight, features=[], ids_keep=None)
+    noisy = MAEOutput(pred=target + torch.randn_like(target), target=target, mask=mask, weight=weight,
+                      features=[], ids_keep=None)
+    ctx = {"batch": {"image": x}, "student": student}
+    ssim, sam = create("loss", "ssim"), create("loss", "sam")
+    assert float(ssim(perfect, ctx)) == pytest.approx(0.0, abs=1e-5)
+    assert float(sam(perfect, ctx)) == pytest.approx(0.0, abs=1e-3)
+    assert float(ssim(noisy, ctx)) > 0.2 and float(sam(noisy, ctx)) > 0.05
+    # errors in visible patches are ignored: they are replaced by the input
+    vis_noise = target + torch.randn_like(target) * (~mask)[..., None]
+    vis = MAEOutput(pred=vis_noise, target=target, mask=mask, weight=weight, features=[], ids_keep=None)
+    assert float(ssim(vis, ctx)) == pytest.approx(0.0, abs=1e-5)
+
+
+# -- runs -------------------------------------------------------------------------------------
+def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, tiny_teacher, tmp_path):
+    from hyperkd.distill import distill
+
+    run = tmp_path / "run"
+    sets = [*TINY, "trainer.max_epochs=16"]
+    res = distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher),
+                  student="enmap", data=str(store.root), overrides=sets)
+    mse, kld = series(run, "val/loss_mse"), series(run, "val/loss_kld")
+    assert len(mse) == len(kld) == 16
+    assert mse[-1] < 0.92 * mse[0], mse
+    assert kld[-1] < 0.5 * kld[0], kld
+    for f in ("recipe.yaml", "metrics.json", "distill.json", "checkpoints/last.ckpt", "figures/loss.png",
+              "figures/distill_loss.png", "figures/reconstruction.png", "student/model.safetensors"):
+        assert (run / f).exists(), f
+    saved = (run / "recipe.yaml").read_text()
+    for component in ("spatial-feature", "spectral-range", "prithvi-eo-tiny", "kld", "ssim", "pairs"):
+        assert component in saved
+    info = json.loads((run / "distill.json").read_text())
+    assert info["teacher_weights"]["path"] == str(tiny_teacher)
+    assert info["cache"]["enabled"] and info["cache"]["misses"] == 32 and info["cache"]["hits"] == 16 * 28 - 32
+    assert info["cache"]["entries"] == 32 and info["cache"]["saved_s_estimate"] > 0
+    # checkpoints hold student and projector, not the frozen teacher; a resume loads them
+    state = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
+    assert any(k.startswith("projectors.0.") for k in state) and not any(k.startswith("teacher.") for k in state)
+    more = distill(run / "recipe.yaml", run, resume=True, overrides=["trainer.max_epochs=17"])
+    assert more.global_step == res.global_step + 3  # 28 training chips, 3 full batches of 8
+
+
+def test_ablations_are_one_set_away(store, tiny_teacher, tmp_path):
+    from hyperkd.distill import distill
+
+    run = tmp_path / "run"
+    distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher), data=str(store.root),
+            overrides=[*TINY, "trainer.max_epochs=1", "trainer.figures=false", "masker.name=random",
+                       "losses.kld.weight=0", "aligner.name=srf"])
+    info = json.loads((run / "distill.json").read_text())
+    assert info["teacher_chips_encoded"] == 0  # no teacher term left: the teacher never runs
+    assert not series(run, "val/loss_kld") and series(run, "val/loss_ssim")
+
+
+def test_third_party_sensor_plugin_works_as_student(tiny_teacher, tmp_path, plugin_env):
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(site), str(ROOT / "examples/hyperkd-prisma")],
+        check=True,
+    )
+    plugin_env.syspath_prepend(str(site))
+    load_plugins(force=True)
+    prisma = get_sensor("prisma")
+    store = toy_store(tmp_path / "store", sensor=prisma, chips=16, size=32)
+    from hyperkd.distill import distill
+
+    run = tmp_path / "run"
+    distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher), student="prisma",
+            data=str(store.root), overrides=[*TINY, "trainer.max_epochs=4", "trainer.figures=false"])
+    kld = series(run, "val/loss_kld")
+    assert len(kld) == 4 and kld[-1] < kld[0]
+    cfg = json.loads((run / "student" / "config.json").read_text())
+    assert cfg["sensor"]["name"] == "prisma" and len(cfg["sensor"]["bands"]) == prisma.num_bands == 239
+
+
+def test_offline_without_prithvi_weights_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    run = tmp_path / "run"
+    code = main(["distill", "--teacher", "prithvi", "--student", "enmap", "--data", "synthetic", "--out", str(run)])
+    _, err = capsys.readouterr()
+    assert code == 1
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Prithvi_EO_V1_100M.pt" in lines[0] and "--teacher-weights" in lines[0]
+    assert not run.exists()  # failed before making the run folder or any data
