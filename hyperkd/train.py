@@ -299,7 +299,7 @@ def write_figures(module: Any, dm: ChipDataModule, out: Path) -> None:
     device = next(student.parameters()).device
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     gen = torch.Generator().manual_seed(10_000)
-    mask = module.masker(batch["image"], student.grid, module.mask_ratio, gen)
+    mask = module.make_mask(batch, gen)  # the module's own rule (distillation masks the aligned view)
     out_ = student(batch["image"], mask, batch.get("valid"))
     recon = student.reconstruct(batch["image"], out_).float().cpu().numpy()
     pix = module.pixel_mask(mask, None).cpu().numpy()

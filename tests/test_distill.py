@@ -94,6 +94,9 @@ def test_ssim_and_sam_measure_only_the_reconstructed_patches():
     assert float(ssim(perfect, ctx)) == pytest.approx(0.0, abs=1e-5)
     assert float(sam(perfect, ctx)) == pytest.approx(0.0, abs=1e-3)
     assert float(ssim(noisy, ctx)) > 0.2 and float(sam(noisy, ctx)) > 0.05
+    strided = create("loss", "ssim", band_stride=3)
+    assert float(strided(perfect, ctx)) == pytest.approx(0.0, abs=1e-5)
+    assert float(strided(noisy, ctx)) == pytest.approx(float(ssim(noisy, ctx)), rel=0.1)
     # errors in visible patches are ignored: they are replaced by the input
     vis_noise = target + torch.randn_like(target) * (~mask)[..., None]
     vis = MAEOutput(pred=vis_noise, target=target, mask=mask, weight=weight, features=[], ids_keep=None)
