@@ -42,6 +42,18 @@ class Teacher(nn.Module, ABC):
         ``(B, N(+1), D)`` tensor per requested layer; negative layer indices count from the end.
         """
 
+    def mae_loss(self, x: Tensor, mask_ratio: float = 0.75) -> Tensor:
+        """Masked-reconstruction loss on reflectance ``x``, for pretraining a small teacher.
+
+        Optional: teachers built with their MAE decoder implement it (the quickstart trains
+        a tiny Prithvi-architecture teacher on a multispectral set this way).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be pretrained by hyperkd")
+
+    def save_weights(self, path: str) -> None:
+        """Write the teacher's weights as safetensors that its ``weights=`` option loads back."""
+        raise NotImplementedError(f"{type(self).__name__} cannot export its weights")
+
     def freeze(self) -> Teacher:
         """Eval mode, no gradients: a teacher is never trained by distillation."""
         self.eval()

@@ -257,6 +257,41 @@ class PrithviTeacher(Teacher):
         """Patch-token features of the teacher's first default layer, ``(B, N, D)``."""
         return self.forward_features(x)[0]
 
+    def mae_loss(self, x: Tensor, mask_ratio: float = 0.75) -> Tensor:
+        """Prithvi's own MAE objective on reflectance ``x`` (needs ``keep_decoder=True``).
+
+        Same computation as :meth:`PrithviMAE.forward`: random masking, MSE over masked
+        patches of the normalised input (per-patch normalised if ``norm_pix_loss``).
+        """
+        if self.decoder is None:
+            raise WeightsError(f"{self.variant.name}: built without its decoder; pass keep_decoder=True")
+        x5 = self.normalize(x)
+        grid = self.encoder.grid_of(x5)
+        latent, mask, ids_restore = self.encoder(x5, None, None, mask_ratio)
+        pred = self.decoder(latent, ids_restore, grid)
+        b, c, t, h, w = x5.shape
+        s, p, q = self.config.patch_size
+        target = x5.reshape(b, c, t // s, s, h // p, p, w // q, q).permute(0, 2, 4, 6, 3, 5, 7, 1)
+        target = target.reshape(b, -1, s * p * q * c)
+        if self.config.norm_pix_loss:
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+        loss = ((pred - target) ** 2).mean(dim=-1)
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def save_weights(self, path: str) -> None:
+        """Write encoder (+ decoder) in the official ``encoder.``/``decoder.`` key layout as
+        safetensors, atomically; ``weights=path`` with the same architecture loads it back."""
+        from safetensors.torch import save_file
+
+        from hyperkd.io import atomic_path
+
+        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        if self.decoder is not None:
+            state.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "variant": self.variant.name})
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid ``(h, w)`` of an ``H x W`` input."""
         return (height // self.config.patch_size[1], width // self.config.patch_size[2])
