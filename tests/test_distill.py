@@ -103,6 +103,32 @@ def test_ssim_and_sam_measure_only_the_reconstructed_patches():
     assert float(ssim(vis, ctx)) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_learned_aligner_is_trained_through_the_frozen_teacher_with_several_pairs():
+    load_plugins()
+    from hyperkd.distill import DistillModule
+
+    student = create("student", "mae-tiny", sensor=get_sensor("enmap"), img_size=32, patch_size=4, embed_dim=32,
+                     depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    teacher = create("teacher", "prithvi-eo-tiny", weights=None)
+    aligner = create("aligner", "learned", source=student.sensor, target=teacher.sensor)
+    losses = {"mse": (1.0, create("loss", "mse")), "kld": (1.0, create("loss", "kld")),
+              "cosine": (0.5, create("loss", "cosine"))}
+    module = DistillModule(student, teacher, aligner, create("masker", "spatial-feature"), losses,
+                           pairs=[[0, 0], [-1, -1]], projector="mlp")
+    assert module.cache is None  # a trainable aligner changes the teacher's features
+    batch = {"image": 0.1 + 0.3 * torch.rand(2, 202, 32, 32), "index": torch.arange(2)}
+    loss, parts, _, mask = module.shared_step(batch, torch.Generator().manual_seed(0))
+    assert set(parts) == {"mse", "kld", "cosine"} and mask.sum(1).tolist() == [48, 48]
+    loss.backward()
+    assert aligner.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in module.projectors.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    module.train()
+    assert not teacher.training and module.student.training
+    with pytest.raises(HyperKDError, match="teacher block 7 out of range"):
+        DistillModule(student, teacher, aligner, create("masker", "random"), losses, pairs=[[0, 7]])
+
+
 # -- runs -------------------------------------------------------------------------------------
 def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, tiny_teacher, tmp_path):
     from hyperkd.distill import distill
