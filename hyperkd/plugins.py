@@ -35,7 +35,7 @@ DISABLE_ENV = "HYPERKD_DISABLE_PLUGIN_AUTOLOAD"
 ENABLE_ENV = "HYPERKD_PLUGINS"
 BUILTIN_DIST = "hyperkd"
 
-CORE_MODULES = ("hyperkd.maskers", "hyperkd.losses", "hyperkd.aligners", "hyperkd.models.mae")
+CORE_MODULES = ("hyperkd.maskers", "hyperkd.losses", "hyperkd.aligners", "hyperkd.models.mae", "hyperkd.tasks")
 """The core's own built-in components (registered as provider ``hyperkd``)."""
 
 hookimpl = pluggy.HookimplMarker("hyperkd")
