@@ -82,7 +82,8 @@ class TeacherCache:
         for i, k in enumerate(keys):
             if k in self.store:
                 continue
-            rows = [f[i].detach().to("cpu", copy=True) for f in feats]
+            with torch.inference_mode(False):  # validation runs in inference mode; store normal tensors
+                rows = [f[i].detach().to("cpu", copy=True) for f in feats]
             size = sum(r.numel() * r.element_size() for r in rows)
             if self.bytes + size > self.max_bytes:
                 self.full = True
@@ -140,6 +141,11 @@ class DistillModule(MAEModule):
                 f"aligner maps {aligner.source.num_bands} -> {aligner.target.num_bands} bands, but the student "
                 f"has {student.in_chans} and the teacher {teacher.sensor.num_bands}"
             )
+        if getattr(teacher, "input_unit", "reflectance") != "reflectance":
+            raise HyperKDError(
+                f"teacher {type(teacher).__name__} takes {teacher.input_unit!r}, but aligners hand teachers "
+                "surface reflectance; give the teacher a reflectance front end (see hyperkd.interfaces.Teacher)"
+            )
         size = int(teacher_img_size or student.img_size)
         if size % teacher.patch_size:
             raise RecipeError(
@@ -153,11 +159,12 @@ class DistillModule(MAEModule):
         self.teacher_img_size = int(teacher_img_size) if teacher_img_size else None
         self.teacher_grid = (size // teacher.patch_size, size // teacher.patch_size)
         self.mask_on = mask_on
+        self.uses_teacher = any(getattr(t, "needs_teacher", False) and w != 0 for w, t in self.loss_terms.values())
+        # no projector without a teacher term: parameters that never get a gradient break DDP
         self.projectors = nn.ModuleList(
-            [make_projector(student.embed_dim, teacher.embed_dim, projector) for _ in pairs]
+            [make_projector(student.embed_dim, teacher.embed_dim, projector) for _ in pairs] if self.uses_teacher else []
         )
         self.aligner_trainable = any(p.requires_grad for p in aligner.parameters())
-        self.uses_teacher = any(getattr(t, "needs_teacher", False) and w != 0 for w, t in self.loss_terms.values())
         use_cache = (not self.aligner_trainable) if cache_teacher == "auto" else bool(cache_teacher)
         if use_cache and self.aligner_trainable:
             raise RecipeError("distill.cache_teacher: the aligner is trainable, so teacher features change; "
@@ -170,12 +177,14 @@ class DistillModule(MAEModule):
 
     # -- keep the teacher frozen and out of checkpoints -----------------------------------------
     def train(self, mode: bool = True) -> DistillModule:
+        """Switch student, projectors and aligner; the teacher always stays in eval mode."""
         super().train(mode)
         self.teacher.eval()
         return self
 
     # -- one step ---------------------------------------------------------------------------
     def make_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """The masker's choice on the aligned (teacher-band) view or on the chip (``mask_on``)."""
         image = batch["image"]
         if self.mask_on == "aligned":
             with torch.no_grad():
@@ -190,6 +199,7 @@ class DistillModule(MAEModule):
         return x
 
     def _run_teacher(self, image: Tensor) -> list[Tensor]:
+        """Encode chips with the frozen teacher, timing it (for ``distill.json``)."""
         sync = image.device.type == "cuda"
         if sync:
             torch.cuda.synchronize(image.device)
@@ -225,6 +235,7 @@ class DistillModule(MAEModule):
                 for layer in range(len(self.pairs))]
 
     def extra_context(self, batch: Mapping[str, Tensor], out: MAEOutput) -> dict[str, Any]:
+        """``kd_pairs`` (projected student, teacher tokens at the same patches) per layer pair."""
         if not self.uses_teacher:
             return {}
         feats = self.teacher_features(batch)
@@ -255,11 +266,14 @@ class DistillModule(MAEModule):
 
 
 def _drop_teacher_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """state_dict post-hook: the frozen teacher is rebuilt from the recipe, never checkpointed."""
     for k in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
         del state_dict[k]
 
 
 def _ignore_missing_teacher_keys(module: nn.Module, incompatible: Any) -> None:
+    """load_state_dict post-hook: checkpoints lack the teacher on purpose (strict loads still
+    catch every other missing key)."""
     incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith("teacher.")]
 
 
@@ -363,6 +377,7 @@ def distill(
 
 
 def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only (recipe values and weight infos may hold paths or tuples)."""
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

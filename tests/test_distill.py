@@ -129,6 +129,32 @@ def test_learned_aligner_is_trained_through_the_frozen_teacher_with_several_pair
         DistillModule(student, teacher, aligner, create("masker", "random"), losses, pairs=[[0, 7]])
 
 
+def test_teacher_cache_skips_cached_chips_and_holds_normal_tensors():
+    load_plugins()
+    from hyperkd.distill import DistillModule
+
+    student = create("student", "mae-tiny", sensor=get_sensor("enmap"), img_size=32, patch_size=4, embed_dim=32,
+                     depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    teacher = create("teacher", "prithvi-eo-tiny", weights=None)
+    aligner = create("aligner", "spectral-range", source=student.sensor, target=teacher.sensor)
+    module = DistillModule(student, teacher, aligner, create("masker", "random"),
+                           {"kld": (1.0, create("loss", "kld"))})
+    image = 0.1 + 0.3 * torch.rand(3, 202, 32, 32)
+    with torch.inference_mode():  # as in Lightning's validation loop
+        first = module.teacher_features({"image": image[:2], "index": torch.tensor([7, 9])})
+    assert module.cache.misses == 2 and module.teacher_chips == 2
+    assert not any(t.is_inference() for rows in module.cache.store.values() for t in rows)
+    feats = module.teacher_features({"image": image[[0, 2]], "index": torch.tensor([7, 4])})
+    assert (module.cache.hits, module.cache.misses, module.teacher_chips) == (1, 3, 3)  # only chip 4 encoded
+    torch.testing.assert_close(feats[0][0], first[0][0])
+    with torch.no_grad():
+        direct = teacher.forward_features(aligner(image[2:]), [-1])[0][0]
+    torch.testing.assert_close(feats[0][1], direct)
+    loss = module.shared_step({"image": image[:2], "index": torch.tensor([7, 9])})[0]
+    loss.backward()  # cached (formerly inference-mode) features can enter autograd
+    assert module.cache.hits == 3
+
+
 # -- runs -------------------------------------------------------------------------------------
 def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, tiny_teacher, tmp_path):
     from hyperkd.distill import distill
@@ -190,6 +216,13 @@ def test_third_party_sensor_plugin_works_as_student(tiny_teacher, tmp_path, plug
     assert len(kld) == 4 and kld[-1] < kld[0]
     cfg = json.loads((run / "student" / "config.json").read_text())
     assert cfg["sensor"]["name"] == "prisma" and len(cfg["sensor"]["bands"]) == prisma.num_bands == 239
+
+
+def test_distill_command_help(capsys):
+    assert main(["distill", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--teacher", "--student", "--data", "--teacher-weights", "--recipe", "--set", "--out", "--resume"):
+        assert flag in out
 
 
 def test_offline_without_prithvi_weights_fails_in_one_line(tmp_path, monkeypatch, capsys):

@@ -18,7 +18,8 @@ def distill_cmd(
     student: Annotated[str | None, typer.Option("--student", help="Sensor name, <sensor>-mae-<size>, or a saved student.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Chip-store folder, or 'synthetic'.")] = None,
     teacher_weights: Annotated[str | None, typer.Option(
-        "--teacher-weights", help="Teacher checkpoint: .pt/.safetensors file, folder, org/name[/file], or 'none'.")] = None,
+        "--teacher-weights", help="Teacher checkpoint: a .pt/.safetensors file, a folder, a Hub repo org/name (optionally "
+        "org/name/file.pt), or 'none' for random init.")] = None,
     recipe: Annotated[str, typer.Option("--recipe", help="Recipe name or .yaml file.")] = "hyperkd",
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/distill"),
     overrides: SetOpt = None,
