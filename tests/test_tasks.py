@@ -146,3 +146,120 @@ def test_task_losses_ignore_unlabelled_pixels():
     pred = torch.tensor([[[[0.5, 99.0]]]])  # standardised output: 0.5 -> 11 g/kg
     assert float(reg.loss(pred, torch.tensor([[[11.0, float("nan")]]]))) == pytest.approx(0.0)
     assert reg.predict(pred)[0, 0, 0].item() == pytest.approx(11.0)
+
+
+# -- label rasters aligned onto chip windows ---------------------------------------------------
+
+X0, Y0 = 500_000.0, 4_100_000.0  # UTM 33N corner of the "product"
+
+
+def _geo_store(root, offsets=((0, 0), (4, 2)), size=4):
+    """A tiny store whose chips are windows (col, row offsets in 30 m pixels) of a UTM product."""
+    from affine import Affine
+
+    from hyperkd.data.store import ChipStoreWriter
+    from hyperkd.sensors import get_sensor
+
+    sensor = get_sensor("hls")
+    w = ChipStoreWriter(root, sensor, size)
+    for k, (col, row) in enumerate(offsets):
+        tf = Affine(30.0, 0.0, X0 + 30.0 * col, 0.0, -30.0, Y0 - 30.0 * row)
+        w.add(np.full((sensor.num_bands, size, size), 0.1, np.float32), source=f"p{k}",
+              window=[col, row, size, size], crs="EPSG:32633", transform=list(tf)[:6])
+    return w.close()
+
+
+def _write_raster(path, data, transform, crs="EPSG:32633", nodata=None):
+    import rasterio
+
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(data, 1)
+    return path
+
+
+def test_label_raster_on_the_chip_grid_is_copied_exactly_with_nodata_and_outside_as_no_label(tmp_path):
+    from affine import Affine
+
+    from hyperkd.data.labels import align_label_raster, class_codes, encode_classes
+
+    store = _geo_store(tmp_path / "s")
+    grid = np.arange(7 * 9, dtype=np.uint8).reshape(7, 9) % 5 + 10  # codes 10..14, 9 cols x 7 rows
+    grid[1, 2] = 255
+    path = _write_raster(tmp_path / "lc.tif", grid, Affine(30.0, 0, X0, 0, -30.0, Y0), nodata=255)
+    got = align_label_raster(path, store, "class")
+    assert got.shape == (2, 4, 4)
+    want0 = grid[0:4, 0:4].astype(np.float32)
+    want0[1, 2] = np.nan
+    np.testing.assert_array_equal(got[0], want0)
+    # chip 1 is the window at column 4, row 2
+    np.testing.assert_array_equal(got[1], grid[2:6, 4:8].astype(np.float32))
+    codes = class_codes(got)
+    assert codes == [10, 11, 12, 13, 14]
+    ids, unknown = encode_classes(got[0], [10, 11, 12, 13], ignore_index=-1)
+    assert unknown == int((want0 == 14).sum()) and ids[1, 2] == -1
+    assert ids[0, 0] == codes.index(int(want0[0, 0]))
+    # a chip hanging over the raster's edge: the missing part is no label
+    edge = _geo_store(tmp_path / "e", offsets=((7, 5),))
+    e = align_label_raster(path, edge, "class")[0]
+    np.testing.assert_array_equal(e[:2, :2], grid[5:7, 7:9].astype(np.float32))
+    assert np.isnan(e[2:]).all() and np.isnan(e[:, 2:]).all()
+
+
+def test_finer_raster_is_resampled_by_mode_for_classes_and_area_average_for_values(tmp_path):
+    from affine import Affine
+
+    from hyperkd.data.labels import align_label_raster
+
+    store = _geo_store(tmp_path / "s", offsets=((0, 0),))
+    fine = np.zeros((12, 12), np.float32)  # 10 m: each 30 m chip pixel is a 3x3 block
+    fine[:, :] = 1
+    fine[0:3, 0:3] = [[2, 2, 1], [2, 2, 1], [1, 1, 1]]   # block (0,0): four 2s, five 1s -> mode 1
+    fine[0:3, 3:6] = [[2, 2, 2], [2, 2, 2], [-9, -9, -9]]  # block (0,1): nodata row ignored -> 2
+    fine[3:6, 0:3] = -9                                  # block (1,0): all nodata -> no label
+    tf = Affine(10.0, 0, X0, 0, -10.0, Y0)
+    path = _write_raster(tmp_path / "fine.tif", fine, tf, nodata=-9)
+    cls = align_label_raster(path, store, "class")[0]
+    assert cls[0, 0] == 1 and cls[0, 1] == 2 and np.isnan(cls[1, 0]) and cls[3, 3] == 1
+    val = align_label_raster(path, store, "continuous")[0]
+    assert val[0, 0] == pytest.approx((4 * 2 + 5 * 1) / 9, abs=1e-6)
+    assert val[0, 1] == pytest.approx(2.0) and np.isnan(val[1, 0])
+
+
+def test_raster_in_another_crs_is_reprojected_onto_the_chip(tmp_path):
+    from affine import Affine
+    from rasterio.warp import transform as warp
+
+    from hyperkd.data.labels import align_label_raster
+
+    store = _geo_store(tmp_path / "s", offsets=((0, 0),), size=8)
+    # geographic raster: value 1 west of the chip's column-4 centre line, 2 east of it
+    xs = [X0 + 30 * 4.5]
+    ys = [Y0 - 30 * 4.0]
+    lon, lat = warp("EPSG:32633", "EPSG:4326", xs, ys)
+    res = 0.00005  # ~5 m
+    west, north = lon[0] - 0.01, lat[0] + 0.01
+    n = int(0.02 / res)
+    lons = west + (np.arange(n) + 0.5) * res
+    data = np.where(lons[None, :] < lon[0], 1, 2).astype(np.uint8).repeat(n, axis=0)
+    path = _write_raster(tmp_path / "geo.tif", data, Affine(res, 0, west, 0, -res, north), crs="EPSG:4326")
+    got = align_label_raster(path, store, "class")[0]
+    assert not np.isnan(got).any()
+    assert (got[:, :3] == 1).all() and (got[:, 6:] == 2).all()
+
+
+def test_label_raster_needs_georeferenced_chips_and_an_existing_file(tmp_path):
+    from affine import Affine
+
+    from hyperkd.data.labels import align_label_raster
+    from hyperkd.data.store import ChipStoreWriter
+    from hyperkd.sensors import get_sensor
+
+    w = ChipStoreWriter(tmp_path / "s", get_sensor("hls"), 4, synthetic=True)
+    w.add(np.full((6, 4, 4), 0.1, np.float32))
+    store = w.close()
+    path = _write_raster(tmp_path / "x.tif", np.ones((4, 4), np.uint8), Affine(30, 0, X0, 0, -30, Y0))
+    with pytest.raises(DataError, match=r"SYNTHETIC store.*omit --labels"):
+        align_label_raster(path, store, "class")
+    with pytest.raises(DataError, match="does not exist"):
+        align_label_raster(tmp_path / "missing.tif", store, "class")
