@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from hyperkd import recipes as recipes_mod
 from hyperkd.data.store import ChipStore
 from hyperkd.engine import MAEModule
-from hyperkd.errors import HyperKDError, RecipeError
+from hyperkd.errors import HyperKDError, RecipeError, WeightsError
 from hyperkd.interfaces import Aligner, Teacher
 from hyperkd.io import atomic_write_json
 from hyperkd.losses import LossTerm, teacher_tokens_at
@@ -284,7 +284,12 @@ def build_teacher(recipe: Mapping[str, Any]) -> Teacher:
     name = cfg.pop("name", None)
     if not name:
         raise RecipeError("distillation needs a teacher: set teacher.name (e.g. --teacher prithvi)")
-    teacher = create("teacher", str(name), **cfg)
+    try:
+        teacher = create("teacher", str(name), **cfg)
+    except WeightsError as exc:
+        if "--teacher-weights" in str(exc):
+            raise
+        raise WeightsError(f"teacher {name}: {exc} (command line: --teacher-weights PATH, or none)") from exc
     if not isinstance(teacher, Teacher):
         raise HyperKDError(f"teacher {name!r} built a {type(teacher).__name__}, not a hyperkd Teacher")
     return teacher.freeze()

@@ -236,3 +236,7 @@ def test_offline_without_prithvi_weights_fails_in_one_line(tmp_path, monkeypatch
     assert len(lines) == 1, err
     assert "Prithvi_EO_V1_100M.pt" in lines[0] and "--teacher-weights" in lines[0]
     assert not run.exists()  # failed before making the run folder or any data
+    # a teacher without official weights also names the flag
+    code = main(["distill", "--teacher", "prithvi-eo-tiny", "--data", "synthetic", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert code == 1 and "no official weights" in err and "--teacher-weights" in err and not run.exists()
