@@ -225,7 +225,7 @@ def test_distill_command_help(capsys):
         assert flag in out
 
 
-def test_offline_without_prithvi_weights_fails_in_one_line(tmp_path, monkeypatch, capsys):
+def test_offline_without_prithvi_weights_fails_in_one_line(store, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     run = tmp_path / "run"
@@ -240,3 +240,15 @@ def test_offline_without_prithvi_weights_fails_in_one_line(tmp_path, monkeypatch
     code = main(["distill", "--teacher", "prithvi-eo-tiny", "--data", "synthetic", "--out", str(run)])
     err = capsys.readouterr().err
     assert code == 1 and "no official weights" in err and "--teacher-weights" in err and not run.exists()
+    # once the official file is in the HF cache, the same default-weights path runs offline
+    # (a tiny checkpoint under the official repo and file name, architecture set to match)
+    from hyperkd_prithvi.testing import install_in_hf_cache, tiny_overrides
+
+    install_in_hf_cache(tmp_path / "empty-hub", "ibm-nasa-geospatial/Prithvi-EO-1.0-100M", "Prithvi_EO_V1_100M.pt")
+    arch = [f"teacher.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in tiny_overrides().items()]
+    sets = [*TINY, *arch, "trainer.max_epochs=1", "trainer.figures=false"]
+    code = main(["distill", "--teacher", "prithvi", "--data", str(store.root), "--out", str(run),
+                 *[a for s in sets for a in ("--set", s)]])
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((run / "distill.json").read_text())
+    assert info["teacher_weights"]["source"].startswith("Hugging Face ibm-nasa-geospatial/Prithvi-EO-1.0-100M")
