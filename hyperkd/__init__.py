@@ -6,6 +6,8 @@ is a thin layer over the same functions.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hyperkd.errors import HyperKDError
 from hyperkd.registry import KINDS, create, list_components, register, registry
 from hyperkd.sensors import Band, Sensor, get_sensor
@@ -19,8 +21,18 @@ __all__ = [
     "Sensor",
     "__version__",
     "create",
+    "from_pretrained",
     "get_sensor",
     "list_components",
     "register",
     "registry",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports: ``hyperkd.from_pretrained`` imports the Hub code (and torch) on first use."""
+    if name == "from_pretrained":
+        from hyperkd.hub import from_pretrained
+
+        return from_pretrained
+    raise AttributeError(f"module 'hyperkd' has no attribute {name!r}")

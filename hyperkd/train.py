@@ -7,7 +7,7 @@
     RUN/logs/metrics.csv     per-step/epoch metrics (Lightning CSV logger)
     RUN/tensorboard/         TensorBoard logs
     RUN/figures/             reconstruction composites and spectra, loss curves
-    RUN/student/             exported student: model.safetensors + config.json
+    RUN/student/             exported student: model.safetensors + config.json + README.md (hyperkd.hub)
     RUN/metrics.json         final validation metrics
 """
 
@@ -26,6 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from hyperkd import hub
 from hyperkd import recipes as recipes_mod
 from hyperkd.data.loader import ChipDataModule
 from hyperkd.data.store import ChipStore
@@ -50,6 +51,8 @@ def student_sensor(spec: str) -> str:
     if Path(spec).is_dir():
         cfg = json.loads((Path(spec) / "config.json").read_text())
         return cfg["sensor"]["name"]
+    if hub.is_repo_id(spec):  # a shared model: org/name[@rev]
+        return hub.read_config(spec)["sensor"]["name"]
     if "-mae-" in spec and spec.rsplit("-mae-", 1)[1] in SIZES:
         return spec.rsplit("-mae-", 1)[0]
     return spec
@@ -93,8 +96,10 @@ def build_student_for(recipe: Mapping[str, Any], store: ChipStore) -> Hyperspect
     spec = str(cfg.pop("name"))
     cfg.pop("selection", None)
     init_from = cfg.pop("init_from", None)
-    if Path(spec).is_dir():
-        model = HyperspectralMAE.from_pretrained(spec)
+    if Path(spec).is_dir() or hub.is_repo_id(spec):
+        model = hub.from_pretrained(spec)
+        if not isinstance(model, HyperspectralMAE):
+            raise RecipeError(f"student {spec!r} is a {type(model).__name__}, not a hyperspectral MAE student")
     else:
         size = spec.rsplit("-mae-", 1)[1] if "-mae-" in spec else None
         if spec in registry("student"):
@@ -116,7 +121,7 @@ def build_student_for(recipe: Mapping[str, Any], store: ChipStore) -> Hyperspect
             f"{store.sensor.num_bands} bands of {store.chip_size} px"
         )
     if init_from:
-        src = HyperspectralMAE.from_pretrained(str(init_from))
+        src = hub.from_pretrained(str(init_from))
         model.load_state_dict(src.state_dict())
     return model
 
@@ -254,7 +259,7 @@ def fit(
     student_dir = out / "student"
     if trainer.is_global_zero:
         atomic_write_json(out / "metrics.json", {"global_step": trainer.global_step, **metrics})
-        export_student(module.student, student_dir)
+        export_student(module.student, student_dir, provenance=hub.run_provenance(out))
         if recipe["trainer"].get("figures", True):
             write_figures(module, dm, out)
     return RunResult(run_dir=out, metrics=metrics, student_dir=student_dir, global_step=trainer.global_step)
@@ -271,12 +276,14 @@ def pretrain_module(recipe: Mapping[str, Any], student: HyperspectralMAE, store:
     return MAEModule(student, masker, losses, mask_ratio=ratio, optim=recipe.get("optim"))
 
 
-def export_student(student: HyperspectralMAE, folder: Path) -> Path:
-    """Save the student as model.safetensors + config.json, replacing ``folder`` atomically."""
+def export_student(student: HyperspectralMAE, folder: Path, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Save the student as a shareable folder (model.safetensors, config.json, README.md card;
+    see :mod:`hyperkd.hub`), replacing ``folder`` atomically. ``provenance`` (recipe, metrics,
+    training data: :func:`hyperkd.hub.run_provenance`) goes into the config and the card."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    student.save_pretrained(tmp)
+    student.save_pretrained(tmp, provenance=provenance)
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():
         folder.rename(old)

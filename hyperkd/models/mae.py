@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from hyperkd.errors import HyperKDError
+from hyperkd.hub import HyperKDHubMixin
 from hyperkd.models.pos_embed import sincos_2d
 from hyperkd.registry import register
 from hyperkd.sensors import Sensor
@@ -89,11 +89,12 @@ class MAEOutput:
     ids_keep: Tensor
 
 
-class HyperspectralMAE(nn.Module, PyTorchModelHubMixin, tags=["hyperkd", "hyperspectral", "mae"]):
+class HyperspectralMAE(nn.Module, HyperKDHubMixin, model_type="hyperspectral-mae", tags=["hyperspectral", "mae"]):
     """Masked autoencoder for one sensor's band table.
 
     Build it with :func:`build_student`; the constructor's arguments are the model's
-    ``config.json`` (the sensor goes in as its full band-table dict).
+    ``config.json`` (the sensor goes in as its full band-table dict). Saving, loading and
+    sharing (model type ``hyperspectral-mae``) come from :class:`hyperkd.hub.HyperKDHubMixin`.
     """
 
     def __init__(

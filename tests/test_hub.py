@@ -1,0 +1,335 @@
+"""Sharing models: save -> folder / HF cache / push -> load with identical outputs; model card; refusals.
+
+The Hub is unreachable here, so pushes are checked at the ``HfApi`` boundary (the files and
+card that would be uploaded) and pulls go through a local HF cache layout under
+``HF_HUB_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+import hyperkd
+from hyperkd import hub
+from hyperkd.cli import main
+from hyperkd.errors import HyperKDError, WeightsError
+from hyperkd.models.mae import HyperspectralMAE, build_student
+from hyperkd.plugins import load_plugins
+
+from .helpers.toy import toy_store
+
+TINY_ARCH = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+                 decoder_depth=1, decoder_num_heads=2, spectral_dim=8)
+TINY = ["student.patch_size=4", "student.embed_dim=32", "student.depth=1", "student.num_heads=2",
+        "student.decoder_embed_dim=16", "student.decoder_depth=1", "student.decoder_num_heads=2",
+        "student.spectral_dim=8", "data.batch_size=8", "trainer.log_every_n_steps=1",
+        "trainer.checkpoint_every_n_steps=1000", "trainer.max_epochs=2", "trainer.figures=false"]
+
+
+def outputs(model: HyperspectralMAE, seed: int = 0) -> list[torch.Tensor]:
+    """Reconstruction under a fixed mask plus unmasked features of every layer, for one fixed input."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.05 + 0.4 * torch.rand(2, model.in_chans, model.img_size, model.img_size, generator=g)
+    mask = torch.zeros(2, model.num_patches, dtype=torch.bool)
+    mask[:, ::2] = True
+    with torch.no_grad():
+        out = model.eval()(x, mask)
+    return [out.pred, *model.forward_features(x, layers=list(range(model.depth)), with_cls=True)]
+
+
+def assert_same_outputs(a: HyperspectralMAE, b: HyperspectralMAE) -> None:
+    for ta, tb in zip(outputs(a), outputs(b), strict=True):
+        assert torch.equal(ta, tb)
+
+
+def install_folder_in_cache(cache: Path, repo_id: str, folder: Path, revision: str = "main",
+                            commit: str = "a" * 40) -> None:
+    """Lay out every file of ``folder`` as one commit of ``repo_id`` in an HF cache."""
+    from hyperkd_prithvi.testing import install_in_hf_cache
+
+    for f in sorted(folder.iterdir()):
+        install_in_hf_cache(cache, repo_id, f.name, source=f, revision=revision, commit=commit)
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[HyperspectralMAE, Path]:
+    """A tiny random student and its saved folder."""
+    load_plugins()
+    torch.manual_seed(0)
+    model = build_student("enmap", **TINY_ARCH).eval()
+    folder = tmp_path_factory.mktemp("saved") / "student"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+class FakeHub:
+    """Stands in for the Hub at the ``HfApi`` boundary: records calls and committed files."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.files: dict[str, bytes] = {}
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+        import huggingface_hub
+        from huggingface_hub import CommitInfo, RepoUrl
+
+        fake = self
+
+        def create_repo(self, repo_id, **kw):
+            fake.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def create_branch(self, repo_id, **kw):
+            fake.calls.append(("create_branch", {"repo_id": repo_id, **kw}))
+
+        def create_commit(self, repo_id, operations, **kw):
+            fake.calls.append(("create_commit", {"repo_id": repo_id, **kw}))
+            for op in operations:
+                with op.as_file() as fh:
+                    fake.files[op.path_in_repo] = fh.read()
+            url = f"https://huggingface.co/{repo_id}/commit/{'b' * 40}"
+            return CommitInfo(commit_url=url, commit_message=kw.get("commit_message", ""),
+                              commit_description="", oid="b" * 40)
+
+        def no_network(self, *a, **kw):
+            raise AssertionError("unexpected Hub call")
+
+        for name in ("upload_folder", "upload_file", "list_repo_files"):
+            monkeypatch.setattr(huggingface_hub.HfApi, name, no_network)
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+        return self
+
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in self.files.items():
+            (folder / name).write_bytes(data)
+        return folder
+
+
+# -- round trips --------------------------------------------------------------------------------
+def test_local_folder_round_trip_is_exact_and_typed(saved):
+    model, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["model_type"] == "hyperspectral-mae" and cfg["hyperkd_version"] == hyperkd.__version__
+    assert cfg["hyperkd_format"] == hub.FORMAT_VERSION and cfg["architecture"] == "HyperspectralMAE"
+    assert len(cfg["sensor"]["bands"]) == model.in_chans == 202 and cfg["embed_dim"] == 32
+    assert {r["kind"]: r["plugin"] for r in cfg["requires"]} == {"model_type": "hyperkd", "sensor": "enmap"}
+    loaded = hyperkd.from_pretrained(folder)
+    assert type(loaded) is HyperspectralMAE and not loaded.training
+    assert_same_outputs(model, loaded)
+    # a run folder stands for its student/
+    run = folder.parent / "run"
+    shutil.copytree(folder, run / "student")
+    assert_same_outputs(model, hyperkd.from_pretrained(str(run)))
+
+
+def test_hf_cache_round_trip_offline_with_revisions(saved, offline_cache):
+    model, folder = saved
+    install_folder_in_cache(offline_cache, "someone/enmap-mae", folder, revision="main", commit="c" * 40)
+    install_folder_in_cache(offline_cache, "someone/enmap-mae", folder, revision="v1", commit="c" * 40)
+    for spec, rev in (("someone/enmap-mae", None), ("someone/enmap-mae@v1", None), ("someone/enmap-mae", "v1"),
+                      ("hf://someone/enmap-mae", "c" * 40)):
+        loaded = hyperkd.from_pretrained(spec, revision=rev)
+        assert type(loaded) is HyperspectralMAE
+        assert_same_outputs(model, loaded)
+    with pytest.raises(WeightsError, match=r"someone/enmap-mae@v9.*HF_HUB_OFFLINE.*not in the local cache"):
+        hyperkd.from_pretrained("someone/enmap-mae@v9")
+    with pytest.raises(HyperKDError, match="neither a model folder nor a Hugging Face repo id"):
+        hyperkd.from_pretrained("no/such/folder")
+
+
+def test_distilled_student_round_trips_through_push_and_pull(tmp_path, offline_cache, monkeypatch, capsys):
+    load_plugins()
+    from hyperkd_prithvi.testing import write_tiny_checkpoint
+
+    from hyperkd.distill import distill
+
+    teacher = write_tiny_checkpoint(tmp_path / "prithvi_tiny.pt", seed=1)
+    store = toy_store(tmp_path / "store", chips=16, size=16)
+    run = tmp_path / "run"
+    distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(teacher), student="enmap",
+            data=str(store.root), overrides=TINY)
+    trained = hyperkd.from_pretrained(run / "student")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and "val/loss" in metrics
+
+    fake = FakeHub().install(monkeypatch)
+    code = main(["hub", "push", str(run), "--repo-id", "me/enmap-kd", "--private", "--revision", "v1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "me/enmap-kd@v1" in out and "commit" in out
+    names = [c[0] for c in fake.calls]
+    assert names == ["create_repo", "create_branch", "create_commit"]
+    assert fake.calls[0][1]["private"] is True and fake.calls[1][1]["branch"] == "v1"
+    assert fake.calls[2][1]["revision"] == "v1"
+    assert sorted(fake.files) == ["README.md", "config.json", "model.safetensors"]
+    assert fake.files["model.safetensors"] == (run / "student" / "model.safetensors").read_bytes()
+    assert fake.files["config.json"] == (run / "student" / "config.json").read_bytes()
+
+    # the card: the run's real metrics, band table, recipe, synthetic-or-not, licence, citations, repo id
+    card = fake.files["README.md"].decode()
+    assert card.startswith("---\n") and "library_name: hyperkd" in card and "license: apache-2.0" in card
+    for key in ("val/loss", "val/mse", "global_step"):
+        value = metrics[key]
+        assert f"| {key} | {value:.4g} |" in card if isinstance(value, float) else f"| {key} | {value} |" in card
+    sensor = trained.sensor
+    first, last = sensor.bands[0], sensor.bands[-1]
+    assert f"| 1 | {first.name} | {first.center_nm:.2f} | {first.fwhm_nm:.2f} |" in card
+    assert f"| {sensor.num_bands} | {last.name} | {last.center_nm:.2f} |" in card
+    assert card.count("\n| ") >= sensor.num_bands + len(metrics)
+    assert "distilled with HyperKD" in card and "prithvi-eo-tiny" in card and "spatial-feature" in card
+    assert "16 chips of 16×16 px" in card and "Synthetic data" not in card
+    assert "arXiv:2508.09453" in card and "2310.18660" in card and "2412.02732" in card
+    assert 'hyperkd.from_pretrained("me/enmap-kd")' in card
+    cfg = json.loads(fake.files["config.json"])
+    assert cfg["recipe"] == yaml.safe_load((run / "recipe.yaml").read_text())
+    assert cfg["training"]["metrics"] == metrics and cfg["training"]["data"]["num_chips"] == 16
+
+    # pull what was pushed from an (offline) HF cache and load it: identical outputs
+    install_folder_in_cache(offline_cache, "me/enmap-kd", fake.write(tmp_path / "remote"), revision="v1")
+    pulled = tmp_path / "pulled"
+    assert main(["hub", "pull", "me/enmap-kd", "--revision", "v1", "--out", str(pulled)]) == 0
+    assert "pulled" in capsys.readouterr().out
+    assert_same_outputs(trained, hyperkd.from_pretrained(pulled))
+    assert_same_outputs(trained, hyperkd.from_pretrained("me/enmap-kd@v1"))
+
+
+def test_student_and_init_from_accept_a_repo_id(saved, offline_cache, tmp_path):
+    from hyperkd import recipes
+    from hyperkd.train import build_student_for, student_sensor
+
+    model, folder = saved
+    install_folder_in_cache(offline_cache, "someone/enmap-mae", folder)
+    store = toy_store(tmp_path / "store", chips=8, size=16)
+    assert student_sensor("someone/enmap-mae") == "enmap"
+    rec = recipes.resolve("mae", ["student.name=someone/enmap-mae"])
+    assert_same_outputs(model, build_student_for(rec, store))
+    rec = recipes.resolve("mae", [*TINY, "student.name=enmap", "student.init_from=someone/enmap-mae"])
+    fresh = build_student_for(rec, store)
+    assert_same_outputs(model, fresh)
+
+
+def test_push_keeps_an_edited_card_and_uploads_only_the_shared_files(saved, tmp_path, monkeypatch):
+    _, folder = saved
+    edited = tmp_path / "edited"
+    shutil.copytree(folder, edited)
+    (edited / "README.md").write_text("# my own card\n")
+    (edited / "notes.txt").write_text("local notes")
+    fake = FakeHub().install(monkeypatch)
+    res = hub.push(edited, "me/edited")
+    assert not res.card_rendered and res.revision is None
+    assert sorted(fake.files) == ["README.md", "config.json", "model.safetensors"]
+    assert fake.files["README.md"] == b"# my own card\n"
+    assert [c[0] for c in fake.calls] == ["create_repo", "create_commit"]
+
+
+# -- refusals -----------------------------------------------------------------------------------
+def _no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a, **kw):
+        raise AssertionError("torch.load must not be called on repo files")
+
+    monkeypatch.setattr(torch, "load", boom)
+
+
+def test_refuses_a_pickle_only_repo_without_unpickling(saved, offline_cache, tmp_path, monkeypatch):
+    model, folder = saved
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    shutil.copyfile(folder / "config.json", bad / "config.json")
+    torch.save(model.state_dict(), bad / "pytorch_model.bin")
+    install_folder_in_cache(offline_cache, "evil/pickled", bad)
+    _no_unpickling(monkeypatch)
+    for spec in ("evil/pickled", str(bad)):
+        with pytest.raises(WeightsError, match=r"no model\.safetensors, only pickle weights \(pytorch_model\.bin\)"):
+            hyperkd.from_pretrained(spec)
+    with pytest.raises(WeightsError, match="never unpickles"):
+        HyperspectralMAE.from_pretrained(str(bad))  # the class's own loader has no pickle fallback either
+    with pytest.raises(WeightsError, match="only pickle weights"):
+        hub.pull("evil/pickled")
+
+
+def _edited_copy(folder: Path, dest: Path, **changes: Any) -> Path:
+    shutil.copytree(folder, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg.update(changes)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    (dest / "model.safetensors").write_bytes(b"not read")  # the config check comes first
+    return dest
+
+
+def test_refuses_a_config_from_a_newer_hyperkd(saved, tmp_path):
+    _, folder = saved
+    newer = _edited_copy(folder, tmp_path / "newer", hyperkd_version="9.1.0", min_hyperkd_version="9.0.0")
+    with pytest.raises(HyperKDError, match=r"saved by hyperkd 9\.1\.0.*needs hyperkd >= 9\.0\.0.*this is hyperkd "
+                                           r"0\.1\.0.*pip install -U 'hyperkd>=9\.0\.0'"):
+        hyperkd.from_pretrained(newer)
+    fmt = _edited_copy(folder, tmp_path / "format", hyperkd_format=hub.FORMAT_VERSION + 1)
+    with pytest.raises(HyperKDError, match=f"folder format {hub.FORMAT_VERSION + 1}"):
+        hyperkd.from_pretrained(fmt)
+    # a newer writer that declares it is readable by this version loads fine
+    ok = tmp_path / "ok"
+    shutil.copytree(folder, ok)
+    cfg = json.loads((ok / "config.json").read_text())
+    (ok / "config.json").write_text(json.dumps({**cfg, "hyperkd_version": "0.9.0"}))
+    assert isinstance(hyperkd.from_pretrained(ok), HyperspectralMAE)
+
+
+def test_refuses_unknown_sensor_or_model_type_naming_the_plugin(saved, tmp_path, capsys):
+    _, folder = saved
+    cfg = json.loads((folder / "config.json").read_text())
+    sensor = {**cfg["sensor"], "name": "prisma"}
+    reqs = [r if r["kind"] != "sensor" else {**r, "name": "prisma", "plugin": "prisma",
+                                             "distribution": "hyperkd-prisma", "version": "0.2.0"}
+            for r in cfg["requires"]]
+    prisma = _edited_copy(folder, tmp_path / "prisma", sensor=sensor, requires=reqs)
+    with pytest.raises(HyperKDError, match=r"sensor 'prisma', which no installed plugin provides; install the "
+                                           r"hyperkd plugin 'prisma' \(pip install 'hyperkd-prisma>=0\.2\.0'\)"):
+        hyperkd.from_pretrained(prisma)
+    reqs = [{"kind": "model_type", "name": "crop-segmentation", "plugin": "tasks",
+             "distribution": "hyperkd-tasks", "version": "1.0"}]
+    seg = _edited_copy(folder, tmp_path / "seg", model_type="crop-segmentation", requires=reqs)
+    assert main(["hub", "push", str(seg), "--repo-id", "me/seg"]) == 1
+    err = capsys.readouterr().err
+    assert "'crop-segmentation' model, a model type no installed plugin provides" in err
+    assert "pip install 'hyperkd-tasks>=1.0'" in err and len(err.strip().splitlines()) == 1
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(HyperKDError, match="not a hyperkd model config"):
+        hyperkd.from_pretrained(foreign)
+
+
+def test_model_types_are_a_registry_that_refuses_duplicates():
+    from torch import nn
+
+    class Probe(nn.Module, hub.HyperKDHubMixin, model_type="test-probe"):
+        def __init__(self, width: int = 3) -> None:
+            super().__init__()
+            self.lin = nn.Linear(width, 1)
+
+    try:
+        assert hub.model_type_class("test-probe") is Probe
+        with pytest.raises(HyperKDError, match="already provided"):
+            type("Other", (nn.Module, hub.HyperKDHubMixin), {}, model_type="test-probe")
+    finally:
+        hub.MODEL_TYPES.pop("test-probe", None)
+    with pytest.raises(HyperKDError, match="known: hyperspectral-mae"):
+        hub.model_type_class("test-probe")
