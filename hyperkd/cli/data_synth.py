@@ -35,16 +35,20 @@ def parse_also(values: list[str] | None) -> list[tuple[str, Path]]:
 
 def _command_line(
     out: Path, sensor: str, chips: int, size: int, seed: int, selection: str, also: list[str] | None,
-    config: Path | None, noise: bool,
+    config: Path | None, noise: bool, preset: str | None = None, snr_scale: float = 1.0,
 ) -> str:
     """The command that reproduces a store (recorded in its manifest); --workers/--resume omitted."""
     parts = ["hyperkd data synth", f"--sensor {sensor}", f"--out {out}", f"--chips {chips}", f"--size {size}",
              f"--seed {seed}", f"--selection {selection}"]
     parts += [f"--also {a}" for a in also or []]
+    if preset is not None:
+        parts.append(f"--preset {preset}")
     if config is not None:
         parts.append(f"--config {config}")
     if not noise:
         parts.append("--no-noise")
+    if snr_scale != 1.0:
+        parts.append(f"--snr-scale {snr_scale:g}")
     return " ".join(parts)
 
 
@@ -65,12 +69,20 @@ def synth_cmd(
             show_default=False,
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="Scene config (YAML/JSON): crops, regions, water, urban, soil carbon knobs.",
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Named scene config: default, kd-teacher, kd-student, kd-eval (see docs/synthetic-data.md).",
                      show_default=False),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Scene config (YAML/JSON): crops, regions, water, urban, soil carbon knobs; "
+                     "fields it gives override the --preset's.", show_default=False),
+    ] = None,
     noise: Annotated[bool, typer.Option("--noise/--no-noise", help="Add sensor noise.")] = True,
+    snr_scale: Annotated[
+        float, typer.Option("--snr-scale", help="Multiply every sensor's SNR (0.25: a noisier instrument).")
+    ] = 1.0,
     workers: Annotated[int, typer.Option(help="Processes rendering chips (output does not depend on it).")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the written stores.")] = False,
@@ -84,16 +96,22 @@ def synth_cmd(
     from hyperkd.data.prepare import parse_selection
     from hyperkd.data.synth import Instrument, SceneConfig, synthesize
 
-    cfg = SceneConfig.from_file(config) if config is not None else None
+    base = SceneConfig.preset(preset) if preset is not None else None
+    cfg = SceneConfig.from_file(config, base=base) if config is not None else base
+    if snr_scale <= 0:
+        raise DataError(f"--snr-scale must be > 0, got {snr_scale}")
     targets = parse_also(also)
+    attrs: dict[str, Any] = {"command": _command_line(out, sensor, chips, size, seed, selection, also, config,
+                                                      noise, preset, snr_scale)}
+    if preset is not None:
+        attrs["preset"] = preset
     t0 = time.perf_counter()
     err = Console(stderr=True)
     try:
         store = synthesize(
             sensor, out, chips=chips, size=size, seed=seed, selection=parse_selection(selection),
-            also=targets, config=cfg, instrument=Instrument(noise=noise), workers=workers, resume=resume,
-            progress=not as_json, attrs={"command": _command_line(out, sensor, chips, size, seed, selection, also,
-                                                                  config, noise)},
+            also=targets, config=cfg, instrument=Instrument(noise=noise, snr_scale=snr_scale), workers=workers,
+            resume=resume, progress=not as_json, attrs=attrs,
         )
     except KeyboardInterrupt:
         err.print(f"interrupted: finished shards are safe in {out}; rerun the same command with --resume")

@@ -50,6 +50,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -107,6 +108,16 @@ class VegetationSpec:
     ``texture`` of fine (~1 px) brightness texture such as tree crowns and gaps.
     ``strip_period_px`` > 0 lays alternating crop / fallow strips across the parcel (strip
     cropping, visible at 30 m): a purely spatial cue. ``weight`` is the relative frequency.
+
+    ``patchiness`` in [0, 1] moves the spread of canopy cover from *between* parcels to
+    *within* them without changing what a single pixel can show: a parcel's cover quantile
+    is ``Phi(sqrt(1 - p) * z_parcel + sqrt(p) * F(x))`` (``z_parcel`` one N(0, 1) draw per
+    parcel, ``F`` a unit-variance random field of correlation length ``patch_px``), mapped
+    linearly onto ``cover``. Both terms together are N(0, 1), so every pixel's cover is
+    uniform over ``cover`` whatever ``p`` is: at 0 each parcel is evenly covered at its
+    own level (the default), at 1 every parcel is a patchwork of the whole range. Two crops
+    that differ only in ``patchiness`` have identically distributed pixel spectra and are
+    told apart only by looking at neighbourhoods (see the ``kd-*`` presets).
     """
 
     name: str
@@ -120,6 +131,8 @@ class VegetationSpec:
     variability: float = 0.08
     texture: float = 0.0
     strip_period_px: float = 0.0
+    patchiness: float = 0.0
+    patch_px: float = 1.5
     weight: float = 1.0
 
 
@@ -247,6 +260,28 @@ DEFAULT_REGIONS: tuple[RegionSpec, ...] = (
 )
 """Regions by the sampling sites of the ICRAF-ISRIC soils (continents, roughly)."""
 
+_TWIN = {"lai": (2.0, 5.0), "chl": (25.0, 50.0), "lma": (0.006, 0.016), "n": (1.5, 2.2),
+         "cover": (0.3, 1.0), "residue": (0.05, 0.3), "variability": 0.03}
+KD_TWIN_CROPS: tuple[VegetationSpec, ...] = (
+    VegetationSpec("even-stand", **_TWIN),  # type: ignore[arg-type]
+    VegetationSpec("patchy-stand", patchiness=1.0, patch_px=1.5, **_TWIN),  # type: ignore[arg-type]
+)
+"""The spatial-context crop pair of the ``kd-*`` presets: the same canopy, cover and residue
+distributions, so a pixel's spectrum is distributed identically for both; ``even-stand``
+parcels are evenly covered (each at its own level), ``patchy-stand`` parcels are patchworks
+of ~1.5 px patches spanning the whole cover range (uneven emergence, gaps). Only a
+neighbourhood tells them apart."""
+
+KD_STUDENT_ABSENT: dict[str, tuple[str, ...]] = {
+    "crops": ("cotton", "patchy-stand"),
+    "regions": ("asia", "oceania"),
+}
+"""What the ``kd-student`` preset leaves out (weight 0) that ``kd-teacher`` and ``kd-eval`` keep."""
+
+KD_STUDENT_SNR_SCALE = 0.25
+"""SNR factor of the student's (EnMAP) instrument in :func:`kd_stores`: a quarter of the
+EnMAP-like default, so single-pixel spectra are noisy in a way neighbourhoods can average out."""
+
 
 @dataclass(frozen=True)
 class SceneConfig:
@@ -361,6 +396,11 @@ class SceneConfig:
         if self.parcel_px[0] < 1.0:
             raise DataError(f"scene config: parcel_px must be >= 1 px, got {self.parcel_px}")
         _check_ranges(self, "scene config")
+        for spec in (*self.crops, self.grassland, self.forest, self.barren):
+            if not 0.0 <= spec.patchiness <= 1.0:
+                raise DataError(f"scene config: {spec.name!r} patchiness must be within [0, 1], got {spec.patchiness}")
+            if spec.patch_px < 0:
+                raise DataError(f"scene config: {spec.name!r} patch_px must be >= 0, got {spec.patch_px}")
         if library is not None:
             for spec in (*self.crops, self.grassland, self.forest, self.barren):
                 if library.canopies(spec.lai, spec.chl, spec.lma, spec.n).size < 2:
@@ -415,21 +455,40 @@ class SceneConfig:
         cfg.validate()
         return cfg
 
+    # -- presets -------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> SceneConfig:
+        """A named scene config (:data:`PRESETS`); ``name`` is recorded as the config's name.
+
+        ``default``: the default scenes. ``kd-teacher``: every crop (the defaults plus the
+        spatial-context pair :data:`KD_TWIN_CROPS`) and every region, for the large
+        multispectral set the teacher learns from. ``kd-student``: the same class lists
+        without the crops and regions in :data:`KD_STUDENT_ABSENT` (the small hyperspectral
+        set never shows them). ``kd-eval``: everything, with every crop equally frequent,
+        for labelled evaluation. The three ``kd-*`` presets share class ids.
+        """
+        try:
+            factory = _PRESET_FACTORIES[name]
+        except KeyError:
+            raise DataError(f"unknown scene preset {name!r}; presets: {', '.join(PRESETS)}") from None
+        return factory()
+
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict; :meth:`from_dict` rebuilds an equal config."""
         return _to_plain(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SceneConfig:
-        """Build a config from a (possibly partial) dict: missing fields keep their defaults."""
-        cfg = _from_plain(cls, d, "scene config")
+    def from_dict(cls, d: Mapping[str, Any], base: SceneConfig | None = None) -> SceneConfig:
+        """Build a config from a (possibly partial) dict: missing fields keep their defaults
+        (or ``base``'s values, e.g. a :meth:`preset`'s)."""
+        cfg = _from_plain(cls, d, "scene config", base=base)
         cfg.validate()
         return cfg
 
     @classmethod
-    def from_file(cls, path: str | Path) -> SceneConfig:
-        """Read a scene config from a YAML or JSON file (a partial dict over the defaults)."""
+    def from_file(cls, path: str | Path, base: SceneConfig | None = None) -> SceneConfig:
+        """Read a scene config from a YAML or JSON file (a partial dict over the defaults or ``base``)."""
         path = Path(path)
         try:
             text = path.read_text()
@@ -447,7 +506,7 @@ class SceneConfig:
         if not isinstance(d, Mapping):
             raise DataError(f"{path}: a scene config must be a mapping of fields, got {type(d).__name__}")
         try:
-            return cls.from_dict(d)
+            return cls.from_dict(d, base=base)
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from None
 
@@ -455,6 +514,33 @@ class SceneConfig:
         """Short hash of the config: stores made from equal configs and seeds hold equal scenes."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _kd_teacher() -> SceneConfig:
+    return SceneConfig(name="kd-teacher", crops=DEFAULT_CROPS + KD_TWIN_CROPS)
+
+
+def _kd_student() -> SceneConfig:
+    absent = KD_STUDENT_ABSENT
+    return _kd_teacher().with_weights(
+        crops=dict.fromkeys(absent["crops"], 0.0), regions=dict.fromkeys(absent["regions"], 0.0),
+        name="kd-student",
+    )
+
+
+def _kd_eval() -> SceneConfig:
+    full = _kd_teacher()
+    return full.with_weights(crops={c.name: 1.0 for c in full.crops}, name="kd-eval")
+
+
+_PRESET_FACTORIES: dict[str, Callable[[], SceneConfig]] = {
+    "default": SceneConfig,
+    "kd-teacher": _kd_teacher,
+    "kd-student": _kd_student,
+    "kd-eval": _kd_eval,
+}
+PRESETS: tuple[str, ...] = tuple(_PRESET_FACTORIES)
+"""Names :meth:`SceneConfig.preset` accepts (``hyperkd data synth --preset NAME``)."""
 
 
 DEFAULT_SNR: tuple[tuple[float, float], ...] = (
@@ -980,7 +1066,9 @@ class _Unit:
     """Mixing recipe of one unit: up to four endmembers and how their weights vary in space.
 
     Per pixel: ``cover = clip(cover + variability * F_cover + texture/2 * F_fine)`` (times
-    a strip pattern when ``strip_period`` > 0), ``mix = clip(mix + mix_amp * F_mix)``,
+    a strip pattern when ``strip_period`` > 0; with ``patchiness`` p > 0 the base ``cover``
+    is ``cover_lo + (cover_hi - cover_lo) * Phi(sqrt(1-p) cover_z + sqrt(p) F_patch)``
+    instead), ``mix = clip(mix + mix_amp * F_mix)``,
     ``bright = brightness * exp(bright_amp * F_bright + texture * F_fine)``,
     ``soil = exp(soil_amp * F_soil)``; weights: canopy A ``bright*cover*mix``, canopy B
     ``bright*cover*(1-mix)``, ground ``bright*(1-cover)*(1-residue)*soil_factor*soil``,
@@ -1002,6 +1090,11 @@ class _Unit:
     texture: float = 0.0
     strip_period: float = 0.0
     strip_phase: float = 0.0
+    patchiness: float = 0.0
+    patch_px: float = 0.0
+    cover_lo: float = 0.0
+    cover_hi: float = 0.0
+    cover_z: float = 0.0
     angle_cover: float = 0.0
     angle_mix: float = 0.0
     soil_amp: float = 0.0
@@ -1012,6 +1105,41 @@ class _Unit:
     @property
     def has_soil(self) -> bool:
         return math.isfinite(self.soc)
+
+
+_NORMAL = statistics.NormalDist()
+
+
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    """Standard normal CDF, vectorised (Abramowitz & Stegun 7.1.26 erf; abs. error < 1.5e-7)."""
+    z = np.abs(x) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = 1.0 - poly * np.exp(-z * z)
+    return 0.5 * (1.0 + np.sign(x) * erf)
+
+
+def _patch_fields(units: Sequence[_Unit], size: int, seed: int, index: int) -> np.ndarray | None:
+    """Per-unit unit-variance random fields (U, S*S) for patchy units; None if there are none.
+
+    Drawn from a stream of their own, so scenes without patchy vegetation (the default
+    config) are bit-for-bit what they were before ``patchiness`` existed. Each distinct
+    ``patch_px`` gets two shared fields; a unit mixes them with its own angle, which keeps
+    unit variance and makes neighbouring parcels' patterns independent-looking.
+    """
+    patchy = [u.patchiness > 0 for u in units]
+    if not any(patchy):
+        return None
+    prng = _rng(seed, index, SYNTH_VERSION, 0x9A7C)
+    angles = prng.uniform(0.0, 2.0 * math.pi, len(units))
+    shared = {s: (_field(prng, size, s).ravel(), _field(prng, size, s).ravel())
+              for s in sorted({u.patch_px for u, on in zip(units, patchy, strict=True) if on})}
+    out = np.zeros((len(units), size * size), dtype=np.float32)
+    for i, (u, on) in enumerate(zip(units, patchy, strict=True)):
+        if on:
+            h1, h2 = shared[u.patch_px]
+            out[i] = math.cos(angles[i]) * h1 + math.sin(angles[i]) * h2
+    return out
 
 
 def generate_scene(
@@ -1050,6 +1178,7 @@ def generate_scene(
 
     mats = _Materials(lib)
     units = [_make_unit(rng, cfg, region, lay, lib, mats, int(k)) for k in uniq.tolist()]
+    patch = _patch_fields(units, size, seed, index)
 
     # per-pixel weights of every (unit slot, component) pair
     n_pix = size * size
@@ -1072,7 +1201,12 @@ def generate_scene(
         p = {k: v[uid] for k, v in prm.items()}
         f_cover = np.cos(p["angle_cover"]) * g1 + np.sin(p["angle_cover"]) * g2
         f_mix = np.cos(p["angle_mix"]) * g2 + np.sin(p["angle_mix"]) * g3
-        cover = np.clip(p["cover"] + p["variability"] * f_cover + 0.5 * p["texture"] * gfine, 0.0, 1.0)
+        base = p["cover"]
+        if patch is not None:
+            pz = p["patchiness"]
+            quantile = _normal_cdf(np.sqrt(1.0 - pz) * p["cover_z"] + np.sqrt(pz) * patch[uid, np.arange(n_pix)])
+            base = np.where(pz > 0, p["cover_lo"] + (p["cover_hi"] - p["cover_lo"]) * quantile, base)
+        cover = np.clip(base + p["variability"] * f_cover + 0.5 * p["texture"] * gfine, 0.0, 1.0)
         striped = p["strip_period"] > 0
         if striped.any():
             phase = np.sin(2 * math.pi * upix[striped] / p["strip_period"][striped] + p["strip_phase"][striped])
@@ -1169,11 +1303,19 @@ def _make_unit(
                     soc_gkg=round(soc, 4), canopy=[lib.names[a], lib.names[b]])
         if crop:
             info["crop"] = spec.name
+        cover_level = _uniform(rng, spec.cover)
+        lo, hi = spec.cover
+        quantile = (cover_level - lo) / (hi - lo) if hi > lo else 0.5
         return _Unit(
             landcover=LANDCOVER_CLASSES.index(cover),
             crop=crop,
             comps=(mats.lib(a), mats.lib(b), mats.lib(ground), mats.lib(litter)),
-            cover=_uniform(rng, spec.cover),
+            cover=cover_level,
+            patchiness=spec.patchiness,
+            patch_px=spec.patch_px,
+            cover_lo=float(lo),
+            cover_hi=float(hi),
+            cover_z=_NORMAL.inv_cdf(min(max(quantile, 1e-6), 1.0 - 1e-6)),
             variability=spec.variability,
             mix=0.5,
             mix_amp=0.4,
@@ -1588,3 +1730,69 @@ def synthesize(
             pool.shutdown(cancel_futures=True)
     stores = [w.close() for w in writers]
     return stores[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The distillation experiment's three data sets
+# ----------------------------------------------------------------------------------------------
+
+KD_ROLES: dict[str, tuple[str, str, int]] = {
+    "teacher": ("hls", "kd-teacher", 0),
+    "student": ("enmap", "kd-student", 1),
+    "eval": ("enmap", "kd-eval", 2),
+}
+"""role -> (sensor, preset, seed offset) of :func:`kd_stores`; ``eval`` also gets an HLS view."""
+
+
+def kd_stores(
+    out: str | Path,
+    *,
+    teacher_chips: int = 256,
+    student_chips: int = 48,
+    eval_chips: int = 64,
+    size: int = 64,
+    seed: int = 0,
+    student_snr_scale: float = KD_STUDENT_SNR_SCALE,
+    workers: int = 1,
+    progress: bool | Callable[[int, int], None] = False,
+) -> dict[str, ChipStore]:
+    """Write the stores of a distillation experiment under ``out`` and return them by role.
+
+    - ``teacher``: ``out/teacher-hls``, ``teacher_chips`` HLS chips of the ``kd-teacher``
+      preset (every crop and region) — the large multispectral set a teacher learns from;
+    - ``student``: ``out/student-enmap``, ``student_chips`` EnMAP chips of ``kd-student``
+      (no cotton, no patchy-stand, no asia/oceania soils) — the small hyperspectral set;
+    - ``eval``: ``out/eval-enmap``, ``eval_chips`` labelled EnMAP chips of ``kd-eval``
+      (everything, crops equally frequent), and ``eval_hls``: ``out/eval-hls``, the *same*
+      scenes seen by HLS (rendered once, through ``synthesize(..., also=...)``), so a
+      teacher or a raw-HLS baseline can be scored on exactly the student's evaluation scenes.
+
+    The three sets use different seeds (``3 * seed + 0/1/2``), so no evaluation scene is in
+    a training set, and share class ids. Both EnMAP sets use an instrument whose SNR is
+    ``student_snr_scale`` times the default (noise that single pixels cannot average out);
+    HLS uses the default instrument. Every store records ``attrs.preset`` and
+    ``attrs.kd_role``. ``out`` must not hold these stores already. At the defaults this
+    takes a few tens of seconds on 2 CPU cores (see docs/synthetic-data.md).
+    """
+    if student_snr_scale <= 0:
+        raise DataError(f"student_snr_scale must be > 0, got {student_snr_scale}")
+    out = Path(out)
+    student_instrument = Instrument(snr_scale=student_snr_scale)
+    chips = {"teacher": teacher_chips, "student": student_chips, "eval": eval_chips}
+    paths = {"teacher": out / "teacher-hls", "student": out / "student-enmap", "eval": out / "eval-enmap",
+             "eval_hls": out / "eval-hls"}
+    for p in paths.values():  # refuse before writing anything
+        if (p / "manifest.json").exists():
+            raise DataError(f"{p} already holds a chip store; choose another --out or delete it first")
+    stores: dict[str, ChipStore] = {}
+    for role, (sensor, preset, offset) in KD_ROLES.items():
+        also = {"hls": paths["eval_hls"]} if role == "eval" else None
+        instrument = student_instrument if sensor == "enmap" else Instrument()
+        stores[role] = synthesize(
+            sensor, paths[role], chips=chips[role], size=size, seed=3 * seed + offset,
+            also=also, config=SceneConfig.preset(preset),
+            instrument={sensor: instrument, "hls": Instrument()}, workers=workers, progress=progress,
+            attrs={"preset": preset, "kd_role": role},
+        )
+    stores["eval_hls"] = ChipStore(paths["eval_hls"])
+    return stores
