@@ -28,6 +28,16 @@ TINY = ["student.patch_size=4", "student.embed_dim=64", "student.depth=2", "stud
         "trainer.checkpoint_every_n_steps=1000"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Toy-sized models gain nothing from threads, and on a shared machine extra threads
+    only contend (a 4x slower run was measured with 2 threads under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A tiny Prithvi-architecture checkpoint in the official (prefixed .pt) layout."""
@@ -160,13 +170,13 @@ def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, ti
     from hyperkd.distill import distill
 
     run = tmp_path / "run"
-    sets = [*TINY, "trainer.max_epochs=16"]
+    sets = [*TINY, "trainer.max_epochs=10"]
     res = distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher),
                   student="enmap", data=str(store.root), overrides=sets)
     mse, kld = series(run, "val/loss_mse"), series(run, "val/loss_kld")
-    assert len(mse) == len(kld) == 16
-    assert mse[-1] < 0.92 * mse[0], mse
-    assert kld[-1] < 0.5 * kld[0], kld
+    assert len(mse) == len(kld) == 10
+    assert mse[-1] < 0.85 * mse[0], mse  # about 0.73 x on this data
+    assert kld[-1] < 0.3 * kld[0], kld  # about 0.15 x
     for f in ("recipe.yaml", "metrics.json", "distill.json", "checkpoints/last.ckpt", "figures/loss.png",
               "figures/distill_loss.png", "figures/reconstruction.png", "student/model.safetensors"):
         assert (run / f).exists(), f
@@ -175,12 +185,12 @@ def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, ti
         assert component in saved
     info = json.loads((run / "distill.json").read_text())
     assert info["teacher_weights"]["path"] == str(tiny_teacher)
-    assert info["cache"]["enabled"] and info["cache"]["misses"] == 32 and info["cache"]["hits"] == 16 * 28 - 32
+    assert info["cache"]["enabled"] and info["cache"]["misses"] == 32 and info["cache"]["hits"] == 10 * 28 - 32
     assert info["cache"]["entries"] == 32 and info["cache"]["saved_s_estimate"] > 0
     # checkpoints hold student and projector, not the frozen teacher; a resume loads them
     state = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
     assert any(k.startswith("projectors.0.") for k in state) and not any(k.startswith("teacher.") for k in state)
-    more = distill(run / "recipe.yaml", run, resume=True, overrides=["trainer.max_epochs=17"])
+    more = distill(run / "recipe.yaml", run, resume=True, overrides=["trainer.max_epochs=11"])
     assert more.global_step == res.global_step + 3  # 28 training chips, 3 full batches of 8
 
 
