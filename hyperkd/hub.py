@@ -700,7 +700,7 @@ def _training_data(data: Mapping[str, Any] | None, sensor_name: str) -> str:
                 "These weights are a demonstration and test artefact: they have seen no real imagery and say "
                 "nothing about real scenes.")
     return (f"Trained on {amount} of {sensor_name} surface reflectance from the chip store "
-            f"`{Path(str(data.get('store'))).name}` (`hyperkd data prepare`; see the recipe's `data` section).")
+            f"`{Path(str(data.get('store'))).name}` (the recipe's `data` section below names it).")
 
 
 def _summary(config: Mapping[str, Any], sensor_name: str, num_bands: int) -> tuple[str, str, list[str]]:
@@ -881,15 +881,21 @@ def push(
         CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8")),
     ]
     api = HfApi(token=token)
-    repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-    real_id = getattr(repo, "repo_id", None) or repo_id
-    if revision:
-        api.create_branch(repo_id=real_id, branch=revision, repo_type="model", exist_ok=True)
     sensor = (config.get("sensor") or {}).get("name", "")
-    info = api.create_commit(
-        repo_id=real_id, repo_type="model", operations=ops, revision=revision,
-        commit_message=commit_message or f"hyperkd {config.get('hyperkd_version')}: {config['model_type']} for {sensor}",
-    )
+    try:
+        repo = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        real_id = getattr(repo, "repo_id", None) or repo_id
+        if revision:
+            api.create_branch(repo_id=real_id, branch=revision, repo_type="model", exist_ok=True)
+        info = api.create_commit(
+            repo_id=real_id, repo_type="model", operations=ops, revision=revision,
+            commit_message=commit_message
+            or f"hyperkd {config.get('hyperkd_version')}: {config['model_type']} for {sensor}",
+        )
+    except (OSError, ValueError) as exc:  # HTTP errors, offline mode, invalid ids, missing login
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
+        raise HyperKDError(f"could not push {folder} to {repo_id}{offline}: {type(exc).__name__}: {first}") from exc
     url = getattr(info, "commit_url", None) or str(info)
     return PushResult(real_id, revision, [op.path_in_repo for op in ops], str(url), rendered)
 

@@ -333,3 +333,55 @@ def test_model_types_are_a_registry_that_refuses_duplicates():
         hub.MODEL_TYPES.pop("test-probe", None)
     with pytest.raises(HyperKDError, match="known: hyperspectral-mae"):
         hub.model_type_class("test-probe")
+
+
+def test_card_says_synthetic_when_the_run_trained_on_synthetic_chips(saved, tmp_path):
+    import numpy as np
+
+    from hyperkd.data.store import ChipStoreWriter
+    from hyperkd.io import atomic_write_json
+
+    model, _ = saved
+    note = "SYNTHETIC DATA made by a test; not real imagery"
+    w = ChipStoreWriter(tmp_path / "syn", model.sensor, 16, shard_size=4, synthetic=True, attrs={"synthetic": note})
+    for i in range(3):
+        w.add(np.full((model.in_chans, 16, 16), 0.2, np.float32), source=f"s{i}")
+    w.close()
+    run = tmp_path / "run"
+    run.mkdir()
+    from hyperkd import recipes
+
+    (run / "recipe.yaml").write_text(recipes.dump(recipes.resolve("mae", [f"data.store={tmp_path / 'syn'}"])))
+    atomic_write_json(run / "metrics.json", {"global_step": 7, "val/loss": 0.123456})
+    prov = hub.run_provenance(run)
+    assert prov["training"]["data"] == {"store": str(tmp_path / "syn"), "synthetic": True, "num_chips": 3,
+                                        "chip_size": 16, "description": note}
+    model.save_pretrained(tmp_path / "out", provenance=prov, config={"license": "cc-by-4.0"})
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "**Synthetic data.** Trained on 3 chips of 16×16 px" in card and note in card
+    assert "- synthetic-data" in card and "MAE-pretrained without distillation" in card
+    assert "| val/loss | 0.1235 |" in card and "| global_step | 7 |" in card and "license: cc-by-4.0" in card
+
+
+def test_teacher_weights_accept_a_repo_id_of_a_converted_teacher(offline_cache, tmp_path):
+    load_plugins()
+    from hyperkd_prithvi.convert import convert_prithvi
+    from hyperkd_prithvi.testing import write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pt", seed=3)
+    folder = tmp_path / "converted"
+    convert_prithvi(ckpt, folder)
+    install_folder_in_cache(offline_cache, "lab/prithvi-tiny", folder, revision="v2")
+    teacher = hyperkd.create("teacher", "prithvi-eo-tiny", weights="lab/prithvi-tiny@v2")
+    local = hyperkd.create("teacher", "prithvi-eo-tiny", weights=str(folder))
+    for (k, a), (_, b) in zip(teacher.state_dict().items(), local.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(HyperKDError, match=r"converted Prithvi-EO teacher.*--teacher-weights"):
+        hyperkd.from_pretrained("lab/prithvi-tiny@v2")
+
+
+def test_push_offline_fails_in_one_line(saved, capsys):
+    _, folder = saved
+    assert main(["hub", "push", str(folder), "--repo-id", "me/offline"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not push" in err and "HF_HUB_OFFLINE is set" in err
