@@ -366,7 +366,20 @@ def read_config(
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise HyperKDError(f"{source.describe()}: {CONFIG_NAME} is not valid JSON ({exc})") from None
+    config = normalize_config(config)
     check_config(config, where=source.describe())
+    return config
+
+
+LEGACY_STUDENT_KEYS = frozenset({"sensor", "embed_dim", "patch_size", "decoder_embed_dim", "img_size"})
+"""Constructor fields of a student saved before the folder format existed (plain mixin config)."""
+
+
+def normalize_config(config: Any) -> Any:
+    """Read a pre-format student config (only constructor arguments, as hyperkd 0.1.0 wrote before
+    :mod:`hyperkd.hub`) as folder format 0 of ``hyperspectral-mae``; other configs pass unchanged."""
+    if isinstance(config, Mapping) and "hyperkd_format" not in config and set(config) >= LEGACY_STUDENT_KEYS:
+        return {"model_type": "hyperspectral-mae", "hyperkd_format": 0, "hyperkd_version": "0.1.0", **config}
     return config
 
 
@@ -377,6 +390,7 @@ def check_config(config: Any, *, where: str = "this model") -> type[HyperKDHubMi
     are not newer than this hyperkd; an installed plugin provides its ``model_type``; and
     one provides every sensor it ``requires``. Nothing from the repo is imported or run.
     """
+    config = normalize_config(config)
     if not isinstance(config, Mapping) or "hyperkd_format" not in config:
         raise HyperKDError(f"{where}: {CONFIG_NAME} is not a hyperkd model config (no hyperkd_format)")
     if config.get("family") == "prithvi-eo" and "model_type" not in config:
@@ -642,6 +656,7 @@ class HyperKDHubMixin(
         where = source.describe()
         if config is None:
             raise HyperKDError(f"{where} has no {CONFIG_NAME}; it is not a model saved by hyperkd")
+        config = normalize_config(config)
         found = check_config(config, where=where)
         if not issubclass(cls, found) and not issubclass(found, cls):
             raise HyperKDError(f"{where} is a {config.get('model_type')!r} model ({found.__name__}), "

@@ -385,3 +385,14 @@ def test_push_offline_fails_in_one_line(saved, capsys):
     assert main(["hub", "push", str(folder), "--repo-id", "me/offline"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could not push" in err and "HF_HUB_OFFLINE is set" in err
+
+
+def test_a_student_saved_before_the_folder_format_still_loads(saved, tmp_path):
+    model, folder = saved
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copyfile(folder / "model.safetensors", legacy / "model.safetensors")
+    (legacy / "config.json").write_text(json.dumps(model._hub_mixin_config, sort_keys=True))  # the old mixin config
+    assert hub.read_config(legacy)["hyperkd_format"] == 0
+    assert_same_outputs(model, hyperkd.from_pretrained(legacy))
+    assert_same_outputs(model, HyperspectralMAE.from_pretrained(str(legacy)))
