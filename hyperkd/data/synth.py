@@ -39,6 +39,13 @@ so a band selection does not change the values of the bands it keeps.
 The knobs live in :class:`SceneConfig` (classes, crops, regions, water, urban, soil carbon)
 and :class:`Instrument` (spectral response shape, PSF, noise); both serialise to plain
 dicts / YAML so stores record exactly how they were made.
+
+For distillation experiments, :meth:`SceneConfig.preset` names configs (``kd-teacher``,
+``kd-student``, ``kd-eval``) with a crop pair that only spatial context separates
+(:data:`KD_TWIN_CROPS`, via ``VegetationSpec.patchiness``) and crops / regions that only
+the teacher's and the evaluation sets contain; :func:`kd_stores` writes the three stores.
+They are built so that a teacher's knowledge *can* matter, which is no evidence that it
+does (docs/synthetic-data.md).
 """
 
 from __future__ import annotations
