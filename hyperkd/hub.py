@@ -294,8 +294,8 @@ def fetch_file(
             token=token, local_files_only=offline, force_download=force_download,
         ))
     except LocalEntryNotFoundError as exc:
-        if offline and _cached_snapshot_exists(source, cache_dir):
-            return None  # the revision is cached and this file is not part of it
+        if offline and _known_missing(source, filename, cache_dir):
+            return None  # an earlier online lookup recorded that the repo has no such file
         raise _hub_error(source, filename, exc) from exc
     except EntryNotFoundError:
         return None
@@ -303,14 +303,31 @@ def fetch_file(
         raise _hub_error(source, filename, exc) from exc
 
 
-def _cached_snapshot_exists(source: Source, cache_dir: str | Path | None) -> bool:
-    """Whether the cache holds ``config.json`` of this revision (so other misses are real misses)."""
+def _known_missing(source: Source, filename: str, cache_dir: str | Path | None) -> bool:
+    """Whether the cache records that this revision has no ``filename`` (HF's ``.no_exist`` marker)."""
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
 
     assert source.repo_id is not None
-    got = try_to_load_from_cache(source.repo_id, CONFIG_NAME, cache_dir=cache_dir or hub_cache_dir(),
+    got = try_to_load_from_cache(source.repo_id, filename, cache_dir=cache_dir or hub_cache_dir(),
                                  revision=source.revision)
-    return isinstance(got, str)
+    return got is _CACHED_NO_EXIST
+
+
+def fetch_weights(source: Source, *, token: str | bool | None = None, cache_dir: str | Path | None = None,
+                  local_files_only: bool | None = None, force_download: bool = False) -> Path:
+    """``model.safetensors`` of ``source``; a folder, repo or offline cache that offers only
+    pickle weights is refused (nothing is unpickled)."""
+    try:
+        weights = fetch_file(source, WEIGHTS_NAME, token=token, cache_dir=cache_dir,
+                             local_files_only=local_files_only, force_download=force_download)
+    except WeightsError:
+        if source.repo_id is not None and hub_offline() and _pickles_in(source, token, cache_dir):
+            raise refuse_missing_safetensors(source, token, cache_dir) from None
+        raise
+    if weights is None:
+        raise refuse_missing_safetensors(source, token, cache_dir)
+    return weights
 
 
 def _pickles_in(source: Source, token: str | bool | None, cache_dir: str | Path | None) -> list[str]:
@@ -338,14 +355,17 @@ def refuse_missing_safetensors(source: Source, token: str | bool | None = None,
                                cache_dir: str | Path | None = None) -> WeightsError:
     """The error for a folder or repo without ``model.safetensors`` (pickle-only or empty)."""
     pickles = _pickles_in(source, token, cache_dir)
+    where = source.describe()
+    if source.repo_id is not None and hub_offline():
+        where += f" (as cached in {cache_dir or hub_cache_dir()}, HF_HUB_OFFLINE is set)"
     if pickles:
         return WeightsError(
-            f"{source.describe()} has no {WEIGHTS_NAME}, only pickle weights ({', '.join(pickles)}): hyperkd loads "
+            f"{where} has no {WEIGHTS_NAME}, only pickle weights ({', '.join(pickles)}): hyperkd loads "
             "weights only from safetensors and never unpickles files from a repo, because unpickling can run "
             "arbitrary code. If you trust the source, convert it yourself (torch.load(..., weights_only=True), "
             "load the state dict into the model, then model.save_pretrained(FOLDER))"
         )
-    return WeightsError(f"{source.describe()} has no {WEIGHTS_NAME}; it is not a complete hyperkd model")
+    return WeightsError(f"{where} has no {WEIGHTS_NAME}; it is not a complete hyperkd model")
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -661,10 +681,8 @@ class HyperKDHubMixin(
         if not issubclass(cls, found) and not issubclass(found, cls):
             raise HyperKDError(f"{where} is a {config.get('model_type')!r} model ({found.__name__}), "
                                f"not a {cls.__name__}; load it with hyperkd.from_pretrained")
-        weights = fetch_file(source, WEIGHTS_NAME, token=token, cache_dir=cache_dir,
-                             local_files_only=local_files_only, force_download=force_download)
-        if weights is None:
-            raise refuse_missing_safetensors(source, token, cache_dir)
+        weights = fetch_weights(source, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
+                                force_download=force_download)
         model = found(**model_kwargs)
         try:
             found._load_as_safetensor(model, str(weights), map_location, strict)
@@ -832,9 +850,7 @@ def pull(
     if source.folder is not None:
         raise HyperKDError(f"{repo_id!r} is a local folder; pull takes a Hugging Face repo id (org/name[@rev])")
     read_config(source, token=token, cache_dir=cache_dir)
-    weights = fetch_file(source, WEIGHTS_NAME, token=token, cache_dir=cache_dir)
-    if weights is None:
-        raise refuse_missing_safetensors(source, token, cache_dir)
+    weights = fetch_weights(source, token=token, cache_dir=cache_dir)
     files = {name: fetch_file(source, name, token=token, cache_dir=cache_dir) for name in SHARED_FILES}
     if out is None:
         return weights.parent

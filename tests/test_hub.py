@@ -264,6 +264,12 @@ def test_refuses_a_pickle_only_repo_without_unpickling(saved, offline_cache, tmp
         HyperspectralMAE.from_pretrained(str(bad))  # the class's own loader has no pickle fallback either
     with pytest.raises(WeightsError, match="only pickle weights"):
         hub.pull("evil/pickled")
+    # a cached config without cached weights (and no pickles) is a cache miss, not a broken repo
+    from hyperkd_prithvi.testing import install_in_hf_cache
+
+    install_in_hf_cache(offline_cache, "someone/config-only", "config.json", source=folder / "config.json")
+    with pytest.raises(WeightsError, match=r"model\.safetensors not found .*HF_HUB_OFFLINE is set and it is not in"):
+        hyperkd.from_pretrained("someone/config-only")
 
 
 def _edited_copy(folder: Path, dest: Path, **changes: Any) -> Path:
