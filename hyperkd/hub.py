@@ -678,14 +678,14 @@ class HyperKDHubMixin(
             raise HyperKDError(f"{where} has no {CONFIG_NAME}; it is not a model saved by hyperkd")
         config = normalize_config(config)
         found = check_config(config, where=where)
-        if not issubclass(cls, found) and not issubclass(found, cls):
+        if not issubclass(cls, found):
             raise HyperKDError(f"{where} is a {config.get('model_type')!r} model ({found.__name__}), "
                                f"not a {cls.__name__}; load it with hyperkd.from_pretrained")
         weights = fetch_weights(source, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
                                 force_download=force_download)
-        model = found(**model_kwargs)
+        model = cls(**model_kwargs)
         try:
-            found._load_as_safetensor(model, str(weights), map_location, strict)
+            cls._load_as_safetensor(model, str(weights), map_location, strict)
         except (RuntimeError, ValueError, OSError) as exc:
             raise WeightsError(f"{where}: {WEIGHTS_NAME} does not fit the model its config describes: {exc}") from exc
         model.hub_provenance = {"recipe": config.get("recipe"), "training": config.get("training")}

@@ -323,7 +323,7 @@ def test_refuses_unknown_sensor_or_model_type_naming_the_plugin(saved, tmp_path,
         hyperkd.from_pretrained(foreign)
 
 
-def test_model_types_are_a_registry_that_refuses_duplicates():
+def test_model_types_dispatch_and_refuse_duplicates(saved, tmp_path):
     from torch import nn
 
     class Probe(nn.Module, hub.HyperKDHubMixin, model_type="test-probe"):
@@ -333,6 +333,15 @@ def test_model_types_are_a_registry_that_refuses_duplicates():
 
     try:
         assert hub.model_type_class("test-probe") is Probe
+        probe = Probe(width=5)
+        probe.save_pretrained(tmp_path / "probe")
+        back = hyperkd.from_pretrained(tmp_path / "probe")
+        assert type(back) is Probe and back.lin.in_features == 5
+        assert torch.equal(back.lin.weight, probe.lin.weight)
+        with pytest.raises(HyperKDError, match=r"is a 'test-probe' model .*not a HyperspectralMAE"):
+            HyperspectralMAE.from_pretrained(str(tmp_path / "probe"))
+        with pytest.raises(HyperKDError, match=r"is a 'hyperspectral-mae' model .*not a Probe"):
+            Probe.from_pretrained(str(saved[1]))
         with pytest.raises(HyperKDError, match="already provided"):
             type("Other", (nn.Module, hub.HyperKDHubMixin), {}, model_type="test-probe")
     finally:
