@@ -1,0 +1,77 @@
+"""``hyperkd finetune`` and ``hyperkd evaluate``: thin wrappers of :mod:`hyperkd.finetune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hyperkd.cli.app import app, console, print_json
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    keys = ("overall_accuracy", "miou", "macro_f1", "rmse", "mae", "r2", "bias")
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
+
+
+@app.command("finetune")
+def finetune_cmd(
+    task: Annotated[str, typer.Option("--task", help="landcover, croptype, soc (or segmentation / regression).")],
+    student: Annotated[str, typer.Option("--student", help="Run folder, saved student, HF repo id, "
+                                         "architecture name (with --init random), or 'raw' (pixel spectra).")],
+    data: Annotated[Path, typer.Option("--data", help="Chip-store folder to train (and, without --eval-data, test) on.")],
+    labels: Annotated[Path | None, typer.Option("--labels", help="GeoTIFF of labels, reprojected onto the chips "
+                                                "(else the store's own label layer).")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Label layer to use instead of the task's default.")] = None,
+    protocol: Annotated[str, typer.Option("--protocol", help="frozen (CNN head), linear (probe) or full.")] = "frozen",
+    init: Annotated[str, typer.Option("--init", help="pretrained, or random: the untrained-encoder control.")] = "pretrained",
+    train_chips: Annotated[int | None, typer.Option("--train-chips", help="Label-scarce: train on N chips only.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    lr: Annotated[float, typer.Option("--lr", help="Head learning rate (encoder: x0.1 with --protocol full).")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Initialisation, batch order, --train-chips subset.")] = 0,
+    split_seed: Annotated[int, typer.Option("--split-seed", help="Train/val/test split of the chips.")] = 0,
+    eval_data: Annotated[Path | None, typer.Option("--eval-data", help="Test on this store instead of a held-out split.")] = None,
+    eval_labels: Annotated[Path | None, typer.Option("--eval-labels", help="Label raster for --eval-data.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/finetune"),
+    accelerator: Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="32-true, bf16-mixed, ...")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the test metrics as JSON.")] = False,
+) -> None:
+    """Fine-tune a student (or the raw-spectra baseline) on a task and score it on held-out chips."""
+    from hyperkd.finetune import finetune
+
+    trainer = {k: v for k, v in {"accelerator": accelerator, "precision": precision}.items() if v is not None}
+    res = finetune(
+        student=student, task=task, store=data, out=out, protocol=protocol, init=init, seed=seed,
+        labels=labels, label=label, train_chips=train_chips, epochs=epochs, batch_size=batch_size, lr=lr,
+        split_seed=split_seed, eval_store=eval_data, eval_labels=eval_labels, trainer=trainer, overwrite=overwrite,
+    )
+    if as_json:
+        print_json({"run_dir": str(res.run_dir), "metrics": res.metrics, "val": res.val_metrics})
+        return
+    console.print(f"[green]done[/] {res.run_dir}: test {_fmt(res.metrics)}", highlight=False)
+    console.print(f"model: {res.model_dir}", highlight=False)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[Path, typer.Option("--model", help="A `hyperkd finetune` run folder (or its model/).")],
+    data: Annotated[Path, typer.Option("--data", help="Chip store to evaluate on.")],
+    labels: Annotated[Path | None, typer.Option("--labels", help="GeoTIFF of labels (else the store's layer).")] = None,
+    all_chips: Annotated[bool, typer.Option("--all-chips", help="Score every chip, even on the training store.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for metrics.json and figures.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Score a fine-tuned model on a store (its held-out test chips when it is the training store)."""
+    from hyperkd.finetune import evaluate
+
+    res = evaluate(model, data, labels=labels, chips="all" if all_chips else None, out=out)
+    if as_json:
+        print_json({"store": str(res.store), "num_chips": len(res.chips), "metrics": res.metrics})
+        return
+    console.print(f"{res.store} ({len(res.chips)} chips): {_fmt(res.metrics)}", highlight=False)
+    if res.out is not None:
+        console.print(f"written to {res.out}", highlight=False)

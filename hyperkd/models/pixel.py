@@ -1,0 +1,283 @@
+"""Fine-tuned per-pixel models: an encoder (or none) plus a head, saved as safetensors + config.json.
+
+:class:`PixelModel` is a plain ``nn.Module`` whose whole construction is one JSON-able
+config, so it can be saved, shared and rebuilt without pickles (:meth:`PixelModel.save` /
+:meth:`PixelModel.load`; ``config.json`` carries ``"model_type": "hyperkd-pixel"``).
+
+Protocols (how the encoder is used):
+
+``frozen`` (the HyperKD paper's)
+    encoder weights fixed; a small CNN head (:class:`TokenCNNHead`) reads the token grid,
+    upsamples it to pixels in x2 steps with 3x3 convolutions, and predicts per pixel.
+``linear``
+    encoder fixed; one linear map per token, bilinearly upsampled to pixels
+    (:class:`LinearHead`). Linear-then-upsample equals upsample-then-linear (bilinear
+    weights sum to one) at a fraction of the cost: a linear probe of upsampled tokens.
+``full``
+    the CNN head, with the encoder trained too (at a lower learning rate).
+
+Controls for honest comparisons:
+
+* **raw spectra** (``encoder=None``): no encoder at all; the head reads the standardised
+  pixel spectra. With ``protocol="linear"`` a per-pixel linear classifier; otherwise
+  :class:`PixelCNNHead` (1x1 spectral reduction, two 3x3 layers: a 5x5 px receptive field,
+  comparable to what the token head sees of its neighbours);
+* **untrained encoder**: the student's architecture with random weights (``init="random"``
+  in :func:`hyperkd.finetune.finetune`), fine-tuned exactly as a trained one.
+
+The MAE decoder is not kept: only the encoder's weights are saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from hyperkd.errors import HyperKDError, WeightsError
+from hyperkd.io import atomic_path, atomic_write_json
+from hyperkd.models.mae import HyperspectralMAE
+from hyperkd.sensors import Sensor
+from hyperkd.tasks import Task, task_from_dict
+
+MODEL_TYPE = "hyperkd-pixel"
+FORMAT_VERSION = 1
+PROTOCOLS = ("frozen", "linear", "full")
+
+
+def _bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class TokenCNNHead(nn.Module):
+    """Token grid ``(B, D, h, w)`` -> per-pixel outputs ``(B, K, H, W)``.
+
+    A 3x3 layer at token resolution mixes neighbouring tokens; then ``ceil(log2(patch))``
+    stages of (x2 bilinear upsampling, 3x3 conv, BN, ReLU) halve the width down to 32
+    channels; a final resize (for patch sizes that are not powers of two) and a 1x1
+    classifier.
+    """
+
+    def __init__(self, in_dim: int, out_channels: int, patch_size: int, hidden: int = 128) -> None:
+        super().__init__()
+        layers: list[nn.Module] = _bn_relu(in_dim, hidden, 3)
+        c = hidden
+        for _ in range(max(math.ceil(math.log2(patch_size)), 0)):
+            nxt = max(c // 2, 32)
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_bn_relu(c, nxt, 3)]
+            c = nxt
+        self.body = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(c, out_channels, 1)
+
+    def forward(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
+        x = self.body(tokens)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.classifier(x)
+
+
+class LinearHead(nn.Module):
+    """Linear probe: ``(B, D, h, w)`` -> 1x1 linear map -> bilinear upsampling to ``size``."""
+
+    def __init__(self, in_dim: int, out_channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Conv2d(in_dim, out_channels, 1)
+
+    def forward(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(self.linear(tokens), size=size, mode="bilinear", align_corners=False)
+
+
+class PixelCNNHead(nn.Module):
+    """Raw-spectra baseline: ``(B, C, H, W)`` standardised spectra -> ``(B, K, H, W)``."""
+
+    def __init__(self, in_chans: int, out_channels: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_bn_relu(in_chans, hidden, 1), *_bn_relu(hidden, hidden, 3),
+                                  *_bn_relu(hidden, hidden, 3))
+        self.classifier = nn.Conv2d(hidden, out_channels, 1)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return self.classifier(self.body(x))
+
+
+class PixelLinearHead(nn.Module):
+    """Raw-spectra linear baseline: one linear map per pixel spectrum."""
+
+    def __init__(self, in_chans: int, out_channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Conv2d(in_chans, out_channels, 1)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return self.linear(x)
+
+
+def strip_decoder(mae: HyperspectralMAE) -> HyperspectralMAE:
+    """Drop the MAE decoder in place (fine-tuning only uses the encoder); returns ``mae``."""
+    mae.decoder_embed = nn.Identity()
+    mae.decoder_blocks = nn.ModuleList()
+    mae.decoder_norm = nn.Identity()
+    mae.decoder_pred = nn.Identity()
+    del mae.mask_token
+    mae.register_parameter("mask_token", None)
+    if "decoder_pos_embed" in mae._buffers:
+        del mae._buffers["decoder_pos_embed"]
+    return mae
+
+
+class PixelModel(nn.Module):
+    """Encoder (or raw spectra) + head for one task; built from a JSON-able ``config``.
+
+    ``config`` keys: ``task`` (:meth:`Task.to_dict`), ``protocol``, ``encoder`` (the
+    student's ``HyperspectralMAE`` config, or ``None`` for raw spectra), ``sensor`` (band
+    table with the mean/std that standardise raw spectra; the encoder has its own),
+    ``img_size``, ``layers`` (encoder layers whose tokens are concatenated), ``hidden``
+    (head width), and provenance (``student``, ``init``) that does not affect the weights.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.config = json.loads(json.dumps(dict(config)))  # a private, JSON-clean copy
+        cfg = self.config
+        self.task: Task = task_from_dict(cfg["task"])
+        self.protocol = str(cfg.get("protocol", "frozen"))
+        if self.protocol not in PROTOCOLS:
+            raise HyperKDError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        self.img_size = int(cfg["img_size"])
+        self.layers = tuple(int(i) for i in cfg.get("layers", (-1,)))
+        hidden = int(cfg.get("hidden", 128))
+        k = self.task.out_channels
+        self.encoder: HyperspectralMAE | None
+        if cfg.get("encoder") is not None:
+            self.encoder = strip_decoder(HyperspectralMAE(**cfg["encoder"]))
+            self.sensor = self.encoder.sensor
+            dim = self.encoder.embed_dim * len(self.layers)
+            if self.protocol == "linear":
+                self.head: nn.Module = LinearHead(dim, k)
+            else:
+                self.head = TokenCNNHead(dim, k, self.encoder.patch_size, hidden)
+            if self.protocol != "full":
+                self.encoder.requires_grad_(False)
+                self.encoder.eval()
+        else:
+            self.encoder = None
+            self.sensor = Sensor.from_dict(cfg["sensor"])
+            c = self.sensor.num_bands
+            self.register_buffer("band_mean", torch.tensor(self.sensor.means or [0.0] * c).view(1, c, 1, 1))
+            self.register_buffer("band_std", torch.tensor(self.sensor.stds or [1.0] * c).view(1, c, 1, 1))
+            self.head = PixelLinearHead(c, k) if self.protocol == "linear" else PixelCNNHead(c, k, hidden)
+
+    # -- behaviour -----------------------------------------------------------------------------
+    @property
+    def encoder_frozen(self) -> bool:
+        """Whether the encoder's features are fixed (cacheable): frozen / linear, or no encoder."""
+        return self.encoder is None or self.protocol != "full"
+
+    @property
+    def in_chans(self) -> int:
+        return self.sensor.num_bands
+
+    def train(self, mode: bool = True) -> PixelModel:
+        super().train(mode)
+        if self.encoder is not None and self.protocol != "full":
+            self.encoder.eval()  # a fixed encoder stays in eval mode (no dropout / norm updates)
+        return self
+
+    def features(self, x: Tensor) -> Tensor:
+        """What the head reads: ``(B, D*len(layers), h, w)`` tokens, or standardised spectra."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            raise HyperKDError(
+                f"this model expects (B, {self.in_chans}, {self.img_size}, {self.img_size}) reflectance, "
+                f"got {tuple(x.shape)}; check the chip size and band selection of the data"
+            )
+        if self.encoder is None:
+            return (x - self.band_mean) / self.band_std
+        enc = self.encoder
+        feats = enc.encode(x, self.layers) if self.protocol == "full" else enc.forward_features(x, self.layers)
+        t = torch.cat(feats, dim=-1)
+        gh, gw = enc.grid
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], gh, gw)
+
+    def head_forward(self, features: Tensor) -> Tensor:
+        """Raw outputs ``(B, K, H, W)`` from :meth:`features` (cached features skip the encoder)."""
+        return self.head(features, (self.img_size, self.img_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw outputs (logits, or standardised values for regression) ``(B, K, H, W)``."""
+        return self.head_forward(self.features(x))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """``(B, H, W)`` class ids or values in the label's unit."""
+        return self.task.predict(self.forward(x))
+
+    def trainable_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(head parameters, encoder parameters that train)."""
+        enc = [p for p in self.encoder.parameters() if p.requires_grad] if self.encoder is not None else []
+        return list(self.head.parameters()), enc
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (each atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        cfg = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, **self.config}
+        cfg["task"] = self.task.to_dict()  # the bound task, with target statistics
+        atomic_write_json(folder / "config.json", cfg)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> PixelModel:
+        """Rebuild a model saved with :meth:`save` (a model folder or a fine-tune run folder)."""
+        folder = Path(folder)
+        if (folder / "model" / "config.json").exists():
+            folder = folder / "model"
+        cfg_path = folder / "config.json"
+        if not cfg_path.exists():
+            raise WeightsError(f"{folder} holds no fine-tuned model (no config.json); pass a "
+                               "`hyperkd finetune` run folder or its model/ folder")
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("model_type") != MODEL_TYPE:
+            raise WeightsError(f"{cfg_path} describes a {cfg.get('model_type') or 'different'} model, "
+                               f"not a fine-tuned {MODEL_TYPE} model")
+        if int(cfg.get("format_version", 1)) > FORMAT_VERSION:
+            raise WeightsError(f"{cfg_path}: format version {cfg['format_version']} is newer than this "
+                               "hyperkd reads; upgrade hyperkd")
+        model = cls({k: v for k, v in cfg.items() if k not in ("model_type", "format_version")})
+        try:
+            state = load_file(str(folder / "model.safetensors"), device=str(map_location))
+        except Exception as exc:  # missing or corrupt file
+            raise WeightsError(f"cannot read {folder / 'model.safetensors'}: {exc}") from None
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise WeightsError(f"{folder}: weights do not match the config (missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]})")
+        return model
+
+
+def encoder_config(student: HyperspectralMAE) -> dict[str, Any]:
+    """The JSON-able constructor arguments of a student (what rebuilds its architecture)."""
+    cfg = getattr(student, "_hub_mixin_config", None)
+    if not cfg:
+        raise HyperKDError("this student has no recorded config; build it with build_student or "
+                           "HyperspectralMAE.from_pretrained")
+    out = json.loads(json.dumps(cfg, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+    return out
+
+
+def layers_tuple(layers: Sequence[int] | int) -> tuple[int, ...]:
+    """Normalise a ``layers`` argument to a tuple of ints."""
+    return (int(layers),) if isinstance(layers, int) else tuple(int(i) for i in layers)
+
+
+__all__ = ["MODEL_TYPE", "PROTOCOLS", "LinearHead", "PixelCNNHead", "PixelLinearHead", "PixelModel",
+           "TokenCNNHead", "encoder_config", "strip_decoder"]

@@ -1,0 +1,198 @@
+"""End-to-end fine-tuning on a small synthetic store: it learns, it saves, it reloads, it says why not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hyperkd.cli import main
+from hyperkd.errors import HyperKDError
+from hyperkd.finetune import evaluate, finetune, split_chips
+from hyperkd.models.pixel import PixelModel
+
+TINY = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+            decoder_num_heads=2, spectral_dim=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small convolutions on 2 shared cores run ~10x faster single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from hyperkd.data.synth import synthesize
+
+    return synthesize("enmap", tmp_path_factory.mktemp("ft") / "enmap", chips=16, size=32, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def student_dir(store, tmp_path_factory) -> Path:
+    """A saved (untrained) tiny student folder, as `hyperkd pretrain` exports one."""
+    from hyperkd.models.mae import build_student
+    from hyperkd.train import export_student
+
+    torch.manual_seed(0)
+    stu = build_student("mae-tiny", sensor=store.sensor, img_size=32, **TINY)
+    return export_student(stu, tmp_path_factory.mktemp("stu") / "student")
+
+
+def _test_pixels(store, chips, label):
+    return np.concatenate([np.where(store[i]["valid"], store[i][label], -1).ravel() for i in chips])
+
+
+def test_split_is_deterministic_disjoint_and_keeps_every_part_non_empty():
+    tr, va, te = split_chips(16, 0.1, 0.2, seed=0)
+    assert (len(tr), len(va), len(te)) == (11, 2, 3)
+    assert sorted(tr + va + te) == list(range(16)) and split_chips(16, 0.1, 0.2, seed=0) == (tr, va, te)
+    assert [len(p) for p in split_chips(3, 0.1, 0.2, 0)] == [1, 1, 1]
+    with pytest.raises(HyperKDError, match="too few"):
+        split_chips(2, 0.1, 0.2, 0)
+
+
+def test_frozen_protocol_beats_the_majority_class_and_reloads_exactly(store, student_dir, tmp_path):
+    out = tmp_path / "frozen"
+    res = finetune(student=student_dir.parent, task="landcover", store=store, protocol="frozen", epochs=8,
+                   batch_size=4, seed=1, out=out)
+    s = res.settings
+    test = s["test_chips"]
+    assert not set(test) & set(s["train_chips"]) and len(test) == 3
+    # chance: always predicting the training chips' most frequent class
+    train_lab = _test_pixels(store, s["train_chips"], "landcover")
+    majority = np.bincount(train_lab[train_lab >= 0]).argmax()
+    truth = _test_pixels(store, test, "landcover")
+    chance = float((truth[truth >= 0] == majority).mean())
+    assert res.metrics["overall_accuracy"] > chance + 0.05, (res.metrics["overall_accuracy"], chance)
+    # the saved model reproduces the reported metrics, recomputed here by hand
+    model = PixelModel.load(out).eval()
+    assert model.encoder is not None and not any(p.requires_grad for p in model.encoder.parameters())
+    x = torch.stack([torch.from_numpy(store[i]["image"]) for i in test])
+    pred = model.predict(x).numpy().ravel()
+    keep = truth >= 0
+    assert res.metrics["overall_accuracy"] == pytest.approx(float((pred[keep] == truth[keep]).mean()))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["chips"] == "held-out test chips of the training store" and saved["num_chips"] == 3
+    assert saved["metrics"]["miou"] == pytest.approx(res.metrics["miou"])
+    for f in ("confusion.png", "maps.png", "loss.png"):
+        assert (out / "figures" / f).stat().st_size > 1000
+    assert not (out / "checkpoints").exists() and (out / "model" / "model.safetensors").exists()
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["model_type"] == "hyperkd-pixel" and cfg["encoder"]["embed_dim"] == 64
+    assert not any(k.startswith("decoder") for k in model.state_dict())  # the MAE decoder is not kept
+    with pytest.raises(HyperKDError, match="already holds a fine-tune run"):
+        finetune(student=student_dir, task="landcover", store=store, out=out, epochs=1)
+
+
+def test_soc_regression_gives_finite_r2_in_the_labels_unit(store, student_dir, tmp_path):
+    res = finetune(student=student_dir, task="soc", store=store, protocol="linear", epochs=3, batch_size=4,
+                   out=tmp_path / "soc", train_chips=6)
+    m = res.metrics
+    assert np.isfinite(m["r2"]) and m["rmse"] > 0 and m["mae"] <= m["rmse"] and m["unit"] == "g/kg"
+    assert m["pixels"] > 0 and len(res.settings["train_chips"]) == 6 and res.settings["label_scarce"]
+    # NaN targets (water, built-up) are not scored: pixel count = finite, valid target pixels
+    t = np.concatenate([np.where(store[i]["valid"], store[i]["soc"], np.nan).ravel() for i in res.settings["test_chips"]])
+    assert m["pixels"] == int(np.isfinite(t).sum())
+    assert (tmp_path / "soc" / "figures" / "scatter.png").exists()
+    model = PixelModel.load(tmp_path / "soc")
+    assert model.task.target_std > 0 and model.task.unit == "g/kg"
+
+
+def test_raw_spectra_baseline_and_untrained_encoder_controls(store, student_dir, tmp_path):
+    raw = finetune(student="raw", task="croptype", store=store, protocol="frozen", epochs=4, batch_size=4,
+                   out=tmp_path / "raw", figures=False)
+    assert PixelModel.load(tmp_path / "raw").encoder is None
+    assert raw.settings["init"] == "none" and 0.0 <= raw.metrics["overall_accuracy"] <= 1.0
+    assert len(raw.metrics["per_class"]) == len(store.labels["croptype"].classes)
+    rnd = finetune(student=student_dir, init="random", task="landcover", store=store, protocol="linear",
+                   epochs=1, out=tmp_path / "rnd", figures=False)
+    from safetensors.torch import load_file
+
+    trained = PixelModel.load(tmp_path / "rnd").encoder.state_dict()
+
+    original = load_file(str(student_dir / "model.safetensors"))
+    w = "blocks.0.attn.qkv.weight"
+    assert trained[w].shape == original[w].shape and not torch.equal(trained[w], original[w])
+    torch.testing.assert_close(trained["band_mean"], original["band_mean"])  # same standardisation
+    assert rnd.settings["init"] == "random"
+    with pytest.raises(HyperKDError, match="architecture, not trained weights"):
+        finetune(student="enmap-mae-tiny", task="landcover", store=store, out=tmp_path / "arch", epochs=1)
+
+
+def test_evaluate_scores_the_test_split_of_the_training_store_unless_asked_for_all(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    finetune(student="raw", task="landcover", store=store, protocol="linear", epochs=1, out=run, figures=False)
+    held = evaluate(run, store)
+    assert held.chips == json.loads((run / "finetune.json").read_text())["test_chips"]
+    every = evaluate(run, store, chips="all", out=tmp_path / "ev")
+    assert len(every.chips) == len(store) and every.metrics["pixels"] > held.metrics["pixels"]
+    assert (tmp_path / "ev" / "figures" / "maps.png").exists()
+    assert main(["evaluate", "--model", str(run), "--data", str(store.root), "--json"]) == 0
+    out = _json_from(capsys.readouterr().out)
+    assert out["num_chips"] == len(held.chips)
+    assert out["metrics"]["overall_accuracy"] == pytest.approx(held.metrics["overall_accuracy"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "landcovr"], "unknown task 'landcovr'"),
+        (["--task", "soc", "--label", "nope"], "has no label layer 'nope'"),
+        (["--task", "soc", "--label", "landcover"], "needs a continuous label"),
+        (["--task", "landcover", "--protocol", "probe"], "protocol must be one of"),
+        (["--task", "landcover", "--train-chips", "99"], "--train-chips 99"),
+    ],
+)
+def test_cli_reports_a_wrong_task_or_label_in_one_line(store, tmp_path, capsys, args, message):
+    rc = main(["finetune", "--student", "raw", "--data", str(store.root), "--out", str(tmp_path / "r"),
+               "--epochs", "1", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_finetune_runs_end_to_end(store, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["finetune", "--task", "landcover", "--student", "raw", "--data", str(store.root),
+               "--protocol", "linear", "--epochs", "1", "--train-chips", "4", "--seed", "3", "--out", str(out), "--json"])
+    assert rc == 0
+    got = _json_from(capsys.readouterr().out)
+    assert 0.0 <= got["metrics"]["overall_accuracy"] <= 1.0
+    s = json.loads((out / "finetune.json").read_text())
+    assert s["seed"] == 3 and len(s["train_chips"]) == 4 and s["protocol"] == "linear"
+
+
+def _json_from(stdout: str) -> dict:
+    """The JSON document a ``--json`` command printed (Lightning may print lines before it)."""
+    lines = stdout.splitlines()
+    return json.loads("\n".join(lines[lines.index("{"):]))
+
+
+def test_labels_from_a_geotiff_are_reprojected_encoded_and_scored(tmp_path):
+    from affine import Affine
+
+    from .test_tasks import X0, Y0, _geo_store, _write_raster
+
+    geo = _geo_store(tmp_path / "geo", offsets=((0, 0), (4, 0), (0, 4), (4, 4)))
+    codes = np.full((8, 8), 82, np.uint8)  # NLCD: cultivated crops
+    codes[:, :3] = 41                      # deciduous forest
+    codes[0, :] = 11                       # open water
+    codes[7, 7] = 0                        # nodata
+    raster = _write_raster(tmp_path / "nlcd.tif", codes, Affine(30.0, 0, X0, 0, -30.0, Y0), nodata=0)
+    res = finetune(student="raw", task="landcover", store=geo, labels=raster, protocol="linear", epochs=1,
+                   batch_size=2, out=tmp_path / "run", figures=False, val_fraction=0.25, test_fraction=0.25)
+    model = PixelModel.load(tmp_path / "run")
+    assert model.task.codes == (11.0, 41.0, 82.0)
+    assert model.task.classes == ("open water (11)", "deciduous forest (41)", "cultivated crops (82)")
+    (test_chip,) = res.settings["test_chips"]
+    col, row = geo.chips[test_chip]["window"][:2]
+    labelled = int((codes[row:row + 4, col:col + 4] != 0).sum())
+    assert res.metrics["pixels"] == labelled
+    again = evaluate(tmp_path / "run", geo, labels=raster)
+    assert again.metrics["confusion_matrix"] == res.metrics["confusion_matrix"]
