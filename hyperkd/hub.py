@@ -440,17 +440,21 @@ def check_config(config: Any, *, where: str = "this model") -> type[HyperKDHubMi
         if sensor.get("name") not in registry("sensor"):
             raise HyperKDError(
                 f"{where} was trained for sensor {sensor.get('name')!r}, which no installed plugin provides; "
-                f"install {_requirement_text(sensor)} and check `hyperkd plugins list`"
+                f"{_requirement_text(sensor)} and check `hyperkd plugins list`"
             )
     return cls
 
 
 def _requirement_text(req: Mapping[str, Any]) -> str:
+    """``the hyperkd plugin 'p' (pip install 'dist>=v')``, or a hint for user-registered components."""
     plugin = req.get("plugin") or "?"
+    if plugin in ("user", "unknown", "?"):
+        return (f"register the {req.get('kind', 'component')} {req.get('name')!r} yourself (it came from "
+                "user code, not from a plugin, when the model was saved)")
     dist = req.get("distribution")
     version = req.get("version")
     pkg = f" (pip install '{dist}>={version}')" if dist and version else (f" (pip install {dist})" if dist else "")
-    return f"the hyperkd plugin {plugin!r}{pkg}"
+    return f"install the hyperkd plugin {plugin!r}{pkg}"
 
 
 # -- model types --------------------------------------------------------------------------------
@@ -480,10 +484,10 @@ def model_type_class(name: str, *, requirement: Mapping[str, Any] | None = None,
         load_plugins()
     if name not in MODEL_TYPES:
         known = ", ".join(sorted({*MODEL_TYPES, *BUILTIN_MODEL_TYPES}))
-        need = _requirement_text(requirement) if requirement else "the plugin that provides it"
+        need = _requirement_text(requirement) if requirement else "install the plugin that provides it"
         raise HyperKDError(
             f"{where} is a {name!r} model, a model type no installed plugin provides (known: {known}); "
-            f"install {need} and check `hyperkd plugins list`"
+            f"{need} and check `hyperkd plugins list`"
         )
     return MODEL_TYPES[name]
 

@@ -309,6 +309,11 @@ def test_refuses_unknown_sensor_or_model_type_naming_the_plugin(saved, tmp_path,
     with pytest.raises(HyperKDError, match=r"sensor 'prisma', which no installed plugin provides; install the "
                                            r"hyperkd plugin 'prisma' \(pip install 'hyperkd-prisma>=0\.2\.0'\)"):
         hyperkd.from_pretrained(prisma)
+    reqs = [r if r["kind"] != "sensor" else {**r, "name": "my-lab-sensor", "plugin": "user",
+                                             "distribution": None, "version": None} for r in cfg["requires"]]
+    mine = _edited_copy(folder, tmp_path / "mine", sensor={**cfg["sensor"], "name": "my-lab-sensor"}, requires=reqs)
+    with pytest.raises(HyperKDError, match="register the sensor 'my-lab-sensor' yourself"):
+        hyperkd.from_pretrained(mine)
     reqs = [{"kind": "model_type", "name": "crop-segmentation", "plugin": "tasks",
              "distribution": "hyperkd-tasks", "version": "1.0"}]
     seg = _edited_copy(folder, tmp_path / "seg", model_type="crop-segmentation", requires=reqs)
