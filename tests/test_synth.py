@@ -453,6 +453,9 @@ def test_presets_share_class_ids_and_the_student_set_lacks_teacher_variety():
     assert SceneConfig.from_dict(cfgs["kd-student"].to_dict()) == cfgs["kd-student"]
     with pytest.raises(DataError, match=r"unknown scene preset 'kd-nope'.*kd-teacher"):
         SceneConfig.preset("kd-nope")
+    with pytest.raises(DataError, match="'maize' patchiness must be within"):
+        SceneConfig.from_dict({"crops": [dict(c, patchiness=1.5) if c["name"] == "maize" else c
+                                         for c in SceneConfig().to_dict()["crops"]]})
 
     absent_crops = [cfgs["kd-student"].crop_classes.index(c) for c in KD_STUDENT_ABSENT["crops"]]
 

@@ -1794,11 +1794,10 @@ def kd_stores(
     stores: dict[str, ChipStore] = {}
     for role, (sensor, preset, offset) in KD_ROLES.items():
         also = {"hls": paths["eval_hls"]} if role == "eval" else None
-        instrument = student_instrument if sensor == "enmap" else Instrument()
         stores[role] = synthesize(
             sensor, paths[role], chips=chips[role], size=size, seed=3 * seed + offset,
             also=also, config=SceneConfig.preset(preset),
-            instrument={sensor: instrument, "hls": Instrument()}, workers=workers, progress=progress,
+            instrument={"enmap": student_instrument, "hls": Instrument()}, workers=workers, progress=progress,
             attrs={"preset": preset, "kd_role": role},
         )
     stores["eval_hls"] = ChipStore(paths["eval_hls"])
