@@ -126,6 +126,21 @@ def test_raw_spectra_baseline_and_untrained_encoder_controls(store, student_dir,
         finetune(student="enmap-mae-tiny", task="landcover", store=store, out=tmp_path / "arch", epochs=1)
 
 
+def test_full_protocol_trains_the_encoder_and_layers_are_concatenated(store, student_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    finetune(student=student_dir, task="landcover", store=store, protocol="full", layers=(0, -1), epochs=1,
+             batch_size=4, out=tmp_path / "full", figures=False)
+    model = PixelModel.load(tmp_path / "full")
+    assert model.layers == (0, -1) and model.head.body[0].in_channels == 2 * 64
+    original = load_file(str(student_dir / "model.safetensors"))
+    w = "blocks.1.mlp.fc1.weight"
+    assert not torch.equal(model.encoder.state_dict()[w], original[w])  # the encoder was fine-tuned
+    frozen = finetune(student=student_dir, task="landcover", store=store, protocol="frozen", epochs=1,
+                      out=tmp_path / "frozen", figures=False)
+    torch.testing.assert_close(PixelModel.load(frozen.run_dir).encoder.state_dict()[w], original[w])
+
+
 def test_evaluate_scores_the_test_split_of_the_training_store_unless_asked_for_all(store, tmp_path, capsys):
     run = tmp_path / "run"
     finetune(student="raw", task="landcover", store=store, protocol="linear", epochs=1, out=run, figures=False)
