@@ -9,6 +9,8 @@ docs/distillation.md).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -72,6 +74,20 @@ def patch_structure(images: Tensor, grid: tuple[int, int]) -> Tensor:
         return F.avg_pool2d(energy, (h // gh, w // gw)).reshape(b, gh * gw)
 
 
+def robust_standardize(v: Tensor, clip: float = 3.0) -> Tensor:
+    """Row-wise ``(v - median) / (IQR / 1.349)``, clipped to ``[-clip, clip]``.
+
+    Median and inter-quartile range, not mean and std: one extreme patch (a bright roof, a
+    cloud edge) must not compress the scores of all others. Falls back to the std where
+    the IQR is 0 (more than half the patches alike), and gives 0 where the row is constant.
+    """
+    q = torch.quantile(v, torch.tensor([0.25, 0.5, 0.75], dtype=v.dtype), dim=1, keepdim=True)
+    scale = (q[2] - q[0]) / 1.349
+    scale = torch.where(scale > 0, scale, v.std(1, keepdim=True))
+    z = torch.where(scale > 0, (v - q[1]) / scale.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(v))
+    return z.clamp(-clip, clip)
+
+
 @register("masker", "spatial-feature")
 class SpatialFeatureMasker(Masker):
     """Spatial feature-guided masking: structured patches are hidden more often.
@@ -81,43 +97,41 @@ class SpatialFeatureMasker(Masker):
     1. score each patch by its spatial structure, ``s`` = mean Sobel gradient energy of the
        band-mean image over the patch (:func:`patch_structure`; in distillation the image is
        the aligned, teacher-band view of the chip);
-    2. standardise the RMS gradient within each image, ``z = (sqrt(s) - mean) / std``
-       (standardising makes the rule independent of brightness and contrast; a flat image
-       gives ``z = 0`` everywhere, i.e. random masking);
-    3. sampling distribution ``q = (1 - mix) / N + mix * softmax(z / temperature)``;
-    4. draw exactly ``k = round(ratio * N)`` distinct patches from ``q`` without replacement
-       (Gumbel-top-k: the ``k`` largest ``log q + Gumbel`` keys), so every row hides the same
-       number of patches and the draw is reproducible from ``generator``.
+    2. ``z`` = robustly standardised log energy, ``log(s + 1e-6 * mean(s))`` minus its
+       median, over IQR/1.349, clipped to [-3, 3] (:func:`robust_standardize`). Log:
+       gradient energy is heavy-tailed. Median/IQR: one extreme edge must not flatten the
+       preference among all other patches. The relative floor and the standardisation make
+       the rule independent of brightness and contrast; a flat image gives ``z = 0``;
+    3. draw exactly ``k = round(ratio * N)`` distinct patches with probabilities
+       proportional to ``exp(strength * z)``, sequentially without replacement
+       (Plackett-Luce), by Gumbel-top-k: the ``k`` largest ``strength * z + Gumbel`` keys.
+       Every row hides the same number of patches, and the draw is reproducible from
+       ``generator``.
 
-    ``mix = 0`` is plain random masking; ``mix = 1`` with a small ``temperature`` hides the
-    ``k`` most structured patches almost deterministically. The default (``mix = 0.9``,
-    ``temperature = 0.5``) keeps a uniform floor so every patch is sometimes visible and
-    sometimes reconstructed.
-    ``prefer = "low"`` inverts the preference (hide flat patches), for ablations.
+    ``strength = 0`` is plain random masking; large values hide the ``k`` most structured
+    patches almost deterministically. Every patch keeps a non-zero chance of being visible
+    and of being hidden at any finite strength. ``prefer = "low"`` inverts the preference
+    (hide flat patches), for ablations.
     """
 
-    def __init__(self, temperature: float = 0.5, mix: float = 0.9, prefer: str = "high") -> None:
-        if not temperature > 0:
-            raise HyperKDError(f"spatial-feature masker: temperature must be > 0, got {temperature}")
-        if not 0.0 <= mix <= 1.0:
-            raise HyperKDError(f"spatial-feature masker: mix must be in [0, 1], got {mix}")
+    def __init__(self, strength: float = 2.0, prefer: str = "high", clip: float = 3.0) -> None:
+        if not (strength >= 0 and math.isfinite(strength)):
+            raise HyperKDError(f"spatial-feature masker: strength must be a finite number >= 0, got {strength}")
         if prefer not in ("high", "low"):
             raise HyperKDError(f"spatial-feature masker: prefer must be 'high' or 'low', got {prefer!r}")
-        self.temperature, self.mix, self.prefer = float(temperature), float(mix), prefer
+        if not clip > 0:
+            raise HyperKDError(f"spatial-feature masker: clip must be > 0, got {clip}")
+        self.strength, self.prefer, self.clip = float(strength), prefer, float(clip)
 
-    def probabilities(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
-        """The per-patch sampling distribution ``q`` ``(B, N)`` (rows sum to 1)."""
-        s = patch_structure(images, grid).cpu().sqrt()
-        z = (s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True).clamp_min(1e-6)
-        if self.prefer == "low":
-            z = -z
-        n = z.shape[1]
-        return (1.0 - self.mix) / n + self.mix * torch.softmax(z / self.temperature, dim=1)
+    def logits(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Per-patch log-preference ``strength * z`` ``(B, N)`` (0 everywhere = random)."""
+        s = patch_structure(images, grid).cpu().double()
+        z = robust_standardize(torch.log(s + 1e-6 * s.mean(1, keepdim=True) + 1e-300), self.clip)
+        return (self.strength * (z if self.prefer == "high" else -z)).float()
 
     def __call__(
         self, images: Tensor, grid: tuple[int, int], ratio: float, generator: torch.Generator | None = None
     ) -> Tensor:
-        q = self.probabilities(images, grid)
-        u = torch.rand(q.shape, generator=generator).clamp(1e-12, 1.0 - 1e-7)
-        keys = torch.log(q.clamp_min(1e-30)) - torch.log(-torch.log(u))
-        return mask_from_scores(keys, ratio).to(images.device)
+        logits = self.logits(images, grid)
+        u = torch.rand(logits.shape, generator=generator).clamp(1e-12, 1.0 - 1e-7)
+        return mask_from_scores(logits - torch.log(-torch.log(u)), ratio).to(images.device)

@@ -175,8 +175,8 @@ def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, ti
                   student="enmap", data=str(store.root), overrides=sets)
     mse, kld = series(run, "val/loss_mse"), series(run, "val/loss_kld")
     assert len(mse) == len(kld) == 10
-    assert mse[-1] < 0.85 * mse[0], mse  # about 0.73 x on this data
-    assert kld[-1] < 0.3 * kld[0], kld  # about 0.15 x
+    assert mse[-1] < 0.9 * mse[0], mse  # about 0.82 x on this data (fixed validation masks: no noise)
+    assert kld[-1] < 0.3 * kld[0], kld  # about 0.18 x
     for f in ("recipe.yaml", "metrics.json", "distill.json", "checkpoints/last.ckpt", "figures/loss.png",
               "figures/distill_loss.png", "figures/reconstruction.png", "student/model.safetensors"):
         assert (run / f).exists(), f

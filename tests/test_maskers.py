@@ -51,17 +51,33 @@ def test_spatial_feature_prefers_the_textured_half():
     # at 0.75 the textured patches are almost all hidden before most flat ones are
     tex, flat = textured_fraction(masker(img, GRID, 0.75, torch.Generator().manual_seed(0)))
     assert tex > 0.95 and flat < 0.5, (tex, flat)
-    # the preference sharpens as mix -> 1 and temperature -> 0
-    sharp = create("masker", "spatial-feature", mix=1.0, temperature=0.25)
+    # the preference sharpens with strength
+    sharp = create("masker", "spatial-feature", strength=4.0)
     tex, flat = textured_fraction(sharp(img, GRID, 0.5, torch.Generator().manual_seed(0)))
-    assert tex > 0.8 and flat < 0.01, (tex, flat)
+    assert tex > 0.8 and flat < 0.02, (tex, flat)
     # prefer=low inverts the rule; mix=0 is plain random masking
     low = create("masker", "spatial-feature", prefer="low")
     tex, flat = textured_fraction(low(img, GRID, 0.5, torch.Generator().manual_seed(0)))
     assert tex < 0.3 and flat > 0.9, (tex, flat)
-    tex, flat = textured_fraction(create("masker", "spatial-feature", mix=0.0)(
+    tex, flat = textured_fraction(create("masker", "spatial-feature", strength=0.0)(
         half_textured(256), GRID, 0.5, torch.Generator().manual_seed(0)))
     assert abs(tex - flat) < 0.05
+
+
+def test_one_extreme_edge_does_not_erase_the_preference():
+    img = half_textured()
+    img[:, :, 0:4, 28:32] = torch.where(torch.arange(4) < 2, 0.0, 10.0)  # one huge step in the flat half
+    masker = create("masker", "spatial-feature")
+    tex, flat = textured_fraction(masker(img, GRID, 0.5, torch.Generator().manual_seed(0)))
+    assert tex > 0.55 and flat < 0.35, (tex, flat)
+    logits = masker.logits(img, GRID)
+    assert torch.equal(logits[:, 7], logits.max(1).values)  # the step patch scores highest
+
+
+def test_spatial_feature_ignores_brightness_and_contrast():
+    masker = create("masker", "spatial-feature")
+    img = half_textured()
+    torch.testing.assert_close(masker.logits(img, GRID), masker.logits(0.05 + 3 * img, GRID), atol=1e-4, rtol=1e-4)
 
 
 def test_spatial_feature_is_deterministic_given_a_generator():
@@ -78,9 +94,8 @@ def test_structure_scores_and_flat_images():
     s = patch_structure(img, GRID).view(2, *GRID)
     assert s[..., :3].min() > 100 * s[..., 5:].max()  # the seam column (3, 4) is excluded
     masker = create("masker", "spatial-feature")
-    q = masker.probabilities(torch.full((2, 3, 32, 32), 0.4), GRID)
-    torch.testing.assert_close(q, torch.full((2, 64), 1 / 64))
-    with pytest.raises(HyperKDError, match="mix"):
-        create("masker", "spatial-feature", mix=1.5)
+    torch.testing.assert_close(masker.logits(torch.full((2, 3, 32, 32), 0.4), GRID), torch.zeros(2, 64))
+    with pytest.raises(HyperKDError, match="strength"):
+        create("masker", "spatial-feature", strength=-1)
     with pytest.raises(HyperKDError, match="patch grid"):
         patch_structure(torch.rand(1, 1, 30, 30), GRID)
