@@ -23,11 +23,13 @@ Data and splits. Labels come from the store's own label layer (``task.label``, o
 same for every run), into train / validation / test; ``seed`` changes the initialisation,
 the batch order and — with ``train_chips=N`` (the label-scarce setting) — which N chips of
 the training part are used. So runs with different students or seeds are scored on the
-same test chips, and at one seed two students see the same training chips (paired
-comparisons). ``eval_store=`` tests on a separate store instead of the test split.
+same test chips, and at one seed two students see the same training chips in the same order
+and start from the same head weights (paired comparisons). ``eval_store=`` tests on a separate
+store instead of the test split (``eval_labels=`` defaults to ``labels=``: one national raster
+usually covers both).
 
 Training uses Lightning (:func:`hyperkd.train.make_trainer`: CSV/TensorBoard logs,
-safetensors checkpoints). With a fixed encoder (``frozen``, ``linear``, raw) the encoder's
+safetensors checkpoints). With a fixed encoder (``frozen``, ``linear``) the encoder's
 output for a chip never changes (no augmentation), so it is computed once and cached on the
 CPU (up to ``cache_mb``): later epochs only train the head.
 
@@ -248,22 +250,21 @@ def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, in
     if isinstance(student, HyperspectralMAE):
         model = student
     else:
-        path = Path(student)
-        if (path / "student" / "config.json").exists():
-            path = path / "student"
-        if (path / "config.json").exists():
-            try:
-                model = HyperspectralMAE.from_pretrained(str(path))
-            except Exception as exc:
-                raise WeightsError(f"cannot load the student in {path}: {exc}") from None
-        elif path.exists():
-            raise WeightsError(f"{path} holds no student (no config.json, no student/config.json); pass a "
-                               "run folder of `hyperkd pretrain`/`distill`, a saved student, or 'raw'")
-        else:
-            from hyperkd.models.mae import SIZES
-            from hyperkd.registry import create, registry
+        from hyperkd import hub
+        from hyperkd.models.mae import SIZES
+        from hyperkd.registry import create, registry
 
-            spec = str(student)
+        spec = str(student)
+        path = Path(spec)
+        if path.is_dir() or hub.is_repo_id(spec):
+            if path.is_dir() and not ((path / "config.json").exists() or (path / "student" / "config.json").exists()):
+                raise WeightsError(f"{path} holds no student (no config.json, no student/config.json); pass a "
+                                   "run folder of `hyperkd pretrain`/`distill`, a saved student, or 'raw'")
+            loaded = hub.from_pretrained(spec)  # folders, run folders and Hub repos, by model_type
+            if not isinstance(loaded, HyperspectralMAE):
+                raise HyperKDError(f"student {spec!r} is a {type(loaded).__name__}, not a hyperspectral MAE student")
+            model = loaded
+        else:
             arch: tuple[str, str] | None = None
             if spec in registry("student"):
                 arch = (spec, store.sensor.name)
@@ -271,24 +272,18 @@ def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, in
                 arch = (f"mae-{spec.rsplit('-mae-', 1)[1]}", spec.rsplit("-mae-", 1)[0])
             elif spec in registry("sensor"):
                 arch = ("mae-tiny", spec)
-            if arch is not None:
-                if init != "random":
-                    raise HyperKDError(
-                        f"student {spec!r} is an architecture, not trained weights; pass init='random' "
-                        "(--init random) for an untrained-encoder control, or a trained run folder")
-                if arch[1] != store.sensor.name:
-                    raise HyperKDError(f"student {spec!r} is for sensor {arch[1]!r} but {store.root} holds "
-                                       f"{store.sensor.name!r} chips")
-                # the store's band table carries its statistics: the encoder standardises with them
-                return create("student", arch[0], sensor=store.sensor, img_size=store.chip_size)
-            if "/" in spec and not spec.startswith((".", "/")):
-                try:
-                    model = HyperspectralMAE.from_pretrained(spec)
-                except Exception as exc:
-                    raise WeightsError(f"cannot load student {spec!r} from the Hugging Face Hub: {exc}") from None
-            else:
+            if arch is None:
                 raise WeightsError(f"student {spec!r} not found: not a folder, 'raw', an architecture name "
-                                   "or a Hugging Face repo id")
+                                   "or a Hugging Face repo id (org/name)")
+            if init != "random":
+                raise HyperKDError(
+                    f"student {spec!r} is an architecture, not trained weights; pass init='random' "
+                    "(--init random) for an untrained-encoder control, or a trained run folder")
+            if arch[1] != store.sensor.name:
+                raise HyperKDError(f"student {spec!r} is for sensor {arch[1]!r} but {store.root} holds "
+                                   f"{store.sensor.name!r} chips")
+            # the store's band table carries its statistics: the encoder standardises with them
+            return create("student", arch[0], sensor=store.sensor, img_size=store.chip_size)
     if model.in_chans != store.sensor.num_bands or model.img_size != store.chip_size:
         raise HyperKDError(
             f"the student expects {model.in_chans} bands of {model.img_size} px but {store.root} holds "
@@ -408,6 +403,19 @@ def _target_stats(labels: TaskLabels, indices: Sequence[int]) -> tuple[float, fl
     return float(m["target_mean"]), float(m["target_std"] or 1.0)
 
 
+def _check_eval_store(train: ChipStore, other: ChipStore, task: Task, eval_labels: str | Path | None) -> None:
+    """Refuse, before any training, a test store the model could not be scored on."""
+    if other.sensor.band_names != train.sensor.band_names or other.chip_size != train.chip_size:
+        raise HyperKDError(f"the evaluation store {other.root} has other bands or chip size than {train.root}; "
+                           "evaluate on a store made with the same band selection and --size")
+    if eval_labels is None and task.label not in other.labels:
+        have = ", ".join(other.labels) or "none"
+        raise DataError(f"the evaluation store {other.root} has no label layer {task.label!r} (it has: {have}); "
+                        "pass --eval-labels RASTER")
+    if eval_labels is not None and not Path(eval_labels).exists():
+        raise DataError(f"label raster {eval_labels} does not exist")
+
+
 def _student_name(student: Any) -> str:
     if isinstance(student, HyperspectralMAE):
         return f"<{type(student).__name__} object>"
@@ -475,8 +483,15 @@ def finetune(
         bound = bound.with_target_stats(*_target_stats(task_labels, train_idx))
         task_labels.task = bound
 
+    eval_st = _open_store(eval_store) if eval_store is not None else None
+    if eval_st is not None:
+        if labels is not None and eval_labels is None:
+            eval_labels = labels  # one raster (e.g. national NLCD / CDL) usually covers both stores
+        _check_eval_store(train_store, eval_st, bound, eval_labels)
+
     L.seed_everything(seed, workers=True, verbose=False)
     encoder = resolve_student(student, train_store, init)
+    torch.manual_seed(seed)  # the same head initialisation for every student of one architecture at this seed
     cfg: dict[str, Any] = {
         "task": bound.to_dict(),
         "protocol": protocol,
@@ -502,7 +517,8 @@ def finetune(
         "labels": str(labels) if labels else None, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "encoder_lr_scale": encoder_lr_scale, "weight_decay": weight_decay, "hidden": hidden,
         "layers": list(layers_tuple(layers)), "train_chips": train_idx, "val_chips": val_idx,
-        "test_chips": test_idx, "eval_store": str(_open_store(eval_store).root.resolve()) if eval_store else None,
+        "test_chips": test_idx, "eval_store": str(eval_st.root.resolve()) if eval_st is not None else None,
+        "eval_labels": str(eval_labels) if eval_labels else None,
         "label_scarce": train_chips is not None,
     }
     model.config["trained_on"] = {"store": settings["store"], "train_chips": train_idx, "val_chips": val_idx,
@@ -534,8 +550,8 @@ def finetune(
 
     model = module.model.cpu().eval()
     model_dir = model.save(out / "model")
-    if eval_store is not None:
-        ev = evaluate(model, eval_store, labels=eval_labels, out=out, figures=figures, settings=settings)
+    if eval_st is not None:
+        ev = evaluate(model, eval_st, labels=eval_labels, out=out, figures=figures, settings=settings)
     else:
         # chips=None: the model's recorded test split of its training store
         ev = evaluate(model, train_store, labels=labels, out=out, figures=figures,
@@ -557,7 +573,7 @@ def finetune(
 def _test_chips_for(model: PixelModel, store: ChipStore) -> list[int] | None:
     trained = model.config.get("trained_on") or {}
     if trained.get("store") and Path(trained["store"]).resolve() == store.root.resolve():
-        return list(trained.get("test_chips") or [])
+        return list(trained.get("test_chips") or []) or None  # none held out (it was tested on another store)
     return None
 
 

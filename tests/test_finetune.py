@@ -124,6 +124,9 @@ def test_raw_spectra_baseline_and_untrained_encoder_controls(store, student_dir,
     assert rnd.settings["init"] == "random"
     with pytest.raises(HyperKDError, match="architecture, not trained weights"):
         finetune(student="enmap-mae-tiny", task="landcover", store=store, out=tmp_path / "arch", epochs=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HyperKDError, match="holds no student"):
+        finetune(student=tmp_path / "empty", task="landcover", store=store, out=tmp_path / "e", epochs=1)
 
 
 def test_full_protocol_trains_the_encoder_and_layers_are_concatenated(store, student_dir, tmp_path):
@@ -153,6 +156,19 @@ def test_evaluate_scores_the_test_split_of_the_training_store_unless_asked_for_a
     out = _json_from(capsys.readouterr().out)
     assert out["num_chips"] == len(held.chips)
     assert out["metrics"]["overall_accuracy"] == pytest.approx(held.metrics["overall_accuracy"])
+
+
+def test_a_separate_evaluation_store_is_checked_before_training(store, tmp_path):
+    from .test_tasks import _geo_store
+
+    other = _geo_store(tmp_path / "hls")
+    with pytest.raises(HyperKDError, match="other bands or chip size"):
+        finetune(student="raw", task="landcover", store=store, eval_store=other, out=tmp_path / "x", epochs=1)
+    assert not (tmp_path / "x" / "logs").exists()  # refused before any training
+    res = finetune(student="raw", task="landcover", store=store, eval_store=store, protocol="linear", epochs=1,
+                   out=tmp_path / "y", figures=False)
+    labelled = sum(int(((store[i]["landcover"] >= 0) & store[i]["valid"]).sum()) for i in range(len(store)))
+    assert res.settings["test_chips"] == [] and res.metrics["pixels"] == labelled  # every chip of the store
 
 
 @pytest.mark.parametrize(
