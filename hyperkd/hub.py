@@ -659,6 +659,13 @@ class HyperKDHubMixin(
         return render_card(config if config is not None else self.hub_config(), load_id=load_id,
                            template=self._hub_mixin_info.model_card_template, **kwargs)
 
+    def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None,  # type: ignore[override]
+                    **kwargs: Any) -> str:
+        """The mixin's push (save to a temporary folder, upload it), with the repo id in the card."""
+        card_kwargs = dict(model_card_kwargs or {})
+        card_kwargs.setdefault("load_id", repo_id)
+        return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
+
     # -- loading --------------------------------------------------------------------------
     @classmethod
     def _from_pretrained(  # type: ignore[override]

@@ -106,10 +106,18 @@ class FakeHub:
             return CommitInfo(commit_url=url, commit_message=kw.get("commit_message", ""),
                               commit_description="", oid="b" * 40)
 
+        def upload_folder(self, repo_id, folder_path, **kw):
+            fake.calls.append(("upload_folder", {"repo_id": repo_id, **kw}))
+            for f in Path(folder_path).iterdir():
+                fake.files[f.name] = f.read_bytes()
+            return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{'c' * 40}",
+                              commit_message="", commit_description="", oid="c" * 40)
+
         def no_network(self, *a, **kw):
             raise AssertionError("unexpected Hub call")
 
-        for name in ("upload_folder", "upload_file", "list_repo_files"):
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+        for name in ("upload_file", "list_repo_files"):
             monkeypatch.setattr(huggingface_hub.HfApi, name, no_network)
         monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
         monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
@@ -356,12 +364,14 @@ def test_model_types_dispatch_and_refuse_duplicates(saved, tmp_path):
 
 
 def test_card_says_synthetic_when_the_run_trained_on_synthetic_chips(saved, tmp_path):
+    import copy
+
     import numpy as np
 
     from hyperkd.data.store import ChipStoreWriter
     from hyperkd.io import atomic_write_json
 
-    model, _ = saved
+    model = copy.deepcopy(saved[0])  # saving with provenance records it on the model: keep the shared one clean
     note = "SYNTHETIC DATA made by a test; not real imagery"
     w = ChipStoreWriter(tmp_path / "syn", model.sensor, 16, shard_size=4, synthetic=True, attrs={"synthetic": note})
     for i in range(3):
@@ -416,3 +426,14 @@ def test_a_student_saved_before_the_folder_format_still_loads(saved, tmp_path):
     assert hub.read_config(legacy)["hyperkd_format"] == 0
     assert_same_outputs(model, hyperkd.from_pretrained(legacy))
     assert_same_outputs(model, HyperspectralMAE.from_pretrained(str(legacy)))
+
+
+def test_push_to_hub_from_python_uploads_the_same_folder(saved, tmp_path, monkeypatch):
+    model, folder = saved
+    fake = FakeHub().install(monkeypatch)
+    model.push_to_hub("me/from-python", private=True)
+    assert [c[0] for c in fake.calls] == ["create_repo", "upload_folder"]
+    assert sorted(fake.files) == ["README.md", "config.json", "model.safetensors"]
+    assert fake.files["config.json"] == (folder / "config.json").read_bytes()
+    assert 'hyperkd.from_pretrained("me/from-python")' in fake.files["README.md"].decode()
+    assert_same_outputs(model, hyperkd.from_pretrained(fake.write(tmp_path / "remote")))
