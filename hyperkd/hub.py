@@ -434,6 +434,8 @@ def check_config(config: Any, *, where: str = "this model") -> type[HyperKDHubMi
         raise HyperKDError(f"{where}: {CONFIG_NAME} has no model_type")
     cls = model_type_class(model_type, requirement=requires.get("model_type"), where=where)
     sensor = requires.get("sensor")
+    if sensor is None and isinstance(config.get("sensor"), Mapping) and "name" in config["sensor"]:
+        sensor = {"kind": "sensor", "name": config["sensor"]["name"]}  # format 0: no plugin recorded
     if sensor is not None:
         from hyperkd.registry import registry
 
@@ -447,8 +449,10 @@ def check_config(config: Any, *, where: str = "this model") -> type[HyperKDHubMi
 
 def _requirement_text(req: Mapping[str, Any]) -> str:
     """``the hyperkd plugin 'p' (pip install 'dist>=v')``, or a hint for user-registered components."""
-    plugin = req.get("plugin") or "?"
-    if plugin in ("user", "unknown", "?"):
+    plugin = req.get("plugin")
+    if plugin is None:
+        return f"install the plugin that provides {req.get('kind', 'component')} {req.get('name')!r}"
+    if plugin in ("user", "unknown"):
         return (f"register the {req.get('kind', 'component')} {req.get('name')!r} yourself (it came from "
                 "user code, not from a plugin, when the model was saved)")
     dist = req.get("distribution")

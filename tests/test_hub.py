@@ -426,6 +426,10 @@ def test_a_student_saved_before_the_folder_format_still_loads(saved, tmp_path):
     assert hub.read_config(legacy)["hyperkd_format"] == 0
     assert_same_outputs(model, hyperkd.from_pretrained(legacy))
     assert_same_outputs(model, HyperspectralMAE.from_pretrained(str(legacy)))
+    (legacy / "config.json").write_text(json.dumps({**model._hub_mixin_config,
+                                                    "sensor": {**model._hub_mixin_config["sensor"], "name": "ghost"}}))
+    with pytest.raises(HyperKDError, match="sensor 'ghost', which no installed plugin provides; install the plugin"):
+        hyperkd.from_pretrained(legacy)
 
 
 def test_push_to_hub_from_python_uploads_the_same_folder(saved, tmp_path, monkeypatch):
