@@ -144,9 +144,10 @@ Only `model.safetensors` is read; no code from this repository is run.
 
 ## Citation
 
-This model was made with [hyperkd](https://arxiv.org/abs/2508.09453), an implementation of HyperKD
-(Matin et al., IEEE DSAA 2025, arXiv:2508.09453). Its teacher family is Prithvi-EO
-(Jakubik et al., arXiv:2310.18660; Szwarcman et al., arXiv:2412.02732). Please cite:
+This model was made with hyperkd, an implementation of HyperKD (Matin et al., IEEE DSAA 2025,
+[arXiv:2508.09453](https://arxiv.org/abs/2508.09453)). Its teacher family is Prithvi-EO (Jakubik et al.,
+[arXiv:2310.18660](https://arxiv.org/abs/2310.18660); Szwarcman et al.,
+[arXiv:2412.02732](https://arxiv.org/abs/2412.02732)). Please cite:
 
 {{ citations }}
 """
