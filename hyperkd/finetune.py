@@ -60,7 +60,7 @@ from hyperkd.data.store import ChipStore, LabelSpec
 from hyperkd.errors import DataError, HyperKDError, WeightsError
 from hyperkd.io import atomic_write_json
 from hyperkd.models.mae import HyperspectralMAE
-from hyperkd.models.pixel import PROTOCOLS, PixelModel, encoder_config, layers_tuple
+from hyperkd.models.pixel import PROTOCOLS, PixelModel, encoder_config, layers_tuple, recompute_batchnorm
 from hyperkd.tasks import RegressionAccumulator, RegressionTask, SegmentationTask, Task, get_task
 
 RAW = "raw"
@@ -528,8 +528,7 @@ def finetune(
 
     gen = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(TaskDataset(train_store, train_idx, task_labels), batch_size=min(batch_size, len(train_idx)),
-                              shuffle=True, generator=gen, num_workers=num_workers,
-                              drop_last=len(train_idx) > batch_size)
+                              shuffle=True, generator=gen, num_workers=num_workers)
     val_loader = DataLoader(TaskDataset(train_store, val_idx, task_labels), batch_size=batch_size,
                             num_workers=num_workers) if val_idx else None
     module = FinetuneModule(model, lr=lr, encoder_lr_scale=encoder_lr_scale, weight_decay=weight_decay,
@@ -546,10 +545,19 @@ def finetune(
         lt.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     # model/ is the artefact; Lightning's last.ckpt would duplicate the (possibly large) encoder
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    val_metrics = {k.split("/", 1)[1]: float(v) for k, v in lt.callback_metrics.items() if k.startswith("val/")}
+    # exact BatchNorm statistics of the final weights over the training chips (see recompute_batchnorm)
+    dev = next(module.model.parameters()).device
+    stats_loader = DataLoader(TaskDataset(train_store, train_idx, task_labels), batch_size=batch_size,
+                              num_workers=num_workers)
+    recompute_batchnorm(module.model, (
+        {k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in stats_loader),
+        lambda b: module.model.head_forward(module._features(b)))
 
     model = module.model.cpu().eval()
     model_dir = model.save(out / "model")
+    # validation metrics of the final model (Lightning's per-epoch ones in logs/ used moving BN statistics)
+    val_metrics = evaluate(model, train_store, chips=val_idx, figures=False,
+                           task_labels=task_labels).metrics if val_idx else {}
     if eval_st is not None:
         ev = evaluate(model, eval_st, labels=eval_labels, out=out, figures=figures, settings=settings)
     else:
@@ -563,7 +571,7 @@ def finetune(
         if p is not None:
             ev.figures.append(p)
     summary = json.loads((out / "metrics.json").read_text())
-    summary["val"] = val_metrics
+    summary["val"] = _scalars(val_metrics)
     summary["time_s"] = round(time.time() - t0, 2)
     atomic_write_json(out / "metrics.json", summary)
     return FinetuneResult(run_dir=out, model_dir=model_dir, metrics=ev.metrics, val_metrics=val_metrics,

@@ -58,6 +58,18 @@ def test_split_is_deterministic_disjoint_and_keeps_every_part_non_empty():
         split_chips(2, 0.1, 0.2, 0)
 
 
+def test_batchnorm_statistics_are_recomputed_exactly_over_the_given_batches():
+    from hyperkd.models.pixel import recompute_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    batches = [torch.randn(4, 2, 5, 5) * 3 + 1 for _ in range(3)]
+    net.eval()
+    assert recompute_batchnorm(net, batches, net) == 3 and not net.training
+    feats = torch.cat([net[0](b) for b in batches])  # equal batch sizes: mean of batch means = overall mean
+    torch.testing.assert_close(net[1].running_mean, feats.mean((0, 2, 3)).detach())
+    assert net[1].momentum == 0.1
+
+
 def test_frozen_protocol_beats_the_majority_class_and_reloads_exactly(store, student_dir, tmp_path):
     out = tmp_path / "frozen"
     res = finetune(student=student_dir.parent, task="landcover", store=store, protocol="frozen", epochs=8,

@@ -33,7 +33,7 @@ def finetune_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Initialisation, batch order, --train-chips subset.")] = 0,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Train/val/test split of the chips.")] = 0,
     eval_data: Annotated[Path | None, typer.Option("--eval-data", help="Test on this store instead of a held-out split.")] = None,
-    eval_labels: Annotated[Path | None, typer.Option("--eval-labels", help="Label raster for --eval-data.")] = None,
+    eval_labels: Annotated[Path | None, typer.Option("--eval-labels", help="Label raster for --eval-data (default: --labels).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/finetune"),
     accelerator: Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="32-true, bf16-mixed, ...")] = None,
