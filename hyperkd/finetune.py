@@ -72,9 +72,12 @@ INITS = ("pretrained", "random")
 # ----------------------------------------------------------------------------------------------
 
 
+HEADLINE = ("overall_accuracy", "miou", "macro_f1", "rmse", "mae", "r2", "bias")
+"""The metrics a comparison table reports (``scalars``); the rest stays in ``metrics``."""
+
+
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "pixels"}
+    return {k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
 
 
 @dataclass

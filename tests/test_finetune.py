@@ -200,6 +200,14 @@ def test_cli_reports_a_wrong_task_or_label_in_one_line(store, tmp_path, capsys, 
     assert rc == 1 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_same_seed_same_result_and_scalars_are_the_headline_metrics(store, tmp_path):
+    kw = dict(student="raw", task="soc", store=store, protocol="frozen", epochs=2, batch_size=4, seed=5,
+              figures=False)
+    a = finetune(out=tmp_path / "a", **kw)
+    b = finetune(out=tmp_path / "b", **kw)
+    assert a.scalars == b.scalars and set(a.scalars) == {"rmse", "mae", "r2", "bias"}
+
+
 def test_cli_finetune_runs_end_to_end(store, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["finetune", "--task", "landcover", "--student", "raw", "--data", str(store.root),

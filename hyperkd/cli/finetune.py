@@ -15,6 +15,14 @@ def _fmt(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
+def _per_class(metrics: dict[str, Any]) -> None:
+    """Per-class IoU / F1 / support lines (classification only)."""
+    for name, c in (metrics.get("per_class") or {}).items():
+        iou = "-" if c["iou"] is None else f"{c['iou']:.3f}"
+        f1 = "-" if c["f1"] is None else f"{c['f1']:.3f}"
+        console.print(f"  {name:<28} IoU {iou:>5}  F1 {f1:>5}  pixels {c['support']}", highlight=False, markup=False)
+
+
 @app.command("finetune")
 def finetune_cmd(
     task: Annotated[str, typer.Option("--task", help="landcover, croptype, soc (or segmentation / regression).")],
@@ -53,6 +61,7 @@ def finetune_cmd(
         print_json({"run_dir": str(res.run_dir), "metrics": res.metrics, "val": res.val_metrics})
         return
     console.print(f"[green]done[/] {res.run_dir}: test {_fmt(res.metrics)}", highlight=False)
+    _per_class(res.metrics)
     console.print(f"model: {res.model_dir}", highlight=False)
 
 
@@ -73,5 +82,6 @@ def evaluate_cmd(
         print_json({"store": str(res.store), "num_chips": len(res.chips), "metrics": res.metrics})
         return
     console.print(f"{res.store} ({len(res.chips)} chips): {_fmt(res.metrics)}", highlight=False)
+    _per_class(res.metrics)
     if res.out is not None:
         console.print(f"written to {res.out}", highlight=False)
