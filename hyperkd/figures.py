@@ -68,17 +68,27 @@ def reconstruction_figure(
     return path
 
 
-def loss_curves(metrics_csv: str | Path, path: str | Path, keys: Sequence[str] | None = None) -> Path | None:
-    """Plot training/validation losses from Lightning's CSV log."""
+def read_metrics(metrics_csv: str | Path) -> list[dict[str, str]]:
+    """Rows of a run's CSV log, including the parts kept aside by earlier resumes
+    (``metrics.part-NNN.csv``, oldest first)."""
     import csv
 
     metrics_csv = Path(metrics_csv)
-    if not metrics_csv.exists():
-        return None
-    rows = list(csv.DictReader(metrics_csv.open()))
+    files = [*sorted(metrics_csv.parent.glob("metrics.part-*.csv")), metrics_csv]
+    rows: list[dict[str, str]] = []
+    for f in files:
+        if f.exists():
+            with f.open() as fh:
+                rows.extend(csv.DictReader(fh))
+    return rows
+
+
+def loss_curves(metrics_csv: str | Path, path: str | Path, keys: Sequence[str] | None = None) -> Path | None:
+    """Plot training/validation losses from Lightning's CSV log (all resumed parts)."""
+    rows = read_metrics(metrics_csv)
     if not rows:
         return None
-    keys = keys or [k for k in rows[0] if k.startswith(("train/loss", "val/loss"))]
+    keys = keys or sorted({k for r in rows for k in r if k.startswith(("train/loss", "val/loss"))})
     fig, ax = plt.subplots(figsize=(7, 4))
     for k in keys:
         pts = [(float(r["step"]), float(r[k])) for r in rows if r.get(k) not in (None, "")]

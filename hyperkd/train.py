@@ -166,6 +166,18 @@ def _wait_for(path: Path, what: str, timeout_s: float = 3600.0) -> None:
         time.sleep(0.5)
 
 
+def keep_metrics_history(logs: Path) -> None:
+    """Move ``metrics.csv`` aside before a resumed run's logger replaces it.
+
+    Lightning's CSV logger starts a fresh ``metrics.csv``; the earlier part becomes
+    ``metrics.part-N.csv`` and :func:`hyperkd.figures.read_metrics` joins the parts.
+    """
+    current = logs / "metrics.csv"
+    if current.exists():
+        n = len(list(logs.glob("metrics.part-*.csv")))
+        current.rename(logs / f"metrics.part-{n:03d}.csv")
+
+
 def prepare_run_dir(out: Path, recipe: Mapping[str, Any], resume: bool) -> Path | None:
     """Create the run folder; return the checkpoint to resume from (or None).
 
@@ -186,6 +198,7 @@ def prepare_run_dir(out: Path, recipe: Mapping[str, Any], resume: bool) -> Path 
                     f"--resume: the recipe differs from the one saved in {saved} (student or data); "
                     f"resume with --recipe {saved}"
                 )
+        keep_metrics_history(out / "logs")
         return ckpt
     if (out / "recipe.yaml").exists():
         raise HyperKDError(
@@ -216,7 +229,9 @@ def make_trainer(recipe: Mapping[str, Any], out: Path, extra_callbacks: Iterable
     if _progress_enabled():
         callbacks.append(RichProgressBar())
     loggers: list[Any] = [
-        CSVLogger(save_dir=str(out), name="", version="logs"),
+        # flushed as often as it logs, so a killed run keeps its history
+        CSVLogger(save_dir=str(out), name="", version="logs",
+                  flush_logs_every_n_steps=int(t.get("log_every_n_steps", 50))),
         TensorBoardLogger(save_dir=str(out), name="", version="tensorboard"),
     ]
     return L.Trainer(

@@ -92,6 +92,12 @@ def test_killed_run_resumes_from_its_last_checkpoint(store, tmp_path):
     assert rec.steps[0] == step  # continues where the checkpoint left off, mid-epoch
     assert res.global_step == 60
     assert rec.steps == list(range(step, 60))
+    # the metrics logged before the kill are kept next to the resumed part
+    from hyperkd.figures import read_metrics
+
+    assert (run / "logs" / "metrics.part-000.csv").exists()
+    steps = [int(r["step"]) for r in read_metrics(run / "logs" / "metrics.csv") if r.get("train/loss")]
+    assert min(steps) < step <= max(steps)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
