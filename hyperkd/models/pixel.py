@@ -21,7 +21,7 @@ Controls for honest comparisons:
 * **raw spectra** (``encoder=None``): no encoder at all; the head reads the standardised
   pixel spectra. With ``protocol="linear"`` a per-pixel linear classifier; otherwise
   :class:`PixelCNNHead` (1x1 spectral reduction, two 3x3 layers: a 5x5 px receptive field,
-  comparable to what the token head sees of its neighbours);
+  as wide as the token head is at pixel resolution);
 * **untrained encoder**: the student's architecture with random weights (``init="random"``
   in :func:`hyperkd.finetune.finetune`), fine-tuned exactly as a trained one.
 
@@ -132,9 +132,15 @@ class LinearHead(nn.Module):
 
 
 class PixelCNNHead(nn.Module):
-    """Raw-spectra baseline: ``(B, C, H, W)`` standardised spectra -> ``(B, K, H, W)``."""
+    """Raw-spectra baseline: ``(B, C, H, W)`` standardised spectra -> ``(B, K, H, W)``.
 
-    def __init__(self, in_chans: int, out_channels: int, hidden: int = 64) -> None:
+    1x1 spectral reduction to ``hidden`` channels, two 3x3 layers (5x5 px receptive field),
+    1x1 classifier. :class:`PixelModel` gives it the width the token head has at pixel
+    resolution (32 by default), so the control does not win by spending more compute at
+    full resolution than the encoder heads do.
+    """
+
+    def __init__(self, in_chans: int, out_channels: int, hidden: int = 32) -> None:
         super().__init__()
         self.body = nn.Sequential(*_conv_norm_relu(in_chans, hidden, 1), *_conv_norm_relu(hidden, hidden, 3),
                                   *_conv_norm_relu(hidden, hidden, 3))
@@ -208,7 +214,8 @@ class PixelModel(nn.Module):
             c = self.sensor.num_bands
             self.register_buffer("band_mean", torch.tensor(self.sensor.means or [0.0] * c).view(1, c, 1, 1))
             self.register_buffer("band_std", torch.tensor(self.sensor.stds or [1.0] * c).view(1, c, 1, 1))
-            self.head = PixelLinearHead(c, k) if self.protocol == "linear" else PixelCNNHead(c, k, hidden)
+            # width at pixel resolution = the token head's width there (>= 32): comparable compute
+            self.head = PixelLinearHead(c, k) if self.protocol == "linear" else PixelCNNHead(c, k, max(hidden // 4, 32))
 
     # -- behaviour -----------------------------------------------------------------------------
     @property
