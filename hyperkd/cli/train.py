@@ -93,12 +93,22 @@ def _report(result) -> None:
 @app.command("quickstart")
 def quickstart_cmd(
     out: Annotated[Path, typer.Option("--out", help="Report folder (replaced).")] = Path("demo"),
-    chips: Annotated[int, typer.Option("--chips")] = 96,
-    size: Annotated[int, typer.Option("--size")] = 64,
-    epochs: Annotated[int, typer.Option("--epochs")] = 12,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
+    teacher: Annotated[str, typer.Option("--teacher", help="'tiny' (trained here) or a registered teacher, e.g. prithvi.")] = "tiny",
+    teacher_weights: Annotated[str | None, typer.Option("--teacher-weights", help="Weights for --teacher (file, folder or repo).")] = None,
+    student_epochs: Annotated[int | None, typer.Option("--student-epochs")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option("--finetune-epochs")] = None,
+    docs: Annotated[Path | None, typer.Option("--docs", help="Also regenerate this docs page (docs/quickstart.md).")] = None,
 ) -> None:
     """The whole story on synthetic data, nothing downloaded (what `make demo` runs)."""
-    from hyperkd.quickstart import quickstart
+    from dataclasses import replace
 
-    quickstart(out, chips=chips, size=size, epochs=epochs, seed=seed, log=lambda s: console.print(s, highlight=False))
+    from hyperkd.quickstart import QuickstartConfig, quickstart
+
+    cfg = QuickstartConfig(seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), teacher=teacher,
+                           teacher_weights=teacher_weights)
+    if student_epochs is not None:
+        cfg = replace(cfg, student_epochs=student_epochs)
+    if finetune_epochs is not None:
+        cfg = replace(cfg, finetune_epochs=finetune_epochs)
+    quickstart(out, cfg, docs=docs, log=lambda s: console.print(s, highlight=False, markup=False))
