@@ -52,8 +52,8 @@ class QuickstartConfig:
     teacher_chips: int = 256
     student_chips: int = 48
     eval_chips: int = 64
-    teacher_epochs: int = 6
-    student_epochs: int = 6
+    teacher_epochs: int = 10
+    student_epochs: int = 12
     finetune_epochs: int = 15
     train_chips: int = 12
     tasks: tuple[str, ...] = ("landcover", "croptype")
@@ -324,6 +324,22 @@ SAM degrees); only the three pretrained students have it.
 
 Stage timings (s): {', '.join(f'{k} {v}' for k, v in report['timings_s'].items())}.
 """
+
+
+def docs_from_report(out: str | Path, docs: str | Path) -> Path:
+    """Regenerate the docs page from a finished quickstart folder (its ``report.json``),
+    with the same code the run used — for when the run was made without ``--docs``."""
+    from hyperkd.compare import compare
+    from hyperkd.errors import HyperKDError
+
+    out = Path(out)
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HyperKDError(f"{out}: not a finished quickstart folder ({exc})") from None
+    table = compare(report["records"], metrics=report["table"]["metrics"], reference="no-KD", order=ROWS)
+    write_docs(out, Path(docs), report, table.markdown())
+    return Path(docs)
 
 
 def write_docs(out: Path, docs: Path, report: dict[str, Any], table_md: str) -> None:

@@ -99,11 +99,19 @@ def quickstart_cmd(
     student_epochs: Annotated[int | None, typer.Option("--student-epochs")] = None,
     finetune_epochs: Annotated[int | None, typer.Option("--finetune-epochs")] = None,
     docs: Annotated[Path | None, typer.Option("--docs", help="Also regenerate this docs page (docs/quickstart.md).")] = None,
+    from_report: Annotated[Path | None, typer.Option(
+        "--from-report", help="With --docs: regenerate the page from this finished quickstart folder, no rerun.")] = None,
 ) -> None:
     """The whole story on synthetic data, nothing downloaded (what `make demo` runs)."""
     from dataclasses import replace
 
-    from hyperkd.quickstart import QuickstartConfig, quickstart
+    from hyperkd.quickstart import QuickstartConfig, docs_from_report, quickstart
+
+    if from_report is not None:
+        if docs is None:
+            raise typer.BadParameter("--from-report needs --docs PAGE")
+        console.print(f"wrote {docs_from_report(from_report, docs)}", highlight=False)
+        return
 
     cfg = QuickstartConfig(seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), teacher=teacher,
                            teacher_weights=teacher_weights)
