@@ -41,3 +41,17 @@ def test_nan_and_missing_values_are_skipped_and_empty_input_is_an_error():
         compare([])
     with pytest.raises(HyperKDError, match="lacks 'metrics'"):
         compare([{"row": "a"}])
+
+
+def test_compare_cli_reads_records_and_quickstart_reports(tmp_path, capsys):
+    import json
+
+    from hyperkd.cli import main
+
+    (tmp_path / "a.json").write_text(json.dumps(recs("no-KD", [0.5, 0.6])))
+    (tmp_path / "report.json").write_text(json.dumps({"records": recs("HyperKD", [0.9, 0.91])}))
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "report.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| HyperKD (n=2) | 0.905 ± 0.0071 ↑ |" in out
+    assert main(["compare", str(tmp_path / "missing.json")]) == 1
+    assert "cannot read result record" in capsys.readouterr().err

@@ -120,3 +120,26 @@ def quickstart_cmd(
     if finetune_epochs is not None:
         cfg = replace(cfg, finetune_epochs=finetune_epochs)
     quickstart(out, cfg, docs=docs, log=lambda s: console.print(s, highlight=False, markup=False))
+
+
+@app.command("compare")
+def compare_cmd(
+    files: Annotated[list[Path], typer.Argument(help="Result records (JSON: {row, seed, metrics}) or quickstart report.json files.")],
+    reference: Annotated[str, typer.Option("--reference", help="Row the others are compared with.")] = "no-KD",
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One table over runs and seeds: mean ± std, and which differences exceed the seed spread."""
+    import json as _json
+
+    from hyperkd.compare import compare, load_records
+
+    records = []
+    for rec in load_records(files):
+        records.extend(rec["records"] if isinstance(rec, dict) and "records" in rec else [rec])
+    table = compare(records, reference=reference,
+                    metrics=[m.strip() for m in metrics.split(",")] if metrics else None)
+    if as_json:
+        typer.echo(_json.dumps(table.to_dict(), indent=2))
+    else:
+        typer.echo(table.markdown())
