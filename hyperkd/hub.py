@@ -159,10 +159,11 @@ def _truthy(value: str | None) -> bool:
 
 
 def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` is set *now* (not when huggingface_hub was imported)."""
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set *now*, not when
+    huggingface_hub was imported. Shared by every hyperkd component that downloads."""
     from huggingface_hub import constants
 
-    env = os.environ.get("HF_HUB_OFFLINE")
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
     return _truthy(env) if env is not None else bool(constants.HF_HUB_OFFLINE)
 
 

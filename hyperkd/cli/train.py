@@ -45,28 +45,46 @@ def recipes_show(
     typer.echo(recipes.dump(recipes.resolve(name, overrides or [])), nl=False)
 
 
+StudentOpt = Annotated[str | None, typer.Option(
+    "--student", help="Sensor name, <sensor>-mae-<size>, a saved student folder, or a Hub repo id.")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="Chip-store folder, or 'synthetic'.")]
+RecipeOpt = Annotated[str, typer.Option("--recipe", help="Recipe name or .yaml file.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Run folder.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+DevicesOpt = Annotated[str | None, typer.Option("--devices", help="Lightning devices (e.g. 1, 4, auto).")]
+AcceleratorOpt = Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")]
+StrategyOpt = Annotated[str | None, typer.Option("--strategy", help="auto, ddp, fsdp, ...")]
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="32-true, bf16-mixed, 16-mixed.")]
+NumNodesOpt = Annotated[int | None, typer.Option("--num-nodes")]
+
+
+def trainer_fields(devices: str | None, accelerator: str | None, strategy: str | None,
+                   precision: str | None, num_nodes: int | None) -> dict[str, object]:
+    """The Lightning flags shared by pretrain and distill, as dotted recipe fields (``__`` for ``.``)."""
+    return {"trainer__devices": _devices(devices), "trainer__accelerator": accelerator,
+            "trainer__strategy": strategy, "trainer__precision": precision, "trainer__num_nodes": num_nodes}
+
+
 @app.command("pretrain")
 def pretrain_cmd(
-    student: Annotated[str | None, typer.Option("--student", help="Sensor name, <sensor>-mae-<size>, or a saved student.")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Chip-store folder, or 'synthetic'.")] = None,
-    recipe: Annotated[str, typer.Option("--recipe", help="Recipe name or .yaml file.")] = "mae",
-    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/pretrain"),
+    student: StudentOpt = None,
+    data: DataOpt = None,
+    recipe: RecipeOpt = "mae",
+    out: OutOpt = Path("runs/pretrain"),
     overrides: SetOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    devices: Annotated[str | None, typer.Option("--devices", help="Lightning devices (e.g. 1, 4, auto).")] = None,
-    accelerator: Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")] = None,
-    strategy: Annotated[str | None, typer.Option("--strategy", help="auto, ddp, fsdp, ...")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="32-true, bf16-mixed, 16-mixed.")] = None,
-    num_nodes: Annotated[int | None, typer.Option("--num-nodes")] = None,
+    resume: ResumeOpt = False,
+    devices: DevicesOpt = None,
+    accelerator: AcceleratorOpt = None,
+    strategy: StrategyOpt = None,
+    precision: PrecisionOpt = None,
+    num_nodes: NumNodesOpt = None,
 ) -> None:
     """MAE-pretrain a student from scratch (the no-KD baseline)."""
     from hyperkd.train import pretrain
 
     result = pretrain(
-        recipe, out, overrides=overrides or [], resume=resume,
-        student__name=student, data__store=data, trainer__devices=_devices(devices),
-        trainer__accelerator=accelerator, trainer__strategy=strategy, trainer__precision=precision,
-        trainer__num_nodes=num_nodes,
+        recipe, out, overrides=overrides or [], resume=resume, student__name=student, data__store=data,
+        **trainer_fields(devices, accelerator, strategy, precision, num_nodes),
     )
     _report(result)
 

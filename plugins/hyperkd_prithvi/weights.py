@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from hyperkd.errors import WeightsError
+from hyperkd.hub import hub_cache_dir, hub_offline
 from hyperkd_prithvi.model import PrithviConfig, PrithviMAE, sincos_3d
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -127,30 +128,6 @@ def parse_source(
 
 
 # -- resolving -----------------------------------------------------------------------------------
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as set *now*."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-    return _truthy(env) if env is not None else bool(constants.HF_HUB_OFFLINE)
-
-
-def hub_cache_dir() -> Path:
-    """The HF hub cache folder per the environment *now* (same precedence as huggingface_hub)."""
-    env = os.environ
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(var):
-            return Path(os.path.expandvars(env[var])).expanduser()
-    if env.get("HF_HOME"):
-        return Path(os.path.expandvars(env["HF_HOME"])).expanduser() / "hub"
-    xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "huggingface" / "hub"
 
 
 def _hub_download(source: WeightsSource) -> Path:
