@@ -212,6 +212,9 @@ def _install_plugin_commands() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (used by the console script and by tests)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:  # answer without loading plugins (which import torch)
+        typer.echo(f"hyperkd {hyperkd.__version__}")
+        return 0
     if "--debug" in args:
         _debug["on"] = True
     try:
