@@ -63,7 +63,8 @@ PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth", "mode
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DEFAULT_LICENSE = "apache-2.0"
 
-BUILTIN_MODEL_TYPES: dict[str, str] = {"hyperspectral-mae": "hyperkd.models.mae"}
+BUILTIN_MODEL_TYPES: dict[str, str] = {"hyperspectral-mae": "hyperkd.models.mae",
+                                        "hyperkd-pixel": "hyperkd.models.pixel"}
 """Core model types -> the module whose import registers them (imported on first use)."""
 
 _REPO_RE = re.compile(r"^(?:hf://)?(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+)(?:@(?P<rev>[^/\s]+))?$")
@@ -561,6 +562,11 @@ def run_provenance(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "training": {"metrics": metrics, "data": training_data_info(recipe, run), "run": run.name}}
 
 
+HUB_FIELDS = frozenset({"model_type", "architecture", "hyperkd_version", "hyperkd_format",
+                        "min_hyperkd_version", "requires", "recipe", "training"})
+"""config.json fields hyperkd adds around a model's own constructor arguments."""
+
+
 # -- the mixin ----------------------------------------------------------------------------------
 class HyperKDHubMixin(
     PyTorchModelHubMixin,
@@ -700,6 +706,10 @@ class HyperKDHubMixin(
                                f"not a {cls.__name__}; load it with hyperkd.from_pretrained")
         weights = fetch_weights(source, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
                                 force_download=force_download)
+        if "config" in cls._hub_mixin_init_parameters and "config" not in model_kwargs:
+            # models built from one config mapping (e.g. fine-tuned PixelModel) get it back
+            # without hyperkd's identity and provenance fields
+            model_kwargs["config"] = {k: v for k, v in config.items() if k not in HUB_FIELDS}
         model = cls(**model_kwargs)
         try:
             cls._load_as_safetensor(model, str(weights), map_location, strict)

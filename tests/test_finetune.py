@@ -115,6 +115,16 @@ def test_soc_regression_gives_finite_r2_in_the_labels_unit(store, student_dir, t
     assert (tmp_path / "soc" / "figures" / "scatter.png").exists()
     model = PixelModel.load(tmp_path / "soc")
     assert model.task.target_std > 0 and model.task.unit == "g/kg"
+    # the fine-tuned model is a shareable hyperkd model: card, dispatch by model_type, bound task
+    import hyperkd
+
+    folder = tmp_path / "soc" / "model"
+    assert (folder / "README.md").exists()
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "hyperkd-pixel"
+    again = hyperkd.from_pretrained(folder)
+    assert type(again) is PixelModel and again.task.target_std == model.task.target_std
+    x = torch.from_numpy(store[0]["image"])[None]
+    torch.testing.assert_close(again.predict(x), model.eval().predict(x))
 
 
 def test_raw_spectra_baseline_and_untrained_encoder_controls(store, student_dir, tmp_path):

@@ -38,11 +38,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hyperkd.errors import HyperKDError, WeightsError
-from hyperkd.io import atomic_path, atomic_write_json
+from hyperkd.hub import HyperKDHubMixin
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.sensors import Sensor
 from hyperkd.tasks import Task, task_from_dict
@@ -174,7 +173,7 @@ def strip_decoder(mae: HyperspectralMAE) -> HyperspectralMAE:
     return mae
 
 
-class PixelModel(nn.Module):
+class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
     """Encoder (or raw spectra) + head for one task; built from a JSON-able ``config``.
 
     ``config`` keys: ``task`` (:meth:`Task.to_dict`), ``protocol``, ``encoder`` (the
@@ -267,21 +266,25 @@ class PixelModel(nn.Module):
         return list(self.head.parameters()), enc
 
     # -- persistence ---------------------------------------------------------------------------
+    def hub_config(self) -> dict[str, Any]:
+        """``config.json``: hyperkd's fields around this model's config, with the *bound* task
+        (its target statistics decide how regression outputs are de-standardised)."""
+        cfg = super().hub_config()
+        cfg.update({k: v for k, v in self.config.items() if k not in ("model_type", "format_version")})
+        cfg["task"] = self.task.to_dict()
+        cfg["format_version"] = FORMAT_VERSION
+        return cfg
+
     def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (each atomically)."""
+        """Write ``config.json``, ``model.safetensors`` and a model card into ``folder``
+        (:meth:`save_pretrained`: shareable with ``hyperkd hub push``)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(folder / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "model_type": MODEL_TYPE})
-        cfg = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, **self.config}
-        cfg["task"] = self.task.to_dict()  # the bound task, with target statistics
-        atomic_write_json(folder / "config.json", cfg)
+        self.save_pretrained(folder)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> PixelModel:
-        """Rebuild a model saved with :meth:`save` (a model folder or a fine-tune run folder)."""
+        """Rebuild a saved model (a model folder or a fine-tune run folder)."""
         folder = Path(folder)
         if (folder / "model" / "config.json").exists():
             folder = folder / "model"
@@ -296,16 +299,7 @@ class PixelModel(nn.Module):
         if int(cfg.get("format_version", 1)) > FORMAT_VERSION:
             raise WeightsError(f"{cfg_path}: format version {cfg['format_version']} is newer than this "
                                "hyperkd reads; upgrade hyperkd")
-        model = cls({k: v for k, v in cfg.items() if k not in ("model_type", "format_version")})
-        try:
-            state = load_file(str(folder / "model.safetensors"), device=str(map_location))
-        except Exception as exc:  # missing or corrupt file
-            raise WeightsError(f"cannot read {folder / 'model.safetensors'}: {exc}") from None
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise WeightsError(f"{folder}: weights do not match the config (missing {missing[:3]}, "
-                               f"unexpected {unexpected[:3]})")
-        return model
+        return cls.from_pretrained(str(folder), map_location=str(map_location))
 
 
 def encoder_config(student: HyperspectralMAE) -> dict[str, Any]:
