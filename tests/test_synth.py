@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hyperkd.cli.app import main
+from hyperkd.data.separability import crop_config, features, pair_scores
 from hyperkd.data.spectral_library import earthlib_library, water_reflectance
 from hyperkd.data.store import ChipStore
 from hyperkd.data.synth import (
@@ -345,33 +346,6 @@ def test_info_summarises_any_store_over_valid_pixels(tmp_path):
 # -- distillation presets -----------------------------------------------------------------------
 
 
-def _window_stats(img: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over the (2r+1)^2 window around each pixel of (C, H, W), mirrored borders."""
-    k = 2 * r + 1
-    p = np.pad(img.astype(np.float64), ((0, 0), (r, r), (r, r)), mode="reflect")
-
-    def box(a: np.ndarray) -> np.ndarray:
-        cs = np.pad(np.cumsum(np.cumsum(a, axis=1), axis=2), ((0, 0), (1, 0), (1, 0)))
-        return (cs[:, k:, k:] - cs[:, :-k, k:] - cs[:, k:, :-k] + cs[:, :-k, :-k]) / k**2
-
-    mean = box(p)
-    return mean, np.sqrt(np.maximum(box(p * p) - mean**2, 0.0))
-
-
-def _logistic_balanced_accuracy(xtr, ytr, xte, yte, lam: float = 1e-2) -> float:
-    """Balanced test accuracy of an L2-regularised logistic regression fitted by Newton steps."""
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-12
-    a = np.c_[(xtr - mu) / sd, np.ones(len(xtr))]
-    b = np.c_[(xte - mu) / sd, np.ones(len(xte))]
-    w = np.zeros(a.shape[1])
-    for _ in range(30):
-        p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -30, 30)))
-        hess = (a * (p * (1 - p))[:, None]).T @ a + lam * np.eye(len(w))
-        w -= np.linalg.solve(hess, a.T @ (p - ytr) + lam * w)
-    pred = b @ w > 0
-    return 0.5 * (float((~pred[yte == 0]).mean()) + float(pred[yte == 1].mean()))
-
-
 def test_patchy_twin_crops_need_spatial_context_to_be_told_apart():
     """even-stand vs patchy-stand: a per-pixel classifier is near chance, one given 5x5 window
     mean/std separates them; a spectrally different pair (maize vs wheat) is easy per pixel,
@@ -380,37 +354,14 @@ def test_patchy_twin_crops_need_spatial_context_to_be_told_apart():
     many of them: the parcel, not the pixel, is the independent sample (with few parcels the
     per-pixel score scatters around chance by +-0.1 from the draw of parcel levels alone).
     Across seeds 1-6 and 11 this measured per-pixel 0.43-0.51, context 0.93-0.98."""
-    kd = SceneConfig.preset("kd-eval")
-    keep = {"even-stand", "patchy-stand", "maize", "wheat"}
-    cfg = kd.with_weights(crops={c.name: float(c.name in keep) for c in kd.crops},
-                          covers={"cropland": 1.0, "grassland": 0.0, "forest": 0.0, "barren": 0.0})
-    cfg = dataclasses.replace(cfg, p_water=0.0, p_urban=0.0, roads=(0, 0), parcel_px=(6.0, 12.0))
-    hls = get_sensor("hls")
-    chips = []
-    for i in range(64):
-        sc = generate_scene(cfg, 32, seed=11, index=i)
-        img = render(sc, hls)
-        mean, std = _window_stats(img, 2)
-        owner = np.where(sc.unit_fraction[0] == 1.0, sc.unit_map, -1).astype(np.float64)[None]
-        o_mean, o_std = _window_stats(owner, 2)
-        interior = (o_std[0] < 1e-9) & (o_mean[0] >= 0)
-        pixel = img.reshape(img.shape[0], -1).T
-        context = np.c_[pixel, mean.reshape(len(mean), -1).T, np.log(std.reshape(len(std), -1).T + 1e-4)]
-        chips.append((pixel, context, sc.labels["croptype"].ravel(), interior.ravel()))
+    cfg = crop_config(["even-stand", "patchy-stand", "maize", "wheat"])
+    chips = features(cfg, get_sensor("hls"), seed=11, n=64, size=32, instrument=Instrument(), radius=2,
+                     with_std=True, interior=True)
 
     def scores(a: str, b: str) -> tuple[float, float]:
-        ia, ib = cfg.crop_classes.index(a), cfg.crop_classes.index(b)
-        out = []
-        for feat in (0, 1):
-            parts = []
-            for idx in (range(0, 32), range(32, 64)):
-                sel = [(c[feat][m], (c[2][m] == ib).astype(float))
-                       for c in (chips[i] for i in idx) for m in [c[3] & np.isin(c[2], [ia, ib])]]
-                parts.append((np.concatenate([x for x, _ in sel]), np.concatenate([y for _, y in sel])))
-            (xtr, ytr), (xte, yte) = parts
-            assert min(ytr.sum(), (1 - ytr).sum(), yte.sum(), (1 - yte).sum()) > 300, (a, b)
-            out.append(_logistic_balanced_accuracy(xtr, ytr, xte, yte))
-        return out[0], out[1]
+        res = pair_scores(chips, cfg.crop_classes, a, b, lam=1e-2)
+        assert min(min(split) for split in res.counts) > 300, (a, b)
+        return res.pixel, res.context
 
     twin_pixel, twin_context = scores("even-stand", "patchy-stand")
     assert twin_pixel < 0.6, twin_pixel
