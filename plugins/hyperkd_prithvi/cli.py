@@ -36,6 +36,12 @@ def _hub_cached(repo_id: str | None, filename: str | None) -> bool | None:
     return isinstance(got, str)
 
 
+def _summary(entry: Any) -> dict[str, Any]:
+    """The fields every teacher listing starts with (name, aliases, plugin, description)."""
+    return {"name": entry.name, "aliases": list(entry.aliases), "plugin": entry.provider,
+            "description": entry.description}
+
+
 def teacher_rows() -> list[dict[str, Any]]:
     """One summary row per registered teacher (Prithvi ones with architecture and size)."""
     import hyperkd
@@ -43,12 +49,7 @@ def teacher_rows() -> list[dict[str, Any]]:
 
     rows = []
     for entry in hyperkd.registry("teacher").entries():
-        row: dict[str, Any] = {
-            "name": entry.name,
-            "aliases": list(entry.aliases),
-            "plugin": entry.provider,
-            "description": entry.description,
-        }
+        row = _summary(entry)
         variant = VARIANTS.get(entry.name)
         if variant is not None:
             cfg = variant.config
@@ -70,12 +71,7 @@ def teacher_details(name: str) -> dict[str, Any]:
     from hyperkd_prithvi.teacher import HLS_SCALE, VARIANTS, parameter_counts, prithvi_reference
 
     entry = hyperkd.registry("teacher").get(name)
-    d: dict[str, Any] = {
-        "name": entry.name,
-        "aliases": list(entry.aliases),
-        "plugin": entry.provider,
-        "description": entry.description,
-    }
+    d = _summary(entry)
     variant = VARIANTS.get(entry.name)
     if variant is None:
         return d
