@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -19,13 +18,10 @@ from hyperkd.losses import teacher_tokens_at
 from hyperkd.models.mae import MAEOutput
 from hyperkd.plugins import load_plugins
 
-from .helpers.toy import toy_store
+from .helpers.toy import TINY_STUDENT, logged, toy_store
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["student.patch_size=4", "student.embed_dim=64", "student.depth=2", "student.num_heads=2",
-        "student.decoder_embed_dim=32", "student.decoder_depth=1", "student.decoder_num_heads=2",
-        "student.spectral_dim=16", "data.batch_size=8", "trainer.log_every_n_steps=1",
-        "trainer.checkpoint_every_n_steps=1000"]
+TINY = [*TINY_STUDENT, "trainer.checkpoint_every_n_steps=1000"]
 
 
 @pytest.fixture(autouse=True)
@@ -50,11 +46,6 @@ def tiny_teacher(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return toy_store(tmp_path_factory.mktemp("toy") / "store", chips=32, size=32)
-
-
-def series(run: Path, key: str) -> list[float]:
-    rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
-    return [float(r[key]) for r in rows if r.get(key)]
 
 
 # -- loss terms ---------------------------------------------------------------------------------
@@ -173,7 +164,7 @@ def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, ti
     sets = [*TINY, "trainer.max_epochs=10"]
     res = distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher),
                   student="enmap", data=str(store.root), overrides=sets)
-    mse, kld = series(run, "val/loss_mse"), series(run, "val/loss_kld")
+    mse, kld = logged(run, "val/loss_mse"), logged(run, "val/loss_kld")
     assert len(mse) == len(kld) == 10
     assert mse[-1] < 0.9 * mse[0], mse  # about 0.82 x on this data (fixed validation masks: no noise)
     assert kld[-1] < 0.3 * kld[0], kld  # about 0.18 x
@@ -203,7 +194,7 @@ def test_ablations_are_one_set_away(store, tiny_teacher, tmp_path):
                        "losses.kld.weight=0", "aligner.name=srf"])
     info = json.loads((run / "distill.json").read_text())
     assert info["teacher_chips_encoded"] == 0  # no teacher term left: the teacher never runs
-    assert not series(run, "val/loss_kld") and series(run, "val/loss_ssim")
+    assert not logged(run, "val/loss_kld") and logged(run, "val/loss_ssim")
 
 
 def test_third_party_sensor_plugin_works_as_student(tiny_teacher, tmp_path, plugin_env):
@@ -222,7 +213,7 @@ def test_third_party_sensor_plugin_works_as_student(tiny_teacher, tmp_path, plug
     run = tmp_path / "run"
     distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher), student="prisma",
             data=str(store.root), overrides=[*TINY, "trainer.max_epochs=4", "trainer.figures=false"])
-    kld = series(run, "val/loss_kld")
+    kld = logged(run, "val/loss_kld")
     assert len(kld) == 4 and kld[-1] < kld[0]
     cfg = json.loads((run / "student" / "config.json").read_text())
     assert cfg["sensor"]["name"] == "prisma" and len(cfg["sensor"]["bands"]) == prisma.num_bands == 239

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -19,12 +18,9 @@ from hyperkd.errors import HyperKDError
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.train import pretrain
 
-from .helpers.toy import toy_store
+from .helpers.toy import TINY_STUDENT, logged, toy_store
 
 HYPERKD = str(Path(sys.executable).with_name("hyperkd"))
-TINY = ["student.patch_size=4", "student.embed_dim=64", "student.depth=2", "student.num_heads=2",
-        "student.decoder_embed_dim=32", "student.decoder_depth=1", "student.decoder_num_heads=2",
-        "student.spectral_dim=16", "data.batch_size=8", "trainer.log_every_n_steps=1"]
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +28,10 @@ def store(tmp_path_factory):
     return toy_store(tmp_path_factory.mktemp("toy") / "store", chips=48, size=32)
 
 
-def val_series(run: Path, key: str) -> list[float]:
-    rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
-    return [float(r[key]) for r in rows if r.get(key)]
-
-
 def test_pretraining_lowers_masked_reconstruction_loss(store, tmp_path):
     run = tmp_path / "run"
-    res = pretrain("mae", run, overrides=[f"data.store={store.root}", "trainer.max_epochs=25", *TINY])
-    losses = val_series(run, "val/loss_mse")
+    res = pretrain("mae", run, overrides=[f"data.store={store.root}", "trainer.max_epochs=25", *TINY_STUDENT])
+    losses = logged(run, "val/loss_mse")
     assert len(losses) == 25
     # standardised targets: always predicting the band means scores about 1.0
     assert losses[-1] < 0.85 * losses[0] and losses[-1] < 0.75, losses
@@ -56,7 +47,7 @@ def test_pretraining_lowers_masked_reconstruction_loss(store, tmp_path):
     # the exported student carries the store's statistics
     assert student.band_mean.flatten()[0].item() == pytest.approx(store.stats["mean"][0], rel=1e-5)
     with pytest.raises(HyperKDError, match="already holds a run"):
-        pretrain("mae", run, overrides=[f"data.store={store.root}", *TINY])
+        pretrain("mae", run, overrides=[f"data.store={store.root}", *TINY_STUDENT])
 
 
 class StepRecorder(L.Callback):
@@ -70,7 +61,7 @@ class StepRecorder(L.Callback):
 def test_killed_run_resumes_from_its_last_checkpoint(store, tmp_path):
     run = tmp_path / "run"
     sets = [f"data.store={store.root}", "trainer.max_steps=60", "trainer.max_epochs=100",
-            "trainer.checkpoint_every_n_steps=1", "trainer.figures=false", *TINY]
+            "trainer.checkpoint_every_n_steps=1", "trainer.figures=false", *TINY_STUDENT]
     args = [HYPERKD, "pretrain", "--out", str(run)] + [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "HYPERKD_DISABLE_PROGRESS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -107,7 +98,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 def test_ddp_two_processes_on_cpu(store, tmp_path):
     run = tmp_path / "ddp"
-    sets = [f"data.store={store.root}", "trainer.max_steps=3", "trainer.figures=false", *TINY]
+    sets = [f"data.store={store.root}", "trainer.max_steps=3", "trainer.figures=false", *TINY_STUDENT]
     args = [HYPERKD, "pretrain", "--out", str(run), "--accelerator", "cpu", "--devices", "2",
             "--strategy", "ddp"] + [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "HYPERKD_DISABLE_PROGRESS": "1"}

@@ -37,3 +37,16 @@ def toy_store(root: Path, sensor: Sensor | str = "enmap", chips: int = 24, size:
         img = np.einsum("kc,khw->chw", endmembers, ab) + rng.normal(0, 0.003, size=(s.num_bands, size, size))
         w.add(img.astype(np.float32), labels={"lc": ab.argmax(0)}, source=f"toy{i}")
     return w.close()
+
+
+TINY_STUDENT = ["student.patch_size=4", "student.embed_dim=64", "student.depth=2", "student.num_heads=2",
+                "student.decoder_embed_dim=32", "student.decoder_depth=1", "student.decoder_num_heads=2",
+                "student.spectral_dim=16", "data.batch_size=8", "trainer.log_every_n_steps=1"]
+"""Recipe overrides for a toy-sized student that logs every step (engine and distillation tests)."""
+
+
+def logged(run: Path, key: str) -> list[float]:
+    """Every logged value of ``key`` in a run's CSV log (resumed parts included)."""
+    from hyperkd.figures import read_metrics
+
+    return [float(r[key]) for r in read_metrics(run / "logs" / "metrics.csv") if r.get(key)]
