@@ -345,18 +345,12 @@ def distill(
     :func:`hyperkd.train.pretrain`. The teacher is built (and its weights found) before the
     run folder or any data is made, so a missing checkpoint fails at once.
     """
-    if isinstance(recipe, Mapping):
-        resolved = recipes_mod.apply_overrides(recipe, overrides)
-    else:
-        resolved = recipes_mod.resolve(recipe, overrides)
-    extra = {k.replace("__", "."): v for k, v in fields.items() if v is not None}
-    extra.update({k: v for k, v in (("teacher.name", teacher), ("student.name", student),
-                                    ("data.store", data)) if v is not None})
-    if teacher_weights is not None:
-        extra["teacher.weights"] = None if str(teacher_weights).lower() in ("none", "random") else str(teacher_weights)
-    resolved = recipes_mod.resolve_mapping(resolved, extra)
-    if teacher_weights is not None and extra["teacher.weights"] is None:
-        resolved["teacher"]["weights"] = None  # resolve_mapping skips None values
+    random_teacher = teacher_weights is not None and str(teacher_weights).lower() in ("none", "random")
+    named = {"teacher.name": teacher, "student.name": student, "data.store": data,
+             "teacher.weights": None if random_teacher or teacher_weights is None else str(teacher_weights)}
+    resolved = recipes_mod.resolve_for_run(recipe, overrides, {**fields, **named})
+    if random_teacher:
+        resolved["teacher"]["weights"] = None  # resolve_for_run skips None values
     built = build_teacher(resolved)
     holder: dict[str, DistillModule] = {}
 

@@ -345,11 +345,5 @@ def pretrain(
     ``fields`` are dotted recipe keys given as keyword arguments with ``.`` written as
     ``__`` (``student__name="enmap"``, ``data__store="/data/store"``).
     """
-    if isinstance(recipe, Mapping):
-        resolved = recipes_mod.apply_overrides(recipe, overrides)
-    else:
-        resolved = recipes_mod.resolve(recipe, overrides)
-    extra = {k.replace("__", "."): v for k, v in fields.items() if v is not None}
-    if extra:
-        resolved = recipes_mod.resolve_mapping(resolved, extra)
+    resolved = recipes_mod.resolve_for_run(recipe, overrides, fields)
     return fit(resolved, out, resume=resume, callbacks=callbacks)

@@ -116,6 +116,17 @@ def resolve(spec: str | Path, overrides: Iterable[str] = (), fields: Mapping[str
     return resolve_mapping(recipe, fields or {})
 
 
+def resolve_for_run(
+    recipe: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), fields: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``pretrain``/``distill`` train on: a recipe name, file or mapping, then ``--set``
+    ``overrides``, then keyword ``fields`` (dotted keys, ``__`` standing for ``.``; ``None``
+    skipped), validated."""
+    base = dict(recipe) if isinstance(recipe, Mapping) else load_recipe(recipe)
+    named = {k.replace("__", "."): v for k, v in (fields or {}).items()}
+    return resolve_mapping(apply_overrides(base, overrides), named)
+
+
 def resolve_mapping(recipe: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
     """Set dotted-key ``fields`` (values as Python objects, ``None`` skipped) and validate."""
     out = copy.deepcopy(dict(recipe))
