@@ -6,10 +6,13 @@ import torch
 
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
-    """``(len(pos), dim)``: concat(sin(p*w_k), cos(p*w_k)), w_k = 10000^(-k/(dim/2))."""
+    """``(len(pos), dim)``: concat(sin(p*w_k), cos(p*w_k)), w_k = 10000^(-k/(dim/2)).
+
+    Computed in float64 (as MAE's and Prithvi's reference numpy code is), on ``pos``'s device.
+    """
     if dim % 2:
         raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
-    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2.0)
     omega = 1.0 / 10000**omega
     out = pos.reshape(-1).to(torch.float64)[:, None] * omega[None, :]
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)

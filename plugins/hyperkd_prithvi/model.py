@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyperkd.models.pos_embed import sincos_1d
+
 PosEmbedMode = Literal["interpolate", "recompute"]
 COORD_ENCODINGS = ("time", "location")
 
@@ -151,19 +153,6 @@ class PrithviConfig:
 
 
 # -- position embeddings -------------------------------------------------------------------
-
-
-def sincos_1d(dim: int, pos: Tensor) -> Tensor:
-    """``(M,) -> (M, dim)``: ``concat(sin(p*w_k), cos(p*w_k))``, ``w_k = 10000^(-k/(dim/2))``.
-
-    Computed in float64 (as the reference's numpy code is) and returned in float64.
-    """
-    if dim % 2:
-        raise ValueError(f"sin-cos embedding dim must be even, got {dim}")
-    omega = torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2.0)
-    omega = 1.0 / 10000.0**omega
-    out = pos.reshape(-1).to(torch.float64)[:, None] * omega[None, :]
-    return torch.cat([out.sin(), out.cos()], dim=1)
 
 
 def sincos_3d(
