@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     n_chips = args.chips or (192 if args.quick else 1024)
     S, B = args.size, args.batch
 
+    from hyperkd.core.plugins import load_plugins
     from hyperkd.data.prepare import prepare
-    from hyperkd.plugins import load_plugins
 
     load_plugins()
     fx = _fixtures()

@@ -13,7 +13,7 @@ Three measurements, numpy only:
 2. ``snr``: what the student's low-SNR instrument (``--snr-scale``) costs single pixels:
    close crop pairs on EnMAP (202 bands), per-pixel spectrum vs 3x3 window mean, at SNR
    x1, x0.25, x0.1.
-3. ``timing``: wall time of :func:`hyperkd.data.synth.kd_stores` at its defaults
+3. ``timing``: wall time of :func:`hyperkd.synth.kd_stores` at its defaults
    (256 HLS + 48 EnMAP + 64 EnMAP/HLS chips of 64 px) into a temporary folder.
 
     python benchmarks/synth_kd_presets.py --quick    # seed 11, SNR x1 and x0.25, timing (~1-2 min)
@@ -28,9 +28,9 @@ import platform
 import tempfile
 import time
 
-from hyperkd.data.separability import crop_config, features, pair_scores
-from hyperkd.data.synth import Instrument, kd_stores
-from hyperkd.sensors import get_sensor
+from hyperkd.core.sensors import get_sensor
+from hyperkd.synth import Instrument, kd_stores
+from hyperkd.synth.separability import crop_config, features, pair_scores
 
 
 def main() -> None:

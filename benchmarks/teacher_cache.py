@@ -20,10 +20,10 @@ import time
 import torch
 
 from hyperkd import create, recipes
-from hyperkd.distill import DistillModule, TeacherCache
+from hyperkd.core.plugins import load_plugins
 from hyperkd.models.mae import build_student
-from hyperkd.plugins import load_plugins
-from hyperkd.train import build_losses
+from hyperkd.training.distill import DistillModule, TeacherCache
+from hyperkd.training.runner import build_losses
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from hyperkd.maskers import RandomMasker
-from hyperkd.metrics import masked_mse
+from hyperkd.components.maskers import RandomMasker
+from hyperkd.components.metrics import masked_mse
 from hyperkd.models.mae import build_student, flops_per_chip
 
 

@@ -18,7 +18,7 @@ def plugin_env():
     On teardown it undoes the patches *first*, then rediscovers plugins, so later tests
     see the normal set of plugins again.
     """
-    from hyperkd.plugins import load_plugins
+    from hyperkd.core.plugins import load_plugins
 
     mp = pytest.MonkeyPatch()
     yield mp

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hyperkd import create, get_sensor
-from hyperkd.errors import HyperKDError
-from hyperkd.plugins import load_plugins
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.plugins import load_plugins
 
 # EnMAP (default 202-band selection) bands whose centres lie inside each HLS range (checked
 # against the in-flight band table in docs: Blue B8-19, Green B24-35, Red B44-48, NIR

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hyperkd.compare import better_direction, compare
-from hyperkd.errors import HyperKDError
+from hyperkd.core.errors import HyperKDError
+from hyperkd.evaluation.compare import better_direction, compare
 
 
 def recs(row, values, metric="accuracy"):

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from hyperkd import create, get_sensor
-from hyperkd.checkpoint import load_checkpoint_file
 from hyperkd.cli import main
-from hyperkd.errors import HyperKDError
-from hyperkd.losses import teacher_tokens_at
+from hyperkd.components.losses import teacher_tokens_at
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.plugins import load_plugins
 from hyperkd.models.mae import MAEOutput
-from hyperkd.plugins import load_plugins
+from hyperkd.training.checkpoint import load_checkpoint_file
 
 from .helpers.toy import TINY_STUDENT, logged, toy_store
 
@@ -106,7 +106,7 @@ def test_ssim_and_sam_measure_only_the_reconstructed_patches():
 
 def test_learned_aligner_is_trained_through_the_frozen_teacher_with_several_pairs():
     load_plugins()
-    from hyperkd.distill import DistillModule
+    from hyperkd.training.distill import DistillModule
 
     student = create("student", "mae-tiny", sensor=get_sensor("enmap"), img_size=32, patch_size=4, embed_dim=32,
                      depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
@@ -132,7 +132,7 @@ def test_learned_aligner_is_trained_through_the_frozen_teacher_with_several_pair
 
 def test_teacher_cache_skips_cached_chips_and_holds_normal_tensors():
     load_plugins()
-    from hyperkd.distill import DistillModule
+    from hyperkd.training.distill import DistillModule
 
     student = create("student", "mae-tiny", sensor=get_sensor("enmap"), img_size=32, patch_size=4, embed_dim=32,
                      depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
@@ -158,7 +158,7 @@ def test_teacher_cache_skips_cached_chips_and_holds_normal_tensors():
 
 # -- runs -------------------------------------------------------------------------------------
 def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, tiny_teacher, tmp_path):
-    from hyperkd.distill import distill
+    from hyperkd.training.distill import distill
 
     run = tmp_path / "run"
     sets = [*TINY, "trainer.max_epochs=10"]
@@ -186,7 +186,7 @@ def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, ti
 
 
 def test_ablations_are_one_set_away(store, tiny_teacher, tmp_path):
-    from hyperkd.distill import distill
+    from hyperkd.training.distill import distill
 
     run = tmp_path / "run"
     distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher), data=str(store.root),
@@ -208,7 +208,7 @@ def test_third_party_sensor_plugin_works_as_student(tiny_teacher, tmp_path, plug
     load_plugins(force=True)
     prisma = get_sensor("prisma")
     store = toy_store(tmp_path / "store", sensor=prisma, chips=16, size=32)
-    from hyperkd.distill import distill
+    from hyperkd.training.distill import distill
 
     run = tmp_path / "run"
     distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher), student="prisma",

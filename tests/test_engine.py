@@ -13,10 +13,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from hyperkd.checkpoint import load_checkpoint_file
-from hyperkd.errors import HyperKDError
+from hyperkd.core.errors import HyperKDError
 from hyperkd.models.mae import HyperspectralMAE
-from hyperkd.train import pretrain
+from hyperkd.training.checkpoint import load_checkpoint_file
+from hyperkd.training.runner import pretrain
 
 from .helpers.toy import TINY_STUDENT, logged, toy_store
 
@@ -84,7 +84,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(store, tmp_path):
     assert res.global_step == 60
     assert rec.steps == list(range(step, 60))
     # the metrics logged before the kill are kept next to the resumed part
-    from hyperkd.figures import read_metrics
+    from hyperkd.viz.figures import read_metrics
 
     assert (run / "logs" / "metrics.part-000.csv").exists()
     steps = [int(r["step"]) for r in read_metrics(run / "logs" / "metrics.csv") if r.get("train/loss")]

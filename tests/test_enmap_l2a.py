@@ -17,8 +17,8 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from hyperkd.errors import DataError
-from hyperkd.plugins import load_plugins
+from hyperkd.core.errors import DataError
+from hyperkd.core.plugins import load_plugins
 
 load_plugins()  # register the plugin's components before importing its modules directly
 

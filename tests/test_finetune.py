@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hyperkd.cli import main
-from hyperkd.errors import HyperKDError
-from hyperkd.finetune import evaluate, finetune, split_chips
+from hyperkd.core.errors import HyperKDError
+from hyperkd.evaluation.finetune import evaluate, finetune, split_chips
 from hyperkd.models.pixel import PixelModel
 
 TINY = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
@@ -29,7 +29,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from hyperkd.data.synth import synthesize
+    from hyperkd.synth import synthesize
 
     return synthesize("enmap", tmp_path_factory.mktemp("ft") / "enmap", chips=16, size=32, seed=0, progress=False)
 
@@ -38,7 +38,7 @@ def store(tmp_path_factory):
 def student_dir(store, tmp_path_factory) -> Path:
     """A saved (untrained) tiny student folder, as `hyperkd pretrain` exports one."""
     from hyperkd.models.mae import build_student
-    from hyperkd.train import export_student
+    from hyperkd.training.runner import export_student
 
     torch.manual_seed(0)
     stu = build_student("mae-tiny", sensor=store.sensor, img_size=32, **TINY)

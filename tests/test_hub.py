@@ -19,9 +19,9 @@ import yaml
 import hyperkd
 from hyperkd import hub
 from hyperkd.cli import main
-from hyperkd.errors import HyperKDError, WeightsError
+from hyperkd.core.errors import HyperKDError, WeightsError
+from hyperkd.core.plugins import load_plugins
 from hyperkd.models.mae import HyperspectralMAE, build_student
-from hyperkd.plugins import load_plugins
 
 from .helpers.toy import toy_store
 
@@ -168,7 +168,7 @@ def test_distilled_student_round_trips_through_push_and_pull(tmp_path, offline_c
     load_plugins()
     from hyperkd_prithvi.testing import write_tiny_checkpoint
 
-    from hyperkd.distill import distill
+    from hyperkd.training.distill import distill
 
     teacher = write_tiny_checkpoint(tmp_path / "prithvi_tiny.pt", seed=1)
     store = toy_store(tmp_path / "store", chips=16, size=16)
@@ -222,7 +222,7 @@ def test_distilled_student_round_trips_through_push_and_pull(tmp_path, offline_c
 
 def test_student_and_init_from_accept_a_repo_id(saved, offline_cache, tmp_path):
     from hyperkd import recipes
-    from hyperkd.train import build_student_for, student_sensor
+    from hyperkd.training.runner import build_student_for, student_sensor
 
     model, folder = saved
     install_folder_in_cache(offline_cache, "someone/enmap-mae", folder)
@@ -368,8 +368,8 @@ def test_card_says_synthetic_when_the_run_trained_on_synthetic_chips(saved, tmp_
 
     import numpy as np
 
+    from hyperkd.core.io import atomic_write_json
     from hyperkd.data.store import ChipStoreWriter
-    from hyperkd.io import atomic_write_json
 
     model = copy.deepcopy(saved[0])  # saving with provenance records it on the model: keep the shared one clean
     note = "SYNTHETIC DATA made by a test; not real imagery"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hyperkd import create
-from hyperkd.errors import HyperKDError
-from hyperkd.maskers import num_masked, patch_structure
-from hyperkd.plugins import load_plugins
+from hyperkd.components.maskers import num_masked, patch_structure
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.plugins import load_plugins
 
 GRID = (8, 8)  # 32 px images, 4 px patches
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperkd.plugins import load_plugins, plugin_infos
-from hyperkd.registry import registry
+from hyperkd.core.plugins import load_plugins, plugin_infos
+from hyperkd.core.registry import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 HYPERKD = str(Path(sys.executable).with_name("hyperkd"))
@@ -50,9 +50,9 @@ def test_broken_plugins_are_reported_and_skipped(tmp_path, plugin_env):
         "dup",
         "hkd_dup",
         """
-        from hyperkd.plugins import hookimpl
-        from hyperkd.registry import register
-        from hyperkd.sensors import Band, Sensor
+        from hyperkd.core.plugins import hookimpl
+        from hyperkd.core.registry import register
+        from hyperkd.core.sensors import Band, Sensor
 
         @hookimpl
         def hyperkd_register():
@@ -81,9 +81,9 @@ def test_autoload_can_be_turned_off(tmp_path, plugin_env):
         "tiny",
         "hkd_tiny",
         """
-        from hyperkd.plugins import hookimpl
-        from hyperkd.registry import register
-        from hyperkd.sensors import Band, Sensor
+        from hyperkd.core.plugins import hookimpl
+        from hyperkd.core.registry import register
+        from hyperkd.core.sensors import Band, Sensor
 
         @hookimpl
         def hyperkd_register():
@@ -144,7 +144,7 @@ def test_example_plugin_installed_with_pip_is_discovered(prisma_site):
 
 def test_plugin_module_imported_before_discovery_keeps_its_provider():
     """Import-time decorators in a plugin package are credited to that plugin, not 'user'."""
-    from hyperkd.registry import Registry
+    from hyperkd.core.registry import Registry
 
     def fake() -> None:
         """A component defined in the EnMAP plugin's package."""

@@ -12,10 +12,10 @@ import rasterio
 from rasterio.windows import Window
 
 from hyperkd.cli import main
+from hyperkd.core.errors import DataError
+from hyperkd.core.plugins import load_plugins
 from hyperkd.data.prepare import chip_windows, parse_selection, prepare, store_products
 from hyperkd.data.store import ChipStore
-from hyperkd.errors import DataError
-from hyperkd.plugins import load_plugins
 
 load_plugins()
 

@@ -18,7 +18,7 @@ from hyperkd_prithvi.testing import (
 from hyperkd_prithvi.weights import parse_source, read_state_dict
 
 import hyperkd
-from hyperkd.errors import WeightsError
+from hyperkd.core.errors import WeightsError
 
 V1_REPO = "ibm-nasa-geospatial/Prithvi-EO-1.0-100M"
 V1_FILE = "Prithvi_EO_V1_100M.pt"

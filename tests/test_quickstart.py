@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hyperkd.quickstart import ROWS, QuickstartConfig, docs_from_report, quickstart
+from hyperkd.evaluation.quickstart import ROWS, QuickstartConfig, docs_from_report, quickstart
 
 
 def test_quickstart_runs_every_stage_and_reports_the_controls(tmp_path):

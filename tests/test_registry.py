@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hyperkd.errors import DuplicateComponentError, UnknownComponentError
-from hyperkd.registry import KINDS, Registry, create, list_components, provider, register, registry
+from hyperkd.core.errors import DuplicateComponentError, UnknownComponentError
+from hyperkd.core.registry import KINDS, Registry, create, list_components, provider, register, registry
 
 
 def test_every_kind_has_a_registry():

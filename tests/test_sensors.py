@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperkd.errors import SensorError
-from hyperkd.sensors import Band, Sensor, get_sensor
+from hyperkd.core.errors import SensorError
+from hyperkd.core.sensors import Band, Sensor, get_sensor
 
 PLUGIN_DATA = Path(__file__).resolve().parents[1] / "plugins"
 

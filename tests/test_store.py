@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from hyperkd.core.errors import DataError
+from hyperkd.core.sensors import Band, Sensor
 from hyperkd.data.store import ChipStore, ChipStoreWriter, LabelSpec
-from hyperkd.errors import DataError
-from hyperkd.sensors import Band, Sensor
 
 SENSOR = Sensor(name="toy", bands=tuple(Band(f"b{i}", 450.0 + 50 * i, 10.0) for i in range(5)), gsd_m=30)
 LABELS = {"lc": LabelSpec("class", classes=("a", "b")), "soc": LabelSpec("continuous", unit="g/kg")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperkd.errors import HyperKDError
+from hyperkd.core.errors import HyperKDError
 from hyperkd.models.mae import SIZES, build_student
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from hyperkd.cli.app import main
-from hyperkd.data.separability import crop_config, features, pair_scores
-from hyperkd.data.spectral_library import earthlib_library, water_reflectance
+from hyperkd.core.errors import DataError
+from hyperkd.core.sensors import Band, Sensor, get_sensor
 from hyperkd.data.store import ChipStore
-from hyperkd.data.synth import (
+from hyperkd.synth import (
     KD_STUDENT_ABSENT,
     LANDCOVER_CLASSES,
     PRESETS,
@@ -26,8 +26,8 @@ from hyperkd.data.synth import (
     spectral_response,
     synthesize,
 )
-from hyperkd.errors import DataError
-from hyperkd.sensors import Band, Sensor, get_sensor
+from hyperkd.synth.separability import crop_config, features, pair_scores
+from hyperkd.synth.spectral_library import earthlib_library, water_reflectance
 
 CFG = SceneConfig()
 LC = {name: i for i, name in enumerate(LANDCOVER_CLASSES)}

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from hyperkd.core.errors import DataError, HyperKDError
 from hyperkd.data.store import LabelSpec
-from hyperkd.errors import DataError, HyperKDError
-from hyperkd.tasks import (
+from hyperkd.evaluation.tasks import (
     ConfusionAccumulator,
     RegressionAccumulator,
     RegressionTask,
@@ -157,8 +157,8 @@ def _geo_store(root, offsets=((0, 0), (4, 2)), size=4):
     """A tiny store whose chips are windows (col, row offsets in 30 m pixels) of a UTM product."""
     from affine import Affine
 
+    from hyperkd.core.sensors import get_sensor
     from hyperkd.data.store import ChipStoreWriter
-    from hyperkd.sensors import get_sensor
 
     sensor = get_sensor("hls")
     w = ChipStoreWriter(root, sensor, size)
@@ -251,9 +251,9 @@ def test_raster_in_another_crs_is_reprojected_onto_the_chip(tmp_path):
 def test_label_raster_needs_georeferenced_chips_and_an_existing_file(tmp_path):
     from affine import Affine
 
+    from hyperkd.core.sensors import get_sensor
     from hyperkd.data.labels import align_label_raster
     from hyperkd.data.store import ChipStoreWriter
-    from hyperkd.sensors import get_sensor
 
     w = ChipStoreWriter(tmp_path / "s", get_sensor("hls"), 4, synthetic=True)
     w.add(np.full((6, 4, 4), 0.1, np.float32))

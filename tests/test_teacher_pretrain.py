@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from hyperkd import create
-from hyperkd.data.synth import synthesize
-from hyperkd.errors import HyperKDError
-from hyperkd.teacher_pretrain import pretrain_teacher
+from hyperkd.core.errors import HyperKDError
+from hyperkd.synth import synthesize
+from hyperkd.training.teacher import pretrain_teacher
 
 ARCH = {"patch_size": [1, 8, 8], "embed_dim": 32, "depth": 2, "num_heads": 2,
         "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}

@@ -1,7 +1,7 @@
 """The ``hyperkd`` console script (Typer).
 
 Every command is a thin wrapper over a public Python function. User errors
-(:class:`~hyperkd.errors.HyperKDError`) print one line and exit 1; ``--debug`` (or
+(:class:`~hyperkd.core.errors.HyperKDError`) print one line and exit 1; ``--debug`` (or
 ``HYPERKD_DEBUG=1``) shows the full traceback instead.
 """
 

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import hyperkd
-from hyperkd.errors import HyperKDError
+from hyperkd.core.errors import HyperKDError
 
 app = typer.Typer(
     name="hyperkd",
@@ -54,7 +54,7 @@ def print_json(obj: Any) -> None:
 
 def warn_failed_plugins() -> None:
     """One warning line per plugin that failed to load."""
-    from hyperkd.plugins import failed_plugins
+    from hyperkd.core.plugins import failed_plugins
 
     for info in failed_plugins():
         err_console.print(
@@ -86,7 +86,7 @@ def plugins_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List discovered plugins, whether they loaded, and what they provide."""
-    from hyperkd.plugins import plugin_infos
+    from hyperkd.core.plugins import plugin_infos
 
     infos = plugin_infos()
     if as_json:
@@ -201,7 +201,7 @@ def sensors_show(
 
 
 def _install_plugin_commands() -> None:
-    from hyperkd.plugins import plugin_manager
+    from hyperkd.core.plugins import plugin_manager
 
     try:
         plugin_manager().hook.hyperkd_cli(app=app)

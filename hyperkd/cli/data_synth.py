@@ -1,6 +1,6 @@
 """``hyperkd data synth`` (synthetic scenes for any registered sensor) and ``hyperkd data info``.
 
-Thin wrappers over :func:`hyperkd.data.synth.synthesize` and
+Thin wrappers over :func:`hyperkd.synth.synthesize` and
 :func:`hyperkd.data.info.store_info`; a notebook can call those directly.
 """
 
@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hyperkd.cli.data import data_app
-from hyperkd.errors import DataError
+from hyperkd.core.errors import DataError
 
 
 def parse_also(values: list[str] | None) -> list[tuple[str, Path]]:
@@ -94,7 +94,7 @@ def synth_cmd(
     of exactly the scenes in --out.
     """
     from hyperkd.data.prepare import parse_selection
-    from hyperkd.data.synth import Instrument, SceneConfig, synthesize
+    from hyperkd.synth import Instrument, SceneConfig, synthesize
 
     base = SceneConfig.preset(preset) if preset is not None else None
     cfg = SceneConfig.from_file(config, base=base) if config is not None else base

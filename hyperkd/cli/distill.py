@@ -1,5 +1,5 @@
 """``hyperkd distill``: HyperKD distillation from the command line (a thin layer over
-:func:`hyperkd.distill.distill`)."""
+:func:`hyperkd.training.distill.distill`)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def distill_cmd(
     num_nodes: NumNodesOpt = None,
 ) -> None:
     """Distil a frozen multispectral teacher into a hyperspectral MAE student (HyperKD)."""
-    from hyperkd.distill import distill
+    from hyperkd.training.distill import distill
 
     result = distill(
         recipe, out, teacher=teacher, teacher_weights=teacher_weights, student=student, data=data,

@@ -1,4 +1,4 @@
-"""``hyperkd finetune`` and ``hyperkd evaluate``: thin wrappers of :mod:`hyperkd.finetune`."""
+"""``hyperkd finetune`` and ``hyperkd evaluate``: thin wrappers of :mod:`hyperkd.evaluation.finetune`."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def finetune_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the test metrics as JSON.")] = False,
 ) -> None:
     """Fine-tune a student (or the raw-spectra baseline) on a task and score it on held-out chips."""
-    from hyperkd.finetune import finetune
+    from hyperkd.evaluation.finetune import finetune
 
     trainer = {k: v for k, v in {"accelerator": accelerator, "precision": precision}.items() if v is not None}
     res = finetune(
@@ -75,7 +75,7 @@ def evaluate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Score a fine-tuned model on a store (its held-out test chips when it is the training store)."""
-    from hyperkd.finetune import evaluate
+    from hyperkd.evaluation.finetune import evaluate
 
     res = evaluate(model, data, labels=labels, chips="all" if all_chips else None, out=out)
     if as_json:

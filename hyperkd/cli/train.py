@@ -80,7 +80,7 @@ def pretrain_cmd(
     num_nodes: NumNodesOpt = None,
 ) -> None:
     """MAE-pretrain a student from scratch (the no-KD baseline)."""
-    from hyperkd.train import pretrain
+    from hyperkd.training.runner import pretrain
 
     result = pretrain(
         recipe, out, overrides=overrides or [], resume=resume, student__name=student, data__store=data,
@@ -123,7 +123,7 @@ def quickstart_cmd(
     """The whole story on synthetic data, nothing downloaded (what `make demo` runs)."""
     from dataclasses import replace
 
-    from hyperkd.quickstart import QuickstartConfig, docs_from_report, quickstart
+    from hyperkd.evaluation.quickstart import QuickstartConfig, docs_from_report, quickstart
 
     if from_report is not None:
         if docs is None:
@@ -150,7 +150,7 @@ def compare_cmd(
     """One table over runs and seeds: mean ± std, and which differences exceed the seed spread."""
     import json as _json
 
-    from hyperkd.compare import compare, load_records
+    from hyperkd.evaluation.compare import compare, load_records
 
     records = []
     for rec in load_records(files):

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from hyperkd.core.errors import DataError
 from hyperkd.data.store import ChipStore
-from hyperkd.errors import DataError
 
 _PROVENANCE_KEYS = ("synthetic", "synth", "spectral_library", "paired_stores", "command", "products")
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from hyperkd.core.errors import DataError
 from hyperkd.data.store import ChipStore
-from hyperkd.errors import DataError
 
 NLCD_CLASSES: dict[int, str] = {
     11: "open water", 12: "perennial ice/snow", 21: "developed, open space", 22: "developed, low intensity",

@@ -40,10 +40,10 @@ from typing import Any
 from rasterio.windows import Window
 
 import hyperkd
+from hyperkd.core.errors import DataError, SensorError
+from hyperkd.core.sensors import Sensor
 from hyperkd.data.products import Product, ProductFormat, find_products, product_format_for
 from hyperkd.data.store import MANIFEST, ChipStore, ChipStoreWriter, nbytes_per_chip
-from hyperkd.errors import DataError, SensorError
-from hyperkd.sensors import Sensor
 
 SHARD_BYTES = 256 << 20
 """Target shard size: big enough for few files, small enough to buffer in memory."""

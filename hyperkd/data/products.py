@@ -8,7 +8,7 @@ file, ...). The core never parses a product itself; it asks the ``dataset`` regi
 * ``format.find(path)`` lists the products at or under a path (a product itself, or a folder
   of them), so ``prepare`` accepts folders of products;
 * ``format.open(path)`` opens one product and validates it (file names, metadata, band
-  counts) *before* anything is written, raising :class:`~hyperkd.errors.DataError` naming the
+  counts) *before* anything is written, raising :class:`~hyperkd.core.errors.DataError` naming the
   file and the problem;
 * ``product.check()`` does the cheap pixel-level checks that opening cannot (a truncated
   image), still before anything is written;
@@ -40,8 +40,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from hyperkd.errors import DataError
-from hyperkd.sensors import Sensor
+from hyperkd.core.errors import DataError
+from hyperkd.core.sensors import Sensor
 
 PRODUCT_FORMAT_KEY = "product_format"
 """Metadata key of a ``dataset`` registry entry that carries a :class:`ProductFormat`."""
@@ -142,7 +142,7 @@ class ProductFormat:
 
 def product_formats() -> list[ProductFormat]:
     """Every product format registered (as ``dataset`` metadata) by the loaded plugins."""
-    from hyperkd.registry import registry
+    from hyperkd.core.registry import registry
 
     out: list[ProductFormat] = []
     for entry in registry("dataset").entries():

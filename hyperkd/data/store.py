@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from hyperkd.errors import DataError
-from hyperkd.io import atomic_path, atomic_write_json
-from hyperkd.sensors import Sensor
+from hyperkd.core.errors import DataError
+from hyperkd.core.io import atomic_path, atomic_write_json
+from hyperkd.core.sensors import Sensor
 
 FORMAT = "hyperkd-chipstore"
 VERSION = 1

@@ -29,11 +29,11 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from hyperkd.errors import HyperKDError
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.registry import register
+from hyperkd.core.sensors import Sensor
 from hyperkd.hub import HyperKDHubMixin
 from hyperkd.models.pos_embed import sincos_2d
-from hyperkd.registry import register
-from hyperkd.sensors import Sensor
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64, decoder_depth=2,
@@ -314,7 +314,7 @@ def _sensor_dict(sensor: str | Sensor | dict[str, Any], selection: str | None) -
         return sensor
     if isinstance(sensor, Sensor):
         return sensor.to_dict()
-    from hyperkd.sensors import get_sensor
+    from hyperkd.core.sensors import get_sensor
 
     return get_sensor(sensor, selection=selection or "default").to_dict()
 
@@ -347,7 +347,7 @@ def build_student(spec: str | Sensor, **kwargs: Any) -> HyperspectralMAE:
     (``enmap-mae-small``, ``prisma-mae-base``), or a :class:`Sensor`. Keyword arguments
     override the architecture (``img_size=224``, ``embedding="plain"``...).
     """
-    from hyperkd.registry import create, registry
+    from hyperkd.core.registry import create, registry
 
     if isinstance(spec, Sensor):
         return create("student", "mae-tiny", sensor=spec, **kwargs)

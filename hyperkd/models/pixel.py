@@ -23,7 +23,7 @@ Controls for honest comparisons:
   :class:`PixelCNNHead` (1x1 spectral reduction, two 3x3 layers: a 5x5 px receptive field,
   as wide as the token head is at pixel resolution);
 * **untrained encoder**: the student's architecture with random weights (``init="random"``
-  in :func:`hyperkd.finetune.finetune`), fine-tuned exactly as a trained one.
+  in :func:`hyperkd.evaluation.finetune.finetune`), fine-tuned exactly as a trained one.
 
 The MAE decoder is not kept: only the encoder's weights are saved.
 """
@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyperkd.errors import HyperKDError, WeightsError
+from hyperkd.core.errors import HyperKDError, WeightsError
+from hyperkd.core.sensors import Sensor
+from hyperkd.evaluation.tasks import Task, task_from_dict
 from hyperkd.hub import HyperKDHubMixin
 from hyperkd.models.mae import HyperspectralMAE
-from hyperkd.sensors import Sensor
-from hyperkd.tasks import Task, task_from_dict
 
 MODEL_TYPE = "hyperkd-pixel"
 FORMAT_VERSION = 1

@@ -21,12 +21,12 @@ from typing import Any
 
 import yaml
 
-from hyperkd.errors import RecipeError
+from hyperkd.core.errors import RecipeError
 
 
 def recipe_dirs() -> list[Path]:
     """Folders searched for named recipes: built-ins first, then plugins'."""
-    from hyperkd.plugins import plugin_manager
+    from hyperkd.core.plugins import plugin_manager
 
     dirs = [Path(str(resources.files("hyperkd.recipes")))]
     for result in plugin_manager().hook.hyperkd_recipe_dirs():

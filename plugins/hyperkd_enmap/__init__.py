@@ -5,7 +5,7 @@ Registered through the ``hyperkd`` entry-point group like any third-party plugin
 
 from __future__ import annotations
 
-from hyperkd.plugins import hookimpl
+from hyperkd.core.plugins import hookimpl
 
 
 @hookimpl

@@ -53,10 +53,10 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from hyperkd.core.errors import DataError
+from hyperkd.core.registry import register
+from hyperkd.core.sensors import Sensor, get_sensor
 from hyperkd.data.products import ProductFormat, ProductWindow
-from hyperkd.errors import DataError
-from hyperkd.registry import register
-from hyperkd.sensors import Sensor, get_sensor
 
 PRODUCT_PATTERN = (
     r"ENMAP(?P<satellite>\d{2})-____(?P<level>L\d[A-Z])-DT(?P<datatake>\d{10})_"
@@ -425,7 +425,7 @@ class L2AProduct:
 
     Opening validates names, XML and band counts; :meth:`check` additionally reads the last
     pixel of the image and masks to catch truncated files. Every problem is a
-    :class:`~hyperkd.errors.DataError` naming the file.
+    :class:`~hyperkd.core.errors.DataError` naming the file.
 
     ``cloud_layers`` names the ``QL_QUALITY_*`` layers that form the cloud mask (see
     :data:`CLOUD_FLAGS`); ``use_pixelmask`` makes ``QL_PIXELMASK`` defective pixels invalid.

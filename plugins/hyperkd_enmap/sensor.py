@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from hyperkd.registry import register
-from hyperkd.sensors import Band, Sensor, band_ranges, read_band_csv
+from hyperkd.core.registry import register
+from hyperkd.core.sensors import Band, Sensor, band_ranges, read_band_csv
 
 L2A_GAIN = 1e-4
 """Nominal L2A reflectance gain; readers use each product's GainOfBand instead."""

@@ -33,8 +33,8 @@ from torchgeo.datasets import EnMAP
 from torchgeo.datasets.geo import RasterDataset
 from torchgeo.datasets.utils import GeoSlice
 
-from hyperkd.errors import DataError
-from hyperkd.sensors import Sensor
+from hyperkd.core.errors import DataError
+from hyperkd.core.sensors import Sensor
 from hyperkd_enmap.l2a import (
     CLOUD_FLAGS,
     DEFAULT_CLOUD_LAYERS,

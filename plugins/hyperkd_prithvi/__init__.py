@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hyperkd.plugins import hookimpl
+from hyperkd.core.plugins import hookimpl
 
 
 @hookimpl

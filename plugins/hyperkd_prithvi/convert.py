@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import Tensor
 
-from hyperkd.errors import WeightsError
-from hyperkd.io import atomic_path, atomic_write_json
+from hyperkd.core.errors import WeightsError
+from hyperkd.core.io import atomic_path, atomic_write_json
 from hyperkd_prithvi.model import build_mae
 from hyperkd_prithvi.teacher import VARIANTS, PrithviVariant, parameter_counts, prithvi_reference
 from hyperkd_prithvi.weights import (

@@ -12,8 +12,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from hyperkd.registry import register
-from hyperkd.sensors import Band, Sensor
+from hyperkd.core.registry import register
+from hyperkd.core.sensors import Band, Sensor
 
 HLS_SCALE = 10000.0
 """HLS digital numbers are surface reflectance times this."""

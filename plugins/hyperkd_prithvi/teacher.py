@@ -41,10 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hyperkd.errors import WeightsError
-from hyperkd.interfaces import Teacher
-from hyperkd.registry import register
-from hyperkd.sensors import Sensor, get_sensor
+from hyperkd.core.errors import WeightsError
+from hyperkd.core.interfaces import Teacher
+from hyperkd.core.registry import register
+from hyperkd.core.sensors import Sensor, get_sensor
 from hyperkd_prithvi.model import (
     MAEDecoder,
     PrithviConfig,
@@ -283,7 +283,7 @@ class PrithviTeacher(Teacher):
         safetensors, atomically; ``weights=path`` with the same architecture loads it back."""
         from safetensors.torch import save_file
 
-        from hyperkd.io import atomic_path
+        from hyperkd.core.io import atomic_path
 
         state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         if self.decoder is not None:

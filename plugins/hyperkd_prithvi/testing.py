@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from hyperkd.io import atomic_path, atomic_write_text
+from hyperkd.core.io import atomic_path, atomic_write_text
 
 Layout = Literal["prefixed", "flat"]
 TINY_VARIANT = "prithvi-eo-tiny"

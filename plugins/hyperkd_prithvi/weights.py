@@ -26,7 +26,7 @@ state dict nested one level under ``"model"`` or ``"state_dict"`` (the layout MA
 training scripts save: ``torch.save({"model": model.state_dict(), ...})``). Stored
 position tables are ignored: the model's own sin-cos table is used, as in the reference
 loaders. Everything else must match exactly; any difference raises one
-:class:`~hyperkd.errors.WeightsError` listing missing keys, unexpected keys and shape
+:class:`~hyperkd.core.errors.WeightsError` listing missing keys, unexpected keys and shape
 mismatches.
 """
 
@@ -45,7 +45,7 @@ from urllib.parse import unquote
 import torch
 from torch import Tensor
 
-from hyperkd.errors import WeightsError
+from hyperkd.core.errors import WeightsError
 from hyperkd.hub import hub_cache_dir, hub_offline
 from hyperkd_prithvi.model import PrithviConfig, PrithviMAE, sincos_3d
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperkd.core.sensors import Sensor, get_sensor
 from hyperkd.data.store import ChipStore, ChipStoreWriter, LabelSpec
-from hyperkd.sensors import Sensor, get_sensor
 
 
 def toy_store(root: Path, sensor: Sensor | str = "enmap", chips: int = 24, size: int = 16, seed: int = 0,
@@ -47,6 +47,6 @@ TINY_STUDENT = ["student.patch_size=4", "student.embed_dim=64", "student.depth=2
 
 def logged(run: Path, key: str) -> list[float]:
     """Every logged value of ``key`` in a run's CSV log (resumed parts included)."""
-    from hyperkd.figures import read_metrics
+    from hyperkd.viz.figures import read_metrics
 
     return [float(r[key]) for r in read_metrics(run / "logs" / "metrics.csv") if r.get(key)]

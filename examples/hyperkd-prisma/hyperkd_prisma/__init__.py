@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hyperkd.plugins import hookimpl
-from hyperkd.registry import register
-from hyperkd.sensors import Band, Sensor
+from hyperkd.core.plugins import hookimpl
+from hyperkd.core.registry import register
+from hyperkd.core.sensors import Band, Sensor
 
 VNIR = (400.0, 1010.0, 66)
 SWIR = (920.0, 2505.0, 173)

@@ -25,9 +25,9 @@ from typing import Any
 
 import pluggy
 
-from hyperkd import hookspecs
-from hyperkd.errors import HyperKDError
-from hyperkd.registry import REGISTRIES, Entry, provider
+from hyperkd.core import hookspecs
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.registry import REGISTRIES, Entry, provider
 
 GROUP = "hyperkd"
 """The entry-point group plugins register under."""
@@ -35,7 +35,7 @@ DISABLE_ENV = "HYPERKD_DISABLE_PLUGIN_AUTOLOAD"
 ENABLE_ENV = "HYPERKD_PLUGINS"
 BUILTIN_DIST = "hyperkd"
 
-CORE_MODULES = ("hyperkd.maskers", "hyperkd.losses", "hyperkd.aligners", "hyperkd.models.mae", "hyperkd.tasks")
+CORE_MODULES = ("hyperkd.components.maskers", "hyperkd.components.losses", "hyperkd.components.aligners", "hyperkd.models.mae", "hyperkd.evaluation.tasks")
 """The core's own built-in components (registered as provider ``hyperkd``)."""
 
 hookimpl = pluggy.HookimplMarker("hyperkd")

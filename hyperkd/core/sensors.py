@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hyperkd.errors import SensorError
+from hyperkd.core.errors import SensorError
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 """Multiply a Gaussian's FWHM by this to get its standard deviation."""
@@ -352,7 +352,7 @@ def band_ranges(spec: Iterable[tuple[int, int]], prefix: str = "B") -> tuple[str
 
 def get_sensor(name: str, selection: str | Sequence[str] | None = "default") -> Sensor:
     """Build registered sensor ``name`` and apply a band selection (default: its default)."""
-    from hyperkd.registry import create
+    from hyperkd.core.registry import create
 
     sensor = create("sensor", name)
     if not isinstance(sensor, Sensor):

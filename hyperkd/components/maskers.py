@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hyperkd.errors import HyperKDError
-from hyperkd.interfaces import Masker
-from hyperkd.registry import register
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.interfaces import Masker
+from hyperkd.core.registry import register
 
 
 def num_masked(n: int, ratio: float) -> int:

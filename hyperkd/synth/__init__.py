@@ -2,7 +2,7 @@
 
 hyperkd must run its main job with nothing downloaded, so it can *make* data: scenes of
 fields, towns, roads and water built from real material spectra (see
-:mod:`hyperkd.data.spectral_library`), rendered for whatever sensor is asked for, with the
+:mod:`hyperkd.synth.spectral_library`), rendered for whatever sensor is asked for, with the
 labels the downstream tasks need. The data are **synthetic**: every store written here is
 marked so in its manifest and in ``hyperkd data info``; nothing learned from them says how a
 model does on real imagery.
@@ -66,10 +66,10 @@ from typing import Any
 
 import numpy as np
 
-from hyperkd.data.spectral_library import SpectralLibrary, earthlib_library, water_reflectance
+from hyperkd.core.errors import DataError, HyperKDError
+from hyperkd.core.sensors import FWHM_TO_SIGMA, Band, Sensor, get_sensor
 from hyperkd.data.store import ChipStore, ChipStoreWriter, LabelSpec, nbytes_per_chip
-from hyperkd.errors import DataError, HyperKDError
-from hyperkd.sensors import FWHM_TO_SIGMA, Band, Sensor, get_sensor
+from hyperkd.synth.spectral_library import SpectralLibrary, earthlib_library, water_reflectance
 
 SYNTH_VERSION = 1
 """Bumped whenever the same seed and config would give different scenes."""
@@ -183,7 +183,7 @@ class UrbanSpec:
 
 @dataclass(frozen=True)
 class WaterSpec:
-    """Lakes and rivers, rendered with :func:`~hyperkd.data.spectral_library.water_reflectance`.
+    """Lakes and rivers, rendered with :func:`~hyperkd.synth.spectral_library.water_reflectance`.
 
     Each water body mixes a clear and a turbid end of its constituent ranges with a smooth
     field (plumes): chlorophyll ``chl`` mg/m3, suspended matter ``tsm`` g/m3, CDOM
@@ -1683,7 +1683,7 @@ def synthesize(
         biggest = max(nbytes_per_chip(t.sensor.num_bands, size) for t in targets)
         shard_size = int(max(1, min(256, (64 << 20) // biggest)))
     recipe = {
-        "generator": "hyperkd.data.synth",
+        "generator": "hyperkd.synth",
         "version": SYNTH_VERSION,
         "seed": seed,
         "chips": chips,
@@ -1695,7 +1695,7 @@ def synthesize(
     writers: list[ChipStoreWriter] = []
     for t in targets:
         a = {
-            "synthetic": "SYNTHETIC DATA made by hyperkd.data.synth from earthlib spectra; not real imagery",
+            "synthetic": "SYNTHETIC DATA made by hyperkd.synth from earthlib spectra; not real imagery",
             "synth": recipe,
             "scene_config": cfg.to_dict(),
             "instrument": t.instrument.to_dict(),

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hyperkd.sensors import Sensor
+from hyperkd.core.sensors import Sensor
 
 RGB_NM = (650.0, 550.0, 470.0)
 

@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hyperkd.data.synth import Instrument, SceneConfig, generate_scene, render
-from hyperkd.sensors import Sensor
+from hyperkd.core.sensors import Sensor
+from hyperkd.synth import Instrument, SceneConfig, generate_scene, render
 
 Chip = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """(pixel features, context features, croptype ids, usable-pixel mask), all flattened."""

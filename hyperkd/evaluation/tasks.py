@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hyperkd.core.errors import DataError, HyperKDError
+from hyperkd.core.registry import register, registry
 from hyperkd.data.store import LabelSpec
-from hyperkd.errors import DataError, HyperKDError
-from hyperkd.registry import register, registry
 
 ArrayLike = np.ndarray | Tensor
 
@@ -409,7 +409,7 @@ def get_task(task: str | Task, label: str | None = None) -> Task:
     """
     if isinstance(task, Task):
         return replace(task, label=label) if label else task
-    from hyperkd.plugins import load_plugins
+    from hyperkd.core.plugins import load_plugins
 
     load_plugins()
     names = registry("task").names()
@@ -418,7 +418,7 @@ def get_task(task: str | Task, label: str | None = None) -> Task:
     kwargs: dict[str, Any] = {"label": label} if label else {}
     built = registry("task").get(task).build(**kwargs)
     if not isinstance(built, Task):
-        raise HyperKDError(f"task {task!r} did not build a hyperkd.tasks.Task (got {type(built).__name__})")
+        raise HyperKDError(f"task {task!r} did not build a hyperkd.evaluation.tasks.Task (got {type(built).__name__})")
     return built
 
 

@@ -2,7 +2,7 @@
 
 One call fine-tunes one (student, task, protocol, seed) and evaluates it on held-out chips::
 
-    from hyperkd.finetune import finetune, evaluate
+    from hyperkd.evaluation.finetune import finetune, evaluate
 
     res = finetune(student="runs/kd", task="landcover", store="data/enmap", protocol="frozen",
                    seed=0, out="runs/ft/kd-landcover-s0")
@@ -28,7 +28,7 @@ and start from the same head weights (paired comparisons). ``eval_store=`` tests
 store instead of the test split (``eval_labels=`` defaults to ``labels=``: one national raster
 usually covers both).
 
-Training uses Lightning (:func:`hyperkd.train.make_trainer`: CSV/TensorBoard logs,
+Training uses Lightning (:func:`hyperkd.training.runner.make_trainer`: CSV/TensorBoard logs,
 safetensors checkpoints). With a fixed encoder (``frozen``, ``linear``) the encoder's
 output for a chip never changes (no augmentation), so it is computed once and cached on the
 CPU (up to ``cache_mb``): later epochs only train the head.
@@ -56,12 +56,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from hyperkd.core.errors import DataError, HyperKDError, WeightsError
+from hyperkd.core.io import atomic_write_json
 from hyperkd.data.store import ChipStore, LabelSpec
-from hyperkd.errors import DataError, HyperKDError, WeightsError
-from hyperkd.io import atomic_write_json
+from hyperkd.evaluation.tasks import RegressionAccumulator, RegressionTask, SegmentationTask, Task, get_task
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.models.pixel import PROTOCOLS, PixelModel, encoder_config, layers_tuple, recompute_batchnorm
-from hyperkd.tasks import RegressionAccumulator, RegressionTask, SegmentationTask, Task, get_task
 
 RAW = "raw"
 INITS = ("pretrained", "random")
@@ -254,8 +254,8 @@ def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, in
         model = student
     else:
         from hyperkd import hub
+        from hyperkd.core.registry import create, registry
         from hyperkd.models.mae import SIZES
-        from hyperkd.registry import create, registry
 
         spec = str(student)
         path = Path(spec)
@@ -536,7 +536,7 @@ def finetune(
                             num_workers=num_workers) if val_idx else None
     module = FinetuneModule(model, lr=lr, encoder_lr_scale=encoder_lr_scale, weight_decay=weight_decay,
                             cache_mb=cache_mb)
-    from hyperkd.train import make_trainer
+    from hyperkd.training.runner import make_trainer
 
     tcfg = {"max_epochs": epochs, "accelerator": "auto", "devices": 1, "log_every_n_steps": 1,
             "checkpoint_every_n_steps": 10**9, **dict(trainer or {})}
@@ -568,7 +568,7 @@ def finetune(
         ev = evaluate(model, train_store, labels=labels, out=out, figures=figures,
                       settings=settings, task_labels=task_labels if labels else None)
     if figures:
-        from hyperkd.figures import loss_curves
+        from hyperkd.viz.figures import loss_curves
 
         p = loss_curves(out / "logs" / "metrics.csv", out / "figures" / "loss.png", keys=["train/loss", "val/loss"])
         if p is not None:
@@ -662,7 +662,7 @@ def evaluate(
     }
     atomic_write_json(out / "metrics.json", record)
     if figures:
-        from hyperkd.task_figures import confusion_figure, maps_figure, scatter_figure
+        from hyperkd.viz.task_figures import confusion_figure, maps_figure, scatter_figure
 
         figs = out / "figures"
         title = f"{pm.task.name} ({pm.protocol}, {pm.config.get('student')})"

@@ -1,6 +1,6 @@
 """Real material spectra for synthetic scenes, and a small water-reflectance model.
 
-Synthetic scenes (:mod:`hyperkd.data.synth`) are mixtures of *measured or physically
+Synthetic scenes (:mod:`hyperkd.synth`) are mixtures of *measured or physically
 modelled* spectra, never of invented curves. They come from **earthlib** (C. Anderson,
 MIT licence, https://github.com/earth-chris/earthlib), whose ``full_library`` ships 7,261
 reflectance spectra at 10 nm from 400 to 2450 nm:
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hyperkd.errors import DataError
+from hyperkd.core.errors import DataError
 
 GRID_START_NM = 400.0
 GRID_STOP_NM = 2450.0

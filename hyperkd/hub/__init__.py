@@ -22,7 +22,7 @@ It is built on :class:`huggingface_hub.PyTorchModelHubMixin`: models inherit
    ``pytorch_model.bin`` (a pickle) is removed, and a repo that has only pickles is refused;
 3. before any weights are read, the config is checked: a newer folder format or a
    ``min_hyperkd_version`` above the installed one, an unknown ``model_type`` or a sensor no
-   installed plugin provides raise a :class:`~hyperkd.errors.HyperKDError` naming the
+   installed plugin provides raise a :class:`~hyperkd.core.errors.HyperKDError` naming the
    version or plugin to install.
 
 Model types are a small registry: ``class MyModel(nn.Module, HyperKDHubMixin,
@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
-from hyperkd.errors import DuplicateComponentError, HyperKDError, WeightsError
+from hyperkd.core.errors import DuplicateComponentError, HyperKDError, WeightsError
 
 FORMAT_VERSION = 1
 """Version of the folder format this hyperkd writes and the newest it reads."""
@@ -440,7 +440,7 @@ def check_config(config: Any, *, where: str = "this model") -> type[HyperKDHubMi
     if sensor is None and isinstance(config.get("sensor"), Mapping) and "name" in config["sensor"]:
         sensor = {"kind": "sensor", "name": config["sensor"]["name"]}  # format 0: no plugin recorded
     if sensor is not None:
-        from hyperkd.registry import registry
+        from hyperkd.core.registry import registry
 
         if sensor.get("name") not in registry("sensor"):
             raise HyperKDError(
@@ -486,7 +486,7 @@ def model_type_class(name: str, *, requirement: Mapping[str, Any] | None = None,
     if name not in MODEL_TYPES and name in BUILTIN_MODEL_TYPES:
         importlib.import_module(BUILTIN_MODEL_TYPES[name])
     if name not in MODEL_TYPES:
-        from hyperkd.plugins import load_plugins
+        from hyperkd.core.plugins import load_plugins
 
         load_plugins()
     if name not in MODEL_TYPES:
@@ -501,8 +501,8 @@ def model_type_class(name: str, *, requirement: Mapping[str, Any] | None = None,
 
 def _provider_of(obj: Any) -> dict[str, Any]:
     """Plugin name, distribution and version that provide ``obj`` (a class)."""
-    from hyperkd.plugins import plugin_infos
-    from hyperkd.registry import _infer_provider
+    from hyperkd.core.plugins import plugin_infos
+    from hyperkd.core.registry import _infer_provider
 
     name = _infer_provider(obj)
     return _plugin_record(name, plugin_infos())
@@ -579,7 +579,7 @@ class HyperKDHubMixin(
 
     Subclass as ``class M(nn.Module, HyperKDHubMixin, model_type="name")``; the
     constructor's JSON-able arguments are the architecture part of ``config.json``. A model
-    that has a ``sensor`` attribute (:class:`~hyperkd.sensors.Sensor`) records the plugin
+    that has a ``sensor`` attribute (:class:`~hyperkd.core.sensors.Sensor`) records the plugin
     that provides it. ``hub_provenance`` (``{"recipe", "training"}``) travels with the
     model: set by :meth:`save_pretrained` (``provenance=``) and by loading.
     """
@@ -595,9 +595,9 @@ class HyperKDHubMixin(
     # -- config ---------------------------------------------------------------------------
     def hub_requirements(self) -> list[dict[str, Any]]:
         """What a reader must have installed: the model type's and the sensor's plugins."""
-        from hyperkd.plugins import plugin_infos
-        from hyperkd.registry import registry
-        from hyperkd.sensors import Sensor
+        from hyperkd.core.plugins import plugin_infos
+        from hyperkd.core.registry import registry
+        from hyperkd.core.sensors import Sensor
 
         reqs = [{"kind": "model_type", "name": self.hyperkd_model_type, **_provider_of(type(self))}]
         sensor = getattr(self, "sensor", None)
@@ -660,7 +660,7 @@ class HyperKDHubMixin(
     def _save_pretrained(self, save_directory: Path) -> None:
         """The mixin's safetensors weights, plus config.json in hyperkd's field order (the mixin
         would sort every key, the recipe's included, which makes the saved recipe unreadable)."""
-        from hyperkd.io import atomic_write_json
+        from hyperkd.core.io import atomic_write_json
 
         super()._save_pretrained(save_directory)
         atomic_write_json(Path(save_directory) / CONFIG_NAME, getattr(self, "_hyperkd_saving", None) or self.hub_config())
@@ -871,7 +871,7 @@ def pull(
     Only ``config.json``, ``model.safetensors`` and ``README.md`` are fetched; the config is
     checked before the weights are downloaded, and a repo without safetensors is refused.
     """
-    from hyperkd.io import atomic_path
+    from hyperkd.core.io import atomic_path
 
     source = parse_source(repo_id, revision)
     if source.folder is not None:

@@ -1,7 +1,7 @@
 """The quickstart: the whole HyperKD story on a laptop, with nothing downloaded, and honest.
 
 ``hyperkd quickstart`` (``make demo``) runs, on synthetic scenes built from real material
-spectra (:func:`hyperkd.data.synth.kd_stores`):
+spectra (:func:`hyperkd.synth.kd_stores`):
 
 1. **data** — a large multispectral (HLS) set for the teacher, a small hyperspectral
    (EnMAP) set for the student that lacks some crops and soils the teacher's set has, and a
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperkd.io import atomic_write_text
+from hyperkd.core.io import atomic_write_text
 
 ROWS = ("no-KD", "HyperKD", "random-teacher KD", "untrained encoder", "raw spectra")
 TINY_TEACHER = {"patch_size": [1, 8, 8], "embed_dim": 64, "depth": 4, "num_heads": 4,
@@ -90,12 +90,12 @@ def quickstart(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every stage into ``out`` (replaced); returns the report dict."""
-    from hyperkd.compare import compare
-    from hyperkd.data.synth import kd_stores
-    from hyperkd.distill import distill
-    from hyperkd.finetune import finetune
-    from hyperkd.teacher_pretrain import pretrain_teacher
-    from hyperkd.train import pretrain
+    from hyperkd.evaluation.compare import compare
+    from hyperkd.evaluation.finetune import finetune
+    from hyperkd.synth import kd_stores
+    from hyperkd.training.distill import distill
+    from hyperkd.training.runner import pretrain
+    from hyperkd.training.teacher import pretrain_teacher
 
     cfg = config or QuickstartConfig()
     _quiet()
@@ -263,7 +263,7 @@ def reading(table: Any) -> str:
 
 
 def _up(metric: str) -> bool:
-    from hyperkd.compare import better_direction
+    from hyperkd.evaluation.compare import better_direction
 
     return better_direction(metric.replace("recon ", "").replace(" acc", "/accuracy").replace(" mIoU", "/miou"))
 
@@ -345,8 +345,8 @@ Stage timings (s): {', '.join(f'{k} {v}' for k, v in report['timings_s'].items()
 def docs_from_report(out: str | Path, docs: str | Path) -> Path:
     """Regenerate the docs page from a finished quickstart folder (its ``report.json``),
     with the same code the run used — for when the run was made without ``--docs``."""
-    from hyperkd.compare import compare
-    from hyperkd.errors import HyperKDError
+    from hyperkd.core.errors import HyperKDError
+    from hyperkd.evaluation.compare import compare
 
     out = Path(out)
     try:

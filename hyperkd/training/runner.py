@@ -28,12 +28,12 @@ import torch
 
 from hyperkd import hub
 from hyperkd import recipes as recipes_mod
+from hyperkd.core.errors import DataError, HyperKDError, RecipeError
+from hyperkd.core.io import atomic_write_json, atomic_write_text
+from hyperkd.core.registry import create, registry
 from hyperkd.data.loader import ChipDataModule
 from hyperkd.data.store import ChipStore
-from hyperkd.errors import DataError, HyperKDError, RecipeError
-from hyperkd.io import atomic_write_json, atomic_write_text
 from hyperkd.models.mae import SIZES, HyperspectralMAE
-from hyperkd.registry import create, registry
 
 
 @dataclass
@@ -82,8 +82,8 @@ def resolve_store(recipe: Mapping[str, Any], run_dir: Path) -> ChipStore:
             return ChipStore(path)
         except DataError:
             shutil.rmtree(path)
-    from hyperkd.data.synth import synthesize
-    from hyperkd.sensors import get_sensor
+    from hyperkd.core.sensors import get_sensor
+    from hyperkd.synth import synthesize
 
     sensor = get_sensor(sensor_name, selection=selection or "default")
     return synthesize(sensor, path, chips=int(syn.get("chips", 64)), size=int(syn.get("size", 64)),
@@ -170,7 +170,7 @@ def keep_metrics_history(logs: Path) -> None:
     """Move ``metrics.csv`` aside before a resumed run's logger replaces it.
 
     Lightning's CSV logger starts a fresh ``metrics.csv``; the earlier part becomes
-    ``metrics.part-N.csv`` and :func:`hyperkd.figures.read_metrics` joins the parts.
+    ``metrics.part-N.csv`` and :func:`hyperkd.viz.figures.read_metrics` joins the parts.
     """
     current = logs / "metrics.csv"
     if current.exists():
@@ -218,7 +218,7 @@ def make_trainer(recipe: Mapping[str, Any], out: Path, extra_callbacks: Iterable
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from hyperkd.checkpoint import SafetensorsCheckpointIO
+    from hyperkd.training.checkpoint import SafetensorsCheckpointIO
 
     t = dict(recipe["trainer"])
     every = int(t.pop("checkpoint_every_n_steps", 50))
@@ -282,7 +282,7 @@ def fit(
 
 def pretrain_module(recipe: Mapping[str, Any], student: HyperspectralMAE, store: ChipStore) -> L.LightningModule:
     """The no-KD MAE module for a recipe."""
-    from hyperkd.engine import MAEModule
+    from hyperkd.training.pretrain import MAEModule
 
     masker, ratio = _masker(recipe)
     losses = build_losses(recipe)
@@ -311,7 +311,7 @@ def export_student(student: HyperspectralMAE, folder: Path, provenance: Mapping[
 @torch.no_grad()
 def write_figures(module: Any, dm: ChipDataModule, out: Path) -> None:
     """Reconstruction figure for one validation chip and the loss curves."""
-    from hyperkd.figures import loss_curves, reconstruction_figure
+    from hyperkd.viz.figures import loss_curves, reconstruction_figure
 
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)

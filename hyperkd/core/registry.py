@@ -4,7 +4,7 @@ Every swappable part of hyperkd is a *kind* (sensor, teacher, student, aligner, 
 loss, task, dataset). Each kind has exactly one :class:`Registry`; components enter it
 with a decorator and are built from it by name::
 
-    from hyperkd.registry import register, create
+    from hyperkd.core.registry import register, create
 
     @register("masker", "checkerboard")
     def checkerboard_masker(ratio: float = 0.5) -> Masker:
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from hyperkd.errors import DuplicateComponentError, UnknownComponentError
+from hyperkd.core.errors import DuplicateComponentError, UnknownComponentError
 
 KINDS: tuple[str, ...] = (
     "sensor",
@@ -109,7 +109,7 @@ class Entry:
     def build(self, **kwargs: Any) -> Any:
         """Call the registered class or factory with ``kwargs``.
 
-        A registered non-callable (a :class:`~hyperkd.sensors.Sensor` instance, say) is
+        A registered non-callable (a :class:`~hyperkd.core.sensors.Sensor` instance, say) is
         returned as it is; asking for keyword arguments then is an error.
         """
         if callable(self.obj) and not _is_plain_data(self.obj):
@@ -138,7 +138,7 @@ def _is_plain_data(obj: Any) -> bool:
 class Registry:
     """Names → components for one kind.
 
-    Lookups first make sure plugins are loaded (see :mod:`hyperkd.plugins`), so
+    Lookups first make sure plugins are loaded (see :mod:`hyperkd.core.plugins`), so
     ``create("teacher", "prithvi")`` works in a fresh interpreter.
     """
 
@@ -220,7 +220,7 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         """The entry for ``name`` or an alias; unknown names list the close matches."""
-        from hyperkd.plugins import load_plugins
+        from hyperkd.core.plugins import load_plugins
 
         load_plugins()
         entry = self._lookup(name)
@@ -236,7 +236,7 @@ class Registry:
         return entry
 
     def __contains__(self, name: object) -> bool:
-        from hyperkd.plugins import load_plugins
+        from hyperkd.core.plugins import load_plugins
 
         load_plugins()
         return isinstance(name, str) and self._lookup(name) is not None
@@ -247,7 +247,7 @@ class Registry:
 
     def entries(self) -> list[Entry]:
         """All entries, sorted by name."""
-        from hyperkd.plugins import load_plugins
+        from hyperkd.core.plugins import load_plugins
 
         load_plugins()
         return sorted(self._entries.values(), key=lambda e: e.name)

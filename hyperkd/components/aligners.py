@@ -2,7 +2,7 @@
 
 An aligner maps a student-sensor cube ``(B, Cs, H, W)`` of surface reflectance to the
 teacher sensor's bands ``(B, Ct, H, W)``, still in reflectance (teachers convert to their
-own input unit themselves, see :class:`~hyperkd.interfaces.Teacher`). Every aligner is a
+own input unit themselves, see :class:`~hyperkd.core.interfaces.Teacher`). Every aligner is a
 ``(Ct, Cs)`` band-weight matrix computed from the two sensors' band tables alone, so any
 sensor pair works with no per-pair code:
 
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hyperkd.errors import HyperKDError
-from hyperkd.interfaces import Aligner
-from hyperkd.registry import register
-from hyperkd.sensors import FWHM_TO_SIGMA, Sensor, get_sensor
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.interfaces import Aligner
+from hyperkd.core.registry import register
+from hyperkd.core.sensors import FWHM_TO_SIGMA, Sensor, get_sensor
 
 
 def _sensor(s: Sensor | str) -> Sensor:

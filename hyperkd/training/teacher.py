@@ -5,7 +5,7 @@ with no such weights, the quickstart trains a *tiny Prithvi-architecture* teache
 large synthetic multispectral set instead, so the distillation path runs end to end.
 It is named honestly everywhere: it is not NASA/IBM's Prithvi.
 
-Any registered teacher that implements :meth:`hyperkd.interfaces.Teacher.mae_loss` and
+Any registered teacher that implements :meth:`hyperkd.core.interfaces.Teacher.mae_loss` and
 ``save_weights`` can be pretrained this way.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 import lightning as L
 import torch
 
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.io import atomic_write_json
+from hyperkd.core.registry import create
 from hyperkd.data.loader import ChipDataModule
 from hyperkd.data.store import ChipStore
-from hyperkd.errors import HyperKDError
-from hyperkd.io import atomic_write_json
-from hyperkd.registry import create
 
 
 class TeacherMAEModule(L.LightningModule):

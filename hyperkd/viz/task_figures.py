@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 
-from hyperkd.figures import composite, rgb_bands
-from hyperkd.sensors import Sensor
+from hyperkd.core.sensors import Sensor
+from hyperkd.viz.figures import composite, rgb_bands
 
 
 def _save(fig: Any, path: str | Path) -> Path:

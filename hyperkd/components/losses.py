@@ -3,7 +3,7 @@
 A term is built with its parameters (``create("loss", "mse")``) and called with the
 student's :class:`~hyperkd.models.mae.MAEOutput` plus a context dict. The engine sums
 ``weight * term``. The context always holds ``batch`` (``image`` reflectance, ``valid``)
-and ``student``; when distilling (:mod:`hyperkd.distill`) it also holds ``kd_pairs``: one
+and ``student``; when distilling (:mod:`hyperkd.training.distill`) it also holds ``kd_pairs``: one
 ``(student, teacher)`` pair of ``(B, N_keep, D_teacher)`` token tensors per paired layer
 -- the student's visible tokens already projected to the teacher's width, and the
 teacher's tokens at the same patch positions (:func:`teacher_tokens_at`).
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hyperkd.errors import HyperKDError
-from hyperkd.metrics import masked_mse, spectral_angle, ssim_map
-from hyperkd.registry import register
+from hyperkd.components.metrics import masked_mse, spectral_angle, ssim_map
+from hyperkd.core.errors import HyperKDError
+from hyperkd.core.registry import register
 
 
 class LossTerm:

@@ -4,7 +4,7 @@ Lightning provides precision (``bf16-mixed`` on GPU and CPU), devices, DDP/FSDP,
 ``num_nodes``, loggers and progress bars; recipes pass those settings straight through.
 hyperkd adds: recipe-driven assembly of student, masker and loss terms; masked
 reconstruction metrics; safetensors checkpoints written atomically
-(:mod:`hyperkd.checkpoint`); figures.
+(:mod:`hyperkd.training.checkpoint`); figures.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from hyperkd.losses import LossTerm
-from hyperkd.metrics import reconstruction_metrics
+from hyperkd.components.losses import LossTerm
+from hyperkd.components.metrics import reconstruction_metrics
 from hyperkd.models.mae import HyperspectralMAE, MAEOutput
 
 

@@ -19,8 +19,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hyperkd.errors import WeightsError
-from hyperkd.io import atomic_path
+from hyperkd.core.errors import WeightsError
+from hyperkd.core.io import atomic_path
 
 _MAGIC = "hyperkd-checkpoint/1"
 

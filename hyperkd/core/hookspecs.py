@@ -6,7 +6,7 @@ A plugin is a module named by an entry point in the ``hyperkd`` group::
     [project.entry-points.hyperkd]
     prisma = "hyperkd_prisma"
 
-and implements any of these hooks with :data:`hyperkd.plugins.hookimpl`. The built-in
+and implements any of these hooks with :data:`hyperkd.core.plugins.hookimpl`. The built-in
 Prithvi and EnMAP plugins use exactly this mechanism.
 """
 
@@ -24,7 +24,7 @@ def hyperkd_register() -> None:
     """Register components (sensors, teachers, students, ...).
 
     Called once per plugin, with registrations attributed to the plugin. Use the
-    decorators of :mod:`hyperkd.registry` (or import the modules that use them) here.
+    decorators of :mod:`hyperkd.core.registry` (or import the modules that use them) here.
     """
 
 

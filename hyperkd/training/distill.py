@@ -11,14 +11,14 @@
 5. for every layer pair in ``distill.pairs`` (``[student_block, teacher_block]``), the
    student's visible tokens are projected to the teacher's width by a trainable projector
    and the teacher's tokens are taken at the same patch positions (token grids of
-   different size are interpolated, :func:`hyperkd.losses.teacher_tokens_at`);
+   different size are interpolated, :func:`hyperkd.components.losses.teacher_tokens_at`);
 6. the recipe's loss terms are summed: reconstruction (``mse``, ``ssim``, ``sam``) and
    distillation (``kld``, ``cosine``).
 
 Because the teacher sees the full chip, its features depend only on the chip -- not on
 the mask, the masker or the student -- so with a fixed aligner they can be cached across
 epochs (``distill.cache_teacher``); the run reports what the cache saved in
-``RUN/distill.json``. The run folder is pretraining's (:mod:`hyperkd.train`) plus
+``RUN/distill.json``. The run folder is pretraining's (:mod:`hyperkd.training.runner`) plus
 ``figures/distill_loss.png`` and ``distill.json``.
 """
 
@@ -35,15 +35,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperkd import recipes as recipes_mod
+from hyperkd.components.losses import LossTerm, teacher_tokens_at
+from hyperkd.core.errors import HyperKDError, RecipeError, WeightsError
+from hyperkd.core.interfaces import Aligner, Teacher
+from hyperkd.core.io import atomic_write_json
+from hyperkd.core.registry import create
 from hyperkd.data.store import ChipStore
-from hyperkd.engine import MAEModule
-from hyperkd.errors import HyperKDError, RecipeError, WeightsError
-from hyperkd.interfaces import Aligner, Teacher
-from hyperkd.io import atomic_write_json
-from hyperkd.losses import LossTerm, teacher_tokens_at
 from hyperkd.models.mae import HyperspectralMAE, MAEOutput
-from hyperkd.registry import create
-from hyperkd.train import RunResult, _masker, build_losses, fit, launch_rank
+from hyperkd.training.pretrain import MAEModule
+from hyperkd.training.runner import RunResult, _masker, build_losses, fit, launch_rank
 
 PROJECTORS = ("linear", "mlp")
 
@@ -144,7 +144,7 @@ class DistillModule(MAEModule):
         if getattr(teacher, "input_unit", "reflectance") != "reflectance":
             raise HyperKDError(
                 f"teacher {type(teacher).__name__} takes {teacher.input_unit!r}, but aligners hand teachers "
-                "surface reflectance; give the teacher a reflectance front end (see hyperkd.interfaces.Teacher)"
+                "surface reflectance; give the teacher a reflectance front end (see hyperkd.core.interfaces.Teacher)"
             )
         size = int(teacher_img_size or student.img_size)
         if size % teacher.patch_size:
@@ -342,7 +342,7 @@ def distill(
     ``teacher.weights`` (a file, folder or Hub repo; ``"none"`` = random init, the
     random-teacher control), ``student.name`` and ``data.store``; ``overrides`` are
     ``key=value`` strings and ``fields`` dotted keys with ``.`` written ``__``, as in
-    :func:`hyperkd.train.pretrain`. The teacher is built (and its weights found) before the
+    :func:`hyperkd.training.runner.pretrain`. The teacher is built (and its weights found) before the
     run folder or any data is made, so a missing checkpoint fails at once.
     """
     random_teacher = teacher_weights is not None and str(teacher_weights).lower() in ("none", "random")
@@ -366,7 +366,7 @@ def distill(
                  "aligner": resolved.get("aligner"), "pairs": module.pairs, **module.teacher_stats()}
         atomic_write_json(run / "distill.json", _jsonable(stats))
         if resolved["trainer"].get("figures", True):
-            from hyperkd.figures import loss_curves
+            from hyperkd.viz.figures import loss_curves
 
             terms = teacher_terms(module)
             keys = [f"{split}/loss_{t}" for t in terms for split in ("train", "val")]

@@ -1,9 +1,9 @@
 """The contracts each kind of component fulfils.
 
 Implementations live in plugins (``plugins/``) or in the core's built-in modules and are
-registered by name (see :mod:`hyperkd.registry`). Tensors follow one convention:
+registered by name (see :mod:`hyperkd.core.registry`). Tensors follow one convention:
 images are ``(B, C, H, W)`` **surface reflectance** (float, 0..~1), in the band order of
-the component's :class:`~hyperkd.sensors.Sensor`; token features are ``(B, N, D)`` with
+the component's :class:`~hyperkd.core.sensors.Sensor`; token features are ``(B, N, D)`` with
 patch tokens in row-major (h, w) order.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from hyperkd.sensors import Sensor
+from hyperkd.core.sensors import Sensor
 
 
 class Teacher(nn.Module, ABC):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperkd.errors import HyperKDError
+from hyperkd.core.errors import HyperKDError
 
 HIGHER_IS_BETTER = {"accuracy": True, "miou": True, "macro_f1": True, "psnr": True, "ssim": True,
                     "r2": True, "rmse": False, "mae": False, "mse": False, "sam_deg": False, "loss": False}

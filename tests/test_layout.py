@@ -1,0 +1,60 @@
+"""The package layout: rooms by pipeline stage, old import paths kept for plugins, a light top level."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import hyperkd
+
+
+def test_old_plugin_paths_are_the_same_modules_and_keep_the_registry_function():
+    from hyperkd.plugins import hookimpl  # the 0.1 plugin API
+    from hyperkd.registry import register
+    from hyperkd.sensors import Sensor
+
+    import hyperkd.core.registry as new_registry
+    import hyperkd.core.sensors as new_sensors
+
+    assert sys.modules["hyperkd.registry"] is new_registry
+    assert register is new_registry.register
+    assert Sensor is new_sensors.Sensor
+    assert hookimpl is hyperkd.hookimpl
+    assert callable(hyperkd.registry) and hyperkd.registry("masker").kind == "masker"
+
+
+def test_moved_heavy_modules_import_under_their_old_name_with_a_deprecation_warning():
+    code = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('error', DeprecationWarning)\n"
+        "try:\n"
+        "    import hyperkd.aligners\n"
+        "except DeprecationWarning as w:\n"
+        "    print(w)\n"
+        "warnings.simplefilter('ignore')\n"
+        "from hyperkd.aligners import spectral_range\n"
+        "import hyperkd.components.aligners as new\n"
+        "assert sys.modules['hyperkd.aligners'] is new and spectral_range is new.spectral_range\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "moved to hyperkd.components.aligners" in out.stdout
+
+
+def test_notebook_api_is_exported_lazily():
+    for name in ("pretrain", "distill", "finetune", "evaluate", "prepare", "synthesize", "from_pretrained"):
+        assert name in dir(hyperkd)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, hyperkd; print('torch' in sys.modules)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == "False", "importing hyperkd must not import torch"
+    assert callable(hyperkd.finetune) and hyperkd.finetune.__module__.startswith("hyperkd.evaluation")
+
+
+def test_unknown_top_level_attribute_is_an_attribute_error():
+    try:
+        hyperkd.no_such_thing  # noqa: B018
+    except AttributeError as e:
+        assert "no_such_thing" in str(e)
+    else:
+        raise AssertionError("expected AttributeError")
