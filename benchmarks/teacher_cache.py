@@ -44,7 +44,7 @@ def main() -> None:
     student = build_student(f"enmap-mae-{args.student}", img_size=args.size)
     aligner = create("aligner", "spectral-range", source=student.sensor, target=teacher.sensor)
     recipe = recipes.resolve("hyperkd", [f"losses.ssim.band_stride={args.ssim_band_stride}"])
-    module = DistillModule(student, teacher, aligner, create("masker", "spatial-feature"), build_losses(recipe),
+    module = DistillModule(student, teacher, aligner, create("masker", "spatial-feature"), build_losses(recipe["losses"]),
                            cache_teacher=True)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     b = args.batch

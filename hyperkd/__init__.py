@@ -20,7 +20,7 @@ from typing import Any
 from hyperkd import _aliases
 from hyperkd.core.errors import HyperKDError
 from hyperkd.core.plugins import hookimpl
-from hyperkd.core.registry import KINDS, create, list_components, register, registry
+from hyperkd.core.registry import KINDS, ComponentSpec, create, list_components, register, registry
 from hyperkd.core.sensors import Band, Sensor, get_sensor
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "KINDS",
     "Band",
+    "ComponentSpec",
     "HyperKDError",
     "Sensor",
     "__version__",

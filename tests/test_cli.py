@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -77,3 +79,31 @@ def test_usage_error_exits_2(capsys):
 def test_error_text_with_brackets_is_printed_verbatim(capsys):
     code, _, err = run(capsys, "sensors", "show", "[/bad]")
     assert code == 1 and "unknown sensor '[/bad]'" in err
+
+
+HEAVY = ("torch", "lightning", "torchgeo", "timm", "rasterio", "hyperkd_prithvi.model", "hyperkd_prithvi.teacher")
+"""Modules the quick commands must not import (a registry lookup imports only what it builds)."""
+
+
+def _modules_after(code: str, tmp_path) -> set[str]:
+    """The modules a fresh interpreter has imported after running ``code``."""
+    out = tmp_path / "modules.json"
+    script = f"{code}\nimport json, sys\nopen({str(out)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(out.read_text()))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["plugins", "list"], ["data", "--help"]])
+def test_quick_commands_do_not_import_torch(tmp_path, args):
+    code = f"from hyperkd.cli.app import main\nassert main({args!r}) == 0"
+    loaded = _modules_after(code, tmp_path)
+    assert not [m for m in HEAVY if m in loaded]
+    if args[0] != "--version":  # plugins were discovered (their light modules and CLI hooks)
+        assert {"hyperkd_prithvi", "hyperkd_enmap", "hyperkd_prithvi.cli"} <= loaded
+
+
+def test_a_registry_lookup_imports_only_what_it_builds(tmp_path):
+    loaded = _modules_after("import hyperkd; hyperkd.create('masker', 'random')", tmp_path)
+    assert "hyperkd.components.maskers" in loaded and "torch" in loaded
+    assert not [m for m in (*HEAVY[1:], "hyperkd.models.mae", "hyperkd_enmap.l2a") if m in loaded]

@@ -55,3 +55,11 @@ def test_compare_cli_reads_records_and_quickstart_reports(tmp_path, capsys):
     assert "| HyperKD (n=2) | 0.905 ± 0.0071 ↑ |" in out
     assert main(["compare", str(tmp_path / "missing.json")]) == 1
     assert "cannot read result record" in capsys.readouterr().err
+
+
+def test_headline_keeps_the_table_metrics_that_are_numbers():
+    from hyperkd.evaluation.compare import HEADLINE, headline
+
+    m = {"miou": 0.5, "overall_accuracy": 1, "r2": None, "per_class": {"a": {}}, "pixels": 9, "rmse": 2.5}
+    assert headline(m) == {"overall_accuracy": 1.0, "miou": 0.5, "rmse": 2.5}
+    assert list(headline(m)) == [k for k in HEADLINE if k in ("overall_accuracy", "miou", "rmse")]

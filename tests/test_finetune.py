@@ -11,7 +11,8 @@ import torch
 
 from hyperkd.cli import main
 from hyperkd.core.errors import HyperKDError
-from hyperkd.evaluation.finetune import evaluate, finetune, split_chips
+from hyperkd.data.splits import split_chips
+from hyperkd.evaluation.finetune import evaluate, finetune
 from hyperkd.models.pixel import PixelModel
 
 TINY = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
@@ -56,6 +57,80 @@ def test_split_is_deterministic_disjoint_and_keeps_every_part_non_empty():
     assert [len(p) for p in split_chips(3, 0.1, 0.2, 0)] == [1, 1, 1]
     with pytest.raises(HyperKDError, match="too few"):
         split_chips(2, 0.1, 0.2, 0)
+
+
+def test_non_strict_split_leaves_holdouts_that_do_not_fit_empty_as_pretraining_needs():
+    # pretraining's train/validation split is the same rule with no test part
+    assert split_chips(1, 0.125, seed=0, strict=False) == ([0], [], [])
+    assert split_chips(0, 0.125, seed=0, strict=False) == ([], [], [])
+    tr, va, te = split_chips(8, 0.125, seed=3, strict=False)
+    assert (len(tr), len(va), te) == (7, 1, []) and split_chips(8, 0.125, 0.0, 3) == (tr, va, te)
+    with pytest.raises(HyperKDError, match="too few to split into train/validation"):
+        split_chips(1, 0.125, seed=0)
+
+
+def test_feature_cache_encodes_only_uncached_chips_and_keeps_the_batch_order():
+    from hyperkd.data.cache import FeatureCache
+
+    calls: list[list[int]] = []
+    table = torch.arange(40.0).view(10, 4)
+
+    def encode(keys):
+        def compute(pos):
+            calls.append([keys[i] for i in pos])
+            return [table[[keys[i] for i in pos]], -table[[keys[i] for i in pos]]]
+        return compute
+
+    cache = FeatureCache(max_mb=1)
+    a, b = cache.fetch([3, 5], encode([3, 5]), "cpu")
+    torch.testing.assert_close(a, table[[3, 5]])
+    torch.testing.assert_close(b, -table[[3, 5]])
+    a, b = cache.fetch([5, 7, 3], encode([5, 7, 3]), "cpu")
+    assert calls == [[3, 5], [7]] and (cache.hits, cache.misses, len(cache)) == (2, 3, 3)
+    torch.testing.assert_close(a, table[[5, 7, 3]])
+    torch.testing.assert_close(b, -table[[5, 7, 3]])
+    tiny = FeatureCache(max_mb=40 / 2**20)  # room for one chip's two 4-float rows (32 bytes), not two
+    tiny.fetch([1, 2], encode([1, 2]), "cpu")
+    assert len(tiny) == 1 and tiny.full
+
+
+def test_finetune_module_from_plain_arguments_trains_under_a_plain_lightning_trainer(store, tmp_path):
+    """No hyperkd runner: a notebook builds the module, a stock Trainer fits it, a checkpoint rebuilds it."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from hyperkd.evaluation.datasets import TaskDataset
+    from hyperkd.evaluation.finetune_module import FinetuneModule
+    from hyperkd.evaluation.labels import bind_labels
+    from hyperkd.evaluation.tasks import get_task
+    from hyperkd.models.mae import build_student
+
+    task, labels = bind_labels(get_task("landcover"), store)
+    torch.manual_seed(0)
+    student = build_student("mae-tiny", sensor=store.sensor, img_size=32, **TINY)
+    module = FinetuneModule(task=task, encoder=student, protocol="frozen", lr=5e-3, hidden=32)
+    assert module.hparams["lr"] == 5e-3 and module.hparams["model"]["task"]["classes"] == list(task.classes)
+    torch.testing.assert_close(module.model.encoder.pos_embed, student.pos_embed)  # the student's weights
+    before = [p.detach().clone() for p in module.model.head.parameters()]
+    train = DataLoader(TaskDataset(store, range(8), labels), batch_size=4)
+    val = DataLoader(TaskDataset(store, range(8, 10), labels), batch_size=2)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train, val)
+    assert trainer.global_step == 4
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.model.head.parameters(), strict=True))
+    # the fixed encoder ran once per chip: 8 training + 2 validation chips, everything else from the cache
+    assert len(module.cache) == 10 and module.cache.misses == 10 and module.cache.hits > 0
+    assert "val/miou" in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
+    ckpt = tmp_path / "ft.ckpt"
+    trainer.save_checkpoint(ckpt)
+    again = FinetuneModule.load_from_checkpoint(ckpt)
+    x = torch.from_numpy(store[0]["image"])[None]
+    torch.testing.assert_close(again.model.eval().predict(x), module.model.eval().predict(x))
+    raw = FinetuneModule(task=task, sensor=store.sensor, img_size=32, protocol="linear")
+    assert raw.model.encoder is None and raw.cache is None
+    with pytest.raises(HyperKDError, match="either model= or task="):
+        FinetuneModule(module.model, task=task)
 
 
 def test_batchnorm_statistics_are_recomputed_exactly_over_the_given_batches():

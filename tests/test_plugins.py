@@ -154,3 +154,78 @@ def test_plugin_module_imported_before_discovery_keeps_its_provider():
     assert reg.add("x", fake).provider == "enmap"
     fake.__module__ = "somewhere_else"
     assert reg.add("y", fake).provider == "user"
+
+
+def test_plugin_components_are_declared_up_front_and_imported_on_first_use(tmp_path, plugin_env):
+    make_dist(
+        tmp_path,
+        "hyperkd-lazy",
+        "lazy",
+        "hkd_lazy",
+        """
+        from hyperkd import ComponentSpec, hookimpl
+
+        @hookimpl
+        def hyperkd_components():
+            return [ComponentSpec("sensor", "lazy-sensor", "hkd_lazy_impl:lazy_sensor")]
+        """,
+    )
+    (tmp_path / "hkd_lazy_impl.py").write_text(textwrap.dedent(
+        """
+        from hyperkd import Band, Sensor, register
+
+        @register("sensor", "lazy-sensor")
+        def lazy_sensor():
+            \"\"\"A sensor whose module is imported on first use.\"\"\"
+            return Sensor(name="lazy-sensor", bands=(Band("a", 500, 10),), gsd_m=10)
+        """
+    ))
+    make_dist(
+        tmp_path, "hyperkd-badrecord", "badrecord", "hkd_badrecord",
+        """
+        from hyperkd import hookimpl
+
+        @hookimpl
+        def hyperkd_components():
+            return [{"kind": "sensor", "name": "no-target"}]
+        """,
+    )
+    plugin_env.syspath_prepend(str(tmp_path))
+    plugin_env.delitem(sys.modules, "hkd_lazy_impl", raising=False)
+    load_plugins(force=True)
+    infos = {i.name: i for i in plugin_infos()}
+    assert infos["lazy"].status == "loaded"
+    assert infos["lazy"].components == [{"kind": "sensor", "name": "lazy-sensor"}]
+    assert "hkd_lazy_impl" not in sys.modules  # declared, listed, not imported
+    assert infos["badrecord"].status == "failed"
+    assert infos["badrecord"].error.startswith("PluginError: plugin 'badrecord': component record")
+    assert "target" in infos["badrecord"].error
+    from hyperkd.core.sensors import get_sensor
+
+    assert get_sensor("lazy-sensor").num_bands == 1
+    assert "hkd_lazy_impl" in sys.modules
+    entry = registry("sensor").get("lazy-sensor")
+    assert entry.provider == "lazy" and entry.description == "A sensor whose module is imported on first use."
+    # a rediscovery keeps what the import registered (its decorator will not fire again)
+    load_plugins(force=True)
+    assert registry("sensor").get("lazy-sensor") is entry and get_sensor("lazy-sensor").num_bands == 1
+
+
+def test_every_builtin_component_is_declared_and_its_declaration_resolves():
+    """The core's CORE_COMPONENTS and the built-in plugins' declarations match their modules:
+    each declared entry builds from its target, and importing the modules registers nothing
+    undeclared (which lookups before the import could not see)."""
+    from hyperkd.core.plugins import CORE_COMPONENTS, CORE_PROVIDER
+    from hyperkd.core.registry import list_components
+
+    load_plugins()
+    declared = {(s.kind, s.name) for s in CORE_COMPONENTS}
+    for entry in list_components():
+        if entry.provider in (CORE_PROVIDER, "prithvi", "enmap"):
+            assert entry.target is not None, f"{entry} registered but not declared"
+            entry.resolve()
+    for entry in list_components():  # resolving imported the modules: nothing new appeared
+        if entry.provider in (CORE_PROVIDER, "prithvi", "enmap"):
+            assert entry.target is not None, f"{entry} registered on import but not declared"
+    core = {(e.kind, e.name) for e in list_components() if e.provider == CORE_PROVIDER}
+    assert core == declared

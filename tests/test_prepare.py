@@ -268,3 +268,55 @@ def test_cli_prepare_json(products, tmp_path, capsys):
     assert code == 0 and report["chips"] == len(ChipStore(out)) > 0
     assert set(report["products"]) == {fx.PRODUCT, fx.PRODUCT_B}
     assert ChipStore(out).manifest["attrs"]["stride"] == 12
+
+
+def test_readers_are_their_own_registry_kind(capsys):
+    from hyperkd_enmap.l2a import FORMAT
+
+    from hyperkd.core.registry import registry
+    from hyperkd.data.products import product_format_for, product_formats
+
+    load_plugins()
+    entry = registry("reader").get("enmap-l2a")
+    assert entry.provider == "enmap" and entry.obj is FORMAT
+    assert FORMAT in product_formats()
+    assert product_format_for("enmap") is FORMAT and product_format_for("enmap-218", "enmap-l2a") is FORMAT
+    with pytest.raises(DataError, match="no product reader named 'nope'; installed readers: enmap-l2a"):
+        product_format_for("enmap", "nope")
+    with pytest.raises(DataError, match="reads enmap, enmap-218 products, not 'hls'"):
+        product_format_for("hls", "enmap-l2a")
+    with pytest.raises(DataError, match=r"no installed plugin reads 'hls' products.*hyperkd list reader"):
+        product_format_for("hls")
+    # the torchgeo dataset is its own entry and carries no reader metadata any more
+    assert "product_format" not in registry("dataset").get("enmap-l2a").metadata
+    assert main(["list", "reader", "--json"]) == 0
+    listed = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+    assert listed["enmap-l2a"]["provider"] == "enmap" and "EnMAP L2A" in listed["enmap-l2a"]["description"]
+
+
+def test_reader_entries_must_hold_a_product_format(monkeypatch):
+    from hyperkd.core import registry as reg
+    from hyperkd.core.errors import PluginError
+    from hyperkd.data.products import ProductFormat, product_format_for
+
+    load_plugins()
+    fresh = reg.Registry("reader")
+    monkeypatch.setitem(reg.REGISTRIES, "reader", fresh)
+    fresh.add("broken", object(), provider="someplugin")
+    with pytest.raises(PluginError, match=r"reader 'broken' .*plugin 'someplugin'.* not a .*ProductFormat"):
+        product_format_for("enmap")
+    fresh = reg.Registry("reader")
+    monkeypatch.setitem(reg.REGISTRIES, "reader", fresh)
+    fmt = ProductFormat(name="other-name", sensors=("enmap",), open=lambda p: None, find=lambda p: [])
+    fresh.add("l2x", fmt, provider="someplugin")
+    with pytest.raises(PluginError, match="holds the ProductFormat named 'other-name'"):
+        product_format_for("enmap", "l2x")
+
+
+def test_prepare_reports_each_product_through_logging(products, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="hyperkd.data.prepare"):
+        store = prepare(products, tmp_path / "store", size=S, max_nodata=0.1, max_cloud=0.2, progress=False)
+    info = store_products(store)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hyperkd.data.prepare"]
+    assert f"{fx.PRODUCT}: {info[fx.PRODUCT]['chips']} of 9 windows kept as chips" in "\n".join(lines)
+    assert len(lines) == 2

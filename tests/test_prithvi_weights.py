@@ -228,6 +228,24 @@ def test_parse_source_forms(tmp_path):
             parse_source(missing, **off)
 
 
+def test_prefixes_say_whether_weights_are_local_or_on_the_hub(tmp_path, monkeypatch, hub):
+    monkeypatch.chdir(tmp_path)
+    write_tiny_checkpoint(tmp_path / "me" / "w.pt")
+    assert parse_source("me/w.pt").kind == "file"  # unprefixed: the existing path wins
+    assert parse_source("local-dir:me").kind == "folder"
+    s = parse_source("hf-hub:me/w.pt")
+    assert (s.kind, s.repo_id, s.explicit) == ("hub", "me/w.pt", True)
+    with pytest.raises(WeightsError, match="no such file or folder"):
+        parse_source("local-dir:nope/x.pt")
+    with pytest.raises(WeightsError) as info:  # an unprefixed repo id that is in neither place says both
+        tiny("someone/prithvi-ish")
+    msg = str(info.value)
+    assert "someone/prithvi-ish" in msg and "no local file or folder named" in msg and "hf-hub:ORG/NAME" in msg
+    with pytest.raises(WeightsError) as info:
+        tiny("hf-hub:someone/prithvi-ish")
+    assert "no local file or folder" not in str(info.value)
+
+
 def test_read_state_dict_rejects_non_state_dicts(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(WeightsError, match="holds a list, not a state dict"):

@@ -87,6 +87,16 @@ def test_band_selection_keeps_values_of_kept_bands():
     np.testing.assert_array_equal(rf[idx], rd)
 
 
+def test_a_band_rendered_alone_equals_that_band_among_all():
+    """A band's values do not depend on which other bands are rendered with it (no shape-
+    dependent BLAS rounding): each band alone matches the full 224-band rendering bit for bit."""
+    sc = generate_scene(CFG, 24, seed=5, index=3)
+    full = get_sensor("enmap", "all")
+    rf = render(sc, full)
+    for name in full.band_names[::11]:
+        np.testing.assert_array_equal(render(sc, full.select([name]))[0], rf[full.band_index(name)], err_msg=name)
+
+
 # -- physics and cross-sensor consistency -------------------------------------------------------
 
 
@@ -297,6 +307,13 @@ def test_scene_config_round_trip_partial_files_and_weights(tmp_path):
         CFG.with_weights(crops={"rice": 1.0})
     with pytest.raises(DataError, match="range"):
         SceneConfig.from_dict({"parcel_px": [20, 6]})
+    # a partial dict completes nested specs from the base (here a preset), not from the defaults
+    student = SceneConfig.preset("kd-student")
+    over = SceneConfig.from_dict({"urban": {"green_lots": 0.5}, "roads": [1, 3]}, base=student)
+    assert over.crops == student.crops and over.urban.roofs == student.urban.roofs
+    assert (over.urban.green_lots, over.roads) == (0.5, (1, 3))
+    ins = Instrument(snr_scale=0.25, snr=((400.0, 100.0), (2500.0, 50.0)))
+    assert Instrument.from_dict(json.loads(json.dumps(ins.to_dict()))) == ins
     # a student set without cotton keeps the class list, so ids agree with the teacher set
     student = CFG.with_weights(crops={"cotton": 0.0}, covers={"cropland": 1.0, "forest": 0.0})
     assert student.crop_classes == CFG.crop_classes
@@ -305,6 +322,52 @@ def test_scene_config_round_trip_partial_files_and_weights(tmp_path):
         sc = generate_scene(student, 32, seed=0, index=i)
         assert not (sc.labels["croptype"] == cotton).any()
         assert not (sc.labels["landcover"] == LC["forest"]).any()
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"p_water": "lots"}, "scene config.p_water: expected a number, got 'lots'"),
+        ({"p_water": True}, "scene config.p_water: expected a number, got True"),
+        ({"supersample": 2.5}, "scene config.supersample: expected an integer, got 2.5"),
+        ({"roads": [0.5, 2]}, "scene config.roads[0]: expected an integer, got 0.5"),
+        ({"roads": [2, 1]}, "scene config: roads must be (min, max)"),
+        ({"urban": {"colour": 1}}, "scene config.urban: unknown field 'colour'; known fields: roofs,"),
+        ({"urban": {"roofs": "metal"}}, "scene config.urban.roofs: expected a list, got str"),
+        ({"water": [1, 2]}, "scene config.water: expected a mapping, got list"),
+        ({"water": {"river_px": [4, 1]}}, "scene config.water.river_px: range [4.0, 1.0] must be (low, high)"),
+        ({"crops": [3]}, "scene config.crops[0]: expected a mapping, got int"),
+        ({"crops": [{"name": "rice", "chl": [1, 2]}]}, "scene config.crops[0]: missing field 'lai'"),
+        ({"crops": [{"name": "rice", "lai": [1, 2, 3], "chl": [1, 2]}]},
+         "scene config.crops[0].lai: expected a list of 2 numbers, got [1, 2, 3]"),
+        ({"grassland": {"lai": [3, 1]}}, "scene config.grassland.lai: range [3.0, 1.0]"),
+        ({"soc": {"clip": [150, 1]}}, "scene config.soc.clip: range [150.0, 1.0]"),
+        ({"soc": {"cover_factor": {"forest": "x"}}}, "scene config.soc.cover_factor.forest: expected a number"),
+        ({"cover_weights": 3}, "scene config.cover_weights: expected a mapping of name: number, got int"),
+        ({"regions": [{"name": "x", "soil_boxes": [[1, 2, 3]]}]},
+         "scene config.regions[0].soil_boxes[0]: expected a list of 4 numbers, got [1, 2, 3]"),
+    ],
+)
+def test_a_bad_scene_config_gets_one_line_naming_the_field(bad, message):
+    with pytest.raises(DataError) as err:
+        SceneConfig.from_dict(bad)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"noise": "yes"}, "instrument.noise: expected true/false, got 'yes'"),
+        ({"snr": [[400, 100], [500]]}, "instrument.snr[1]: expected a list of 2 numbers, got [500]"),
+        ({"max_snr": "x"}, "instrument.max_snr: expected a number, got 'x'"),
+        ({"srf": "box"}, "instrument: srf must be auto, gaussian or range, got 'box'"),
+        ({"psf_sigma_px": -1}, "instrument: psf_sigma_px must be >= 0"),
+    ],
+)
+def test_a_bad_instrument_gets_one_line_naming_the_field(bad, message):
+    with pytest.raises(DataError) as err:
+        Instrument.from_dict(bad)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_an_unusable_second_output_leaves_the_first_untouched(tmp_path):

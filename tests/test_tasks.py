@@ -85,6 +85,47 @@ def test_no_evaluated_pixels_gives_none_not_zero():
     assert m["overall_accuracy"] is None and m["miou"] is None and m["pixels"] == 0
 
 
+def test_iou_and_f1_of_present_classes_agree_with_torchmetrics():
+    from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
+
+    rng = np.random.default_rng(2)
+    t = torch.from_numpy(rng.integers(-1, 3, size=(4, 6, 6)))  # class 3 absent from truth and prediction
+    p = torch.from_numpy(rng.integers(0, 3, size=(4, 6, 6)))
+    acc = ConfusionAccumulator(["a", "b", "c", "d"])
+    acc.update(p, t)
+    got = acc.compute()
+    iou = MulticlassJaccardIndex(4, average=None, ignore_index=-1)(p, t)
+    f1 = MulticlassF1Score(4, average=None, ignore_index=-1)(p, t)
+    assert [got["per_class"][k]["iou"] for k in "abc"] == pytest.approx(iou[:3].tolist())
+    assert [got["per_class"][k]["f1"] for k in "abc"] == pytest.approx(f1[:3].tolist())
+    assert got["per_class"]["d"]["iou"] is None  # torchmetrics scores the absent class 0 instead
+
+
+def test_accumulator_states_merged_as_ddp_ranks_sync_them_give_the_whole_set_metrics():
+    """torchmetrics sums ``confmat``/``sums`` over ranks and stacks ``moments``; compute merges them."""
+    rng = np.random.default_rng(3)
+    t = 50.0 + rng.normal(size=300)
+    p = t + rng.normal(scale=0.5, size=300)
+    ranks = [RegressionAccumulator(sample_size=0) for _ in range(2)]
+    ranks[0].update(p[:100], t[:100])
+    ranks[1].update(p[100:], t[100:])
+    merged = RegressionAccumulator(sample_size=0)
+    merged.update(p[:1], t[:1])  # mark as updated; the synced states replace its own
+    merged.sums = ranks[0].sums + ranks[1].sums
+    merged.moments = torch.stack([ranks[0].moments, ranks[1].moments])
+    got, whole = merged.compute(), regression_metrics(p, t)
+    assert got["pixels"] == 300 and got["r2"] == pytest.approx(whole["r2"], abs=1e-12)
+    assert got["target_std"] == pytest.approx(whole["target_std"]) and got["rmse"] == pytest.approx(whole["rmse"])
+    from torchmetrics.regression import R2Score
+
+    assert got["r2"] == pytest.approx(float(R2Score().set_dtype(torch.float64)(torch.from_numpy(p), torch.from_numpy(t))), abs=1e-9)
+    cls = [ConfusionAccumulator(["x", "y"]) for _ in range(2)]
+    cls[0].update(np.array([0, 1]), np.array([0, 0]))
+    cls[1].update(np.array([1, 1]), np.array([1, -1]))
+    cls[0].confmat = cls[0].confmat + cls[1].confmat
+    assert cls[0].compute()["confusion_matrix"] == [[1, 1], [0, 1]]
+
+
 # -- regression ---------------------------------------------------------------------------------
 
 

@@ -4,8 +4,6 @@ The sub-commands live in their own modules (``data_prepare``, ``data_synth``) an
 themselves to :data:`data_app`.
 """
 
-from __future__ import annotations
-
 import typer
 
 data_app = typer.Typer(help="Chip stores: prepare from products, synthesise, inspect.", no_args_is_help=True)

@@ -4,8 +4,6 @@ A thin wrapper over :func:`hyperkd.data.prepare.prepare`; everything it does, a 
 can do with that function.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 from pathlib import Path

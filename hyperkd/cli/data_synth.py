@@ -4,8 +4,6 @@ Thin wrappers over :func:`hyperkd.synth.synthesize` and
 :func:`hyperkd.data.info.store_info`; a notebook can call those directly.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 import time

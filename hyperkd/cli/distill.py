@@ -1,8 +1,6 @@
 """``hyperkd distill``: HyperKD distillation from the command line (a thin layer over
 :func:`hyperkd.training.distill.distill`)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

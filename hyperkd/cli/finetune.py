@@ -1,18 +1,16 @@
 """``hyperkd finetune`` and ``hyperkd evaluate``: thin wrappers of :mod:`hyperkd.evaluation.finetune`."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from hyperkd.cli.app import app, console, print_json
+from hyperkd.evaluation.compare import headline  # torch-free: keeps `hyperkd --help` light
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
-    keys = ("overall_accuracy", "miou", "macro_f1", "rmse", "mae", "r2", "bias")
-    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
+    return ", ".join(f"{k}={v:.4g}" for k, v in headline(metrics).items())
 
 
 def _per_class(metrics: dict[str, Any]) -> None:

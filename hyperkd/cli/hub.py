@@ -1,8 +1,6 @@
 """``hyperkd hub push`` / ``hyperkd hub pull``: share models on the Hugging Face Hub
 (thin layers over :func:`hyperkd.hub.push` and :func:`hyperkd.hub.pull`)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

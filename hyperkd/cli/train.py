@@ -1,7 +1,5 @@
 """``hyperkd pretrain`` and ``hyperkd recipes ...``."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +44,8 @@ def recipes_show(
 
 
 StudentOpt = Annotated[str | None, typer.Option(
-    "--student", help="Sensor name, <sensor>-mae-<size>, a saved student folder, or a Hub repo id.")]
+    "--student", help="Sensor name, <sensor>-mae-<size>, a saved student or run folder, or a Hub repo id "
+    "(prefix local-dir: or hf-hub: to say which).")]
 DataOpt = Annotated[str | None, typer.Option("--data", help="Chip-store folder, or 'synthetic'.")]
 RecipeOpt = Annotated[str, typer.Option("--recipe", help="Recipe name or .yaml file.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder.")]

@@ -4,6 +4,12 @@ Every writer goes through :func:`atomic_path`: data goes to a temporary file in 
 destination folder, is flushed and fsynced, then renamed over the target in one step
 (``os.replace`` is atomic on POSIX and Windows). A crash leaves the old file or the new
 one, never a torn one.
+
+The temporary comes from :func:`tempfile.mkstemp`, which creates it private (mode 0600).
+Before the rename it gets the mode a plain ``open(target, "w")`` would have given: the
+existing file's mode when ``target`` is replaced, else ``0o666`` less the process umask. So
+an atomic write never tightens permissions (a chip store or model folder written under
+umask 022 stays readable by the group and others, as the user expects).
 """
 
 from __future__ import annotations
@@ -17,12 +23,38 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``).
+
+    Elsewhere it is read by setting and restoring it (``os.umask``), the only portable way.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_file_mode(target: Path) -> int:
+    """The permission bits ``open(target, "w")`` would leave: kept if it exists, else 0666 & ~umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
     The temporary keeps ``target``'s extension (plus ``suffix``) so libraries that infer
-    a format from the name (``np.save``, rasterio) keep working.
+    a format from the name (``np.save``, rasterio) keep working. The renamed file has the
+    permissions a plain write would give it (see the module docstring), not mkstemp's 0600.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +66,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _plain_file_mode(target))
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -55,3 +88,12 @@ def atomic_write_text(target: str | Path, text: str) -> None:
 def atomic_write_json(target: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``target`` atomically."""
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give ``path`` the mode a new plain file gets (``0o666`` less the umask).
+
+    For files that a library writes private: safetensors' ``save_file`` (used by the Hub
+    mixin's ``save_pretrained``) creates them with mode 0600 whatever the umask.
+    """
+    os.chmod(path, 0o666 & ~_umask())

@@ -3,7 +3,11 @@
 Discovery rules (the pytest/datasette model):
 
 * every entry point in the ``hyperkd`` group is a plugin module; it is imported and
-  registered with the manager under the entry point's name;
+  registered with the manager under the entry point's name. That top-level module must be
+  light (no torch): it *declares* its components (``hyperkd_components`` hook returning
+  :class:`~hyperkd.core.registry.ComponentSpec` records) and the registry imports each
+  component's module on first build, so ``hyperkd --help`` or ``create("masker", "random")``
+  imports only what it uses;
 * plugins shipped inside the ``hyperkd`` distribution itself (``plugins/`` in the source
   tree) are *built-in* and always load;
 * ``HYPERKD_DISABLE_PLUGIN_AUTOLOAD=1`` skips every third-party entry point;
@@ -14,11 +18,11 @@ Discovery rules (the pytest/datasette model):
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as md
 import os
 import threading
 import traceback
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -26,8 +30,8 @@ from typing import Any
 import pluggy
 
 from hyperkd.core import hookspecs
-from hyperkd.core.errors import HyperKDError
-from hyperkd.core.registry import REGISTRIES, Entry, provider
+from hyperkd.core.errors import HyperKDError, PluginError, UnknownComponentError
+from hyperkd.core.registry import REGISTRIES, ComponentSpec, Entry, declare, provider
 
 GROUP = "hyperkd"
 """The entry-point group plugins register under."""
@@ -35,8 +39,33 @@ DISABLE_ENV = "HYPERKD_DISABLE_PLUGIN_AUTOLOAD"
 ENABLE_ENV = "HYPERKD_PLUGINS"
 BUILTIN_DIST = "hyperkd"
 
-CORE_MODULES = ("hyperkd.components.maskers", "hyperkd.components.losses", "hyperkd.components.aligners", "hyperkd.models.mae", "hyperkd.evaluation.tasks")
-"""The core's own built-in components (registered as provider ``hyperkd``)."""
+
+def _core(kind: str, target: str, *names: str) -> tuple[ComponentSpec, ...]:
+    return tuple(ComponentSpec(kind, name, target) for name in names)
+
+
+CORE_COMPONENTS: tuple[ComponentSpec, ...] = (
+    ComponentSpec("masker", "random", "hyperkd.components.maskers:RandomMasker"),
+    ComponentSpec("masker", "spatial-feature", "hyperkd.components.maskers:SpatialFeatureMasker"),
+    ComponentSpec("aligner", "spectral-range", "hyperkd.components.aligners:spectral_range"),
+    ComponentSpec("aligner", "srf", "hyperkd.components.aligners:srf"),
+    ComponentSpec("aligner", "learned", "hyperkd.components.aligners:LearnedAligner"),
+    ComponentSpec("loss", "mse", "hyperkd.components.losses:MSELoss"),
+    ComponentSpec("loss", "ssim", "hyperkd.components.losses:SSIMLoss"),
+    ComponentSpec("loss", "sam", "hyperkd.components.losses:SAMLoss"),
+    ComponentSpec("loss", "kld", "hyperkd.components.losses:KLDLoss"),
+    ComponentSpec("loss", "cosine", "hyperkd.components.losses:CosineLoss"),
+    ComponentSpec("task", "segmentation", "hyperkd.evaluation.tasks:SegmentationTask"),
+    ComponentSpec("task", "regression", "hyperkd.evaluation.tasks:RegressionTask"),
+    # registered by loops at import time (one factory per preset / size)
+    *_core("task", "hyperkd.evaluation.tasks", "landcover", "croptype", "soc"),
+    *_core("student", "hyperkd.models.mae", "mae-tiny", "mae-small", "mae-base", "mae-large"),
+)
+"""The core's own built-in components (provider ``hyperkd``), declared like a plugin's: the
+modules (torch and all) are imported when a component is first built. Descriptions come from
+the docstrings, so listing them imports the modules; a test checks this table against what the
+modules register."""
+CORE_PROVIDER = "hyperkd"
 
 hookimpl = pluggy.HookimplMarker("hyperkd")
 """Decorator marking a plugin's hook implementations."""
@@ -73,11 +102,14 @@ class _State:
         self.lock = threading.RLock()
         self.loaded = False
         self.loading = False
+        self.core_declared = False
         self.pm: pluggy.PluginManager | None = None
         self.infos: dict[str, PluginInfo] = {}
-        # what each plugin module registered, so a forced rediscovery can restore it
-        # (import-time decorators do not run twice for a module that is already imported)
+        # what each loaded plugin module had in the registries when it was rolled back, so a
+        # forced rediscovery can restore it (import-time decorators do not run twice for a
+        # module that is already imported, and declared entries keep what they resolved)
         self.registered: dict[str, tuple[ModuleType, list[Entry]]] = {}
+        self.modules: dict[str, ModuleType] = {}
 
 
 _state = _State()
@@ -115,30 +147,54 @@ def _components_of(name: str) -> list[dict[str, str]]:
     ]
 
 
+def _declare_all(records: Any, name: str) -> None:
+    """Declare what one plugin's ``hyperkd_components`` returned (specs or mappings)."""
+    if records is None:
+        return
+    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+        raise PluginError(
+            f"plugin {name!r}: hyperkd_components() returned a {type(records).__name__}; return a list "
+            "of hyperkd.ComponentSpec records"
+        )
+    for record in records:
+        try:
+            declare(record, provider=name)
+        except (PluginError, UnknownComponentError) as exc:  # bad record or kind: name the plugin
+            raise PluginError(f"plugin {name!r}: {exc}") from None
+
+
 def _register_plugin(pm: pluggy.PluginManager, name: str, module: ModuleType) -> None:
     pm.register(module, name=name)
-    cached = _state.registered.get(name)
+    _state.modules[name] = module
+    cached = _state.registered.pop(name, None)
     if cached is not None and cached[0] is module:
         for e in cached[1]:
-            REGISTRIES[e.kind].add(
-                e.name, e.obj, description=e.description, aliases=e.aliases,
-                provider=e.provider, metadata=e.metadata,
-            )
+            REGISTRIES[e.kind].restore(e)
         return
-    impls = [i for i in pm.hook.hyperkd_register.get_hookimpls() if i.plugin_name == name]
     with provider(name):
-        for impl in impls:
-            impl.function()
-    _state.registered[name] = (
-        module,
-        [e for reg in REGISTRIES.values() for e in reg._entries.values() if e.provider == name],
-    )
+        for impl in pm.hook.hyperkd_components.get_hookimpls():
+            if impl.plugin_name == name:
+                _declare_all(impl.function(), name)
+        for impl in pm.hook.hyperkd_register.get_hookimpls():
+            if impl.plugin_name == name:
+                impl.function()
 
 
-def _rollback(name: str) -> None:
-    for reg in REGISTRIES.values():
-        for entry in [e for e in reg._entries.values() if e.provider == name]:
-            reg.remove(entry.name)
+def _rollback(name: str) -> list[Entry]:
+    """Remove every entry plugin ``name`` provided; returns them."""
+    return [
+        reg.remove(entry.name)
+        for reg in REGISTRIES.values()
+        for entry in [e for e in reg._entries.values() if e.provider == name]
+    ]
+
+
+def _declare_core() -> None:
+    if _state.core_declared:
+        return
+    for spec in CORE_COMPONENTS:
+        REGISTRIES[spec.kind].declare(spec, provider=CORE_PROVIDER)
+    _state.core_declared = True
 
 
 def load_plugins(*, force: bool = False) -> pluggy.PluginManager:
@@ -155,14 +211,16 @@ def load_plugins(*, force: bool = False) -> pluggy.PluginManager:
             assert _state.pm is not None
             return _state.pm
         if force:
-            for name in list(_state.infos):
-                _rollback(name)
+            for name, info in _state.infos.items():
+                removed = _rollback(name)
+                if info.status == "loaded" and name in _state.modules:
+                    _state.registered[name] = (_state.modules[name], removed)
         _state.loading = True
         _state.pm = pm = _new_manager()
         _state.infos = {}
+        _state.modules = {}
         try:
-            for mod in CORE_MODULES:
-                importlib.import_module(mod)
+            _declare_core()
             autoload = not _truthy(os.environ.get(DISABLE_ENV))
             wanted = {
                 s.strip() for s in os.environ.get(ENABLE_ENV, "").split(",") if s.strip()
@@ -186,6 +244,7 @@ def load_plugins(*, force: bool = False) -> pluggy.PluginManager:
                     _register_plugin(pm, ep.name, module)
                 except Exception as exc:
                     _rollback(ep.name)
+                    _state.modules.pop(ep.name, None)
                     if pm.get_plugin(ep.name) is not None:
                         pm.unregister(name=ep.name)
                     info.status = "failed"

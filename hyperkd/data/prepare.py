@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
+import logging
 import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,9 +41,12 @@ from rasterio.windows import Window
 
 import hyperkd
 from hyperkd.core.errors import DataError, SensorError
+from hyperkd.core.progress import progress_enabled, rich_progress
 from hyperkd.core.sensors import Sensor
 from hyperkd.data.products import Product, ProductFormat, find_products, product_format_for
 from hyperkd.data.store import MANIFEST, ChipStore, ChipStoreWriter, nbytes_per_chip
+
+logger = logging.getLogger(__name__)
 
 SHARD_BYTES = 256 << 20
 """Target shard size: big enough for few files, small enough to buffer in memory."""
@@ -97,10 +100,6 @@ def chip_windows(width: int, height: int, size: int, stride: int) -> list[Window
     return [Window(c, r, size, size) for r in starts(height) for c in starts(width)]
 
 
-def _progress_enabled(progress: bool) -> bool:
-    return progress and os.environ.get("HYPERKD_DISABLE_PROGRESS", "") in ("", "0")
-
-
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[Any]:
     """A rich progress bar over chip windows (a no-op object when disabled)."""
@@ -115,18 +114,7 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
         yield _Null()
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("windows, {task.fields[kept]} chips kept"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
+    with rich_progress("[bold]{task.description}", "windows, {task.fields[kept]} chips kept") as bar:
         yield bar
 
 
@@ -273,7 +261,7 @@ def prepare(
         )
         writer.attrs.setdefault("products", {})
         bands = selected.band_names
-        with _progress(_progress_enabled(progress)) as bar:
+        with _progress(progress_enabled(progress)) as bar:
             for p in products:
                 task = bar.add_task(short_product_name(p.name), total=len(windows[p.name]), kept=0)
                 if p.name in writer.sources_done:
@@ -290,9 +278,15 @@ def prepare(
                         f"{exc} (the store at {out} keeps the {len(writer.sources_done)} product(s) finished "
                         "before; fix or remove this input, then rerun with --resume)"
                     ) from None
+                info = p.info()
                 writer.attrs["products"][p.name] = {
-                    **p.info(), **counts, "windows": len(windows[p.name]), "max_center_shift_nm": shifts[p.name],
+                    **info, **counts, "windows": len(windows[p.name]), "max_center_shift_nm": shifts[p.name],
                 }
+                for note in info.get("warnings") or ():
+                    logger.warning("%s: %s", p.name, note)
+                logger.info("%s: %d of %d windows kept as chips (%d dropped for no data, %d for cloud)",
+                            p.name, counts["chips"], len(windows[p.name]), counts["dropped_nodata"],
+                            counts["dropped_cloud"])
                 writer.mark_source_done(p.name)
         if len(writer) == 0:
             tried = sum(len(w) for w in windows.values())

@@ -15,16 +15,21 @@ file, ...). The core never parses a product itself; it asks the ``dataset`` regi
 * ``product.read(window, bands)`` returns a :class:`ProductWindow`: surface reflectance with
   the product's own gain/offset applied, and the masks ``prepare`` needs to drop chips.
 
-A plugin registers a format as metadata of a ``dataset`` entry (the entry itself is usually
-a torchgeo-style dataset over the same products)::
+Readers are components of their own kind, ``reader`` (``hyperkd list reader`` shows them):
+a plugin registers a :class:`ProductFormat` under the format's name, lazily from its
+``hyperkd_components`` hook (the module is imported only when a product is read)::
 
     FORMAT = ProductFormat(name="prisma-l2d", sensors=("prisma",), open=open_prisma,
                            find=find_prisma_products, description="PRISMA L2D HE5 files")
 
-    @register("dataset", "prisma-l2d", product_format=FORMAT)
-    def prisma_l2d(paths, **kwargs): ...
+    @hookimpl
+    def hyperkd_components():
+        return [ComponentSpec("reader", "prisma-l2d", "hyperkd_prisma.l2d:FORMAT",
+                              description="PRISMA L2D HE5 files")]
 
-and :func:`product_format_for` finds it by sensor name.
+(or eagerly, ``register("reader", "prisma-l2d")(FORMAT)`` in a ``hyperkd_register`` hook), and
+:func:`product_format_for` finds it by sensor name. A torchgeo-style ``dataset`` over the
+same products is a separate, optional entry.
 """
 
 from __future__ import annotations
@@ -40,11 +45,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from hyperkd.core.errors import DataError
+from hyperkd.core.errors import DataError, PluginError
 from hyperkd.core.sensors import Sensor
-
-PRODUCT_FORMAT_KEY = "product_format"
-"""Metadata key of a ``dataset`` registry entry that carries a :class:`ProductFormat`."""
 
 
 @dataclass(frozen=True)
@@ -140,41 +142,55 @@ class ProductFormat:
     description: str = ""
 
 
+def _format_of(entry: Any) -> ProductFormat:
+    """The :class:`ProductFormat` a ``reader`` entry holds (importing a declared one)."""
+    fmt = entry.obj
+    if not isinstance(fmt, ProductFormat):
+        raise PluginError(
+            f"reader {entry.name!r} (plugin {entry.provider!r}) is a {type(fmt).__name__}, not a "
+            "hyperkd.data.products.ProductFormat; register a ProductFormat instance"
+        )
+    if fmt.name != entry.name:
+        raise PluginError(
+            f"reader {entry.name!r} (plugin {entry.provider!r}) holds the ProductFormat named {fmt.name!r}; "
+            "register it under its own name"
+        )
+    return fmt
+
+
 def product_formats() -> list[ProductFormat]:
-    """Every product format registered (as ``dataset`` metadata) by the loaded plugins."""
+    """Every product format of the ``reader`` registry (each reader's module is imported)."""
     from hyperkd.core.registry import registry
 
-    out: list[ProductFormat] = []
-    for entry in registry("dataset").entries():
-        fmt = entry.metadata.get(PRODUCT_FORMAT_KEY)
-        if isinstance(fmt, ProductFormat):
-            out.append(fmt)
-    return out
+    return [_format_of(entry) for entry in registry("reader").entries()]
 
 
 def product_format_for(sensor: str, reader: str | None = None) -> ProductFormat:
     """The product format that reads ``sensor`` products (or the one named ``reader``).
 
     Several formats for one sensor (e.g. L1C and L2A readers) need ``reader`` to choose.
+    Naming ``reader`` imports only that reader's module.
     """
-    formats = product_formats()
+    from hyperkd.core.registry import registry
+
     if reader is not None:
-        for fmt in formats:
-            if fmt.name == reader:
-                if sensor not in fmt.sensors:
-                    raise DataError(
-                        f"product reader {reader!r} reads {', '.join(fmt.sensors)} products, not {sensor!r}"
-                    )
-                return fmt
-        known = ", ".join(f.name for f in formats) or "(none)"
-        raise DataError(f"no product reader named {reader!r}; installed readers: {known}")
+        readers = registry("reader")
+        if reader not in readers:
+            known = ", ".join(readers.names()) or "(none)"
+            raise DataError(f"no product reader named {reader!r}; installed readers: {known} "
+                            "(`hyperkd list reader`)")
+        fmt = _format_of(readers.get(reader))
+        if sensor not in fmt.sensors:
+            raise DataError(f"product reader {reader!r} reads {', '.join(fmt.sensors)} products, not {sensor!r}")
+        return fmt
+    formats = product_formats()
     matching = [f for f in formats if sensor in f.sensors]
     if not matching:
         readable = sorted({s for f in formats for s in f.sensors})
         raise DataError(
             f"no installed plugin reads {sensor!r} products (readable sensors: "
             f"{', '.join(readable) or 'none'}); install a plugin with a product reader, "
-            "see `hyperkd list dataset`"
+            "see `hyperkd list reader`"
         )
     if len(matching) > 1:
         raise DataError(

@@ -28,6 +28,17 @@ from typing import Any
 
 from hyperkd.core.errors import HyperKDError
 
+HEADLINE: tuple[str, ...] = ("overall_accuracy", "miou", "macro_f1", "rmse", "mae", "r2", "bias")
+"""The downstream metrics a comparison table reports, and the only ones a fine-tune's
+``scalars`` / ``metrics.json`` summary / CLI line show (classes first, then values); the
+rest (per-class scores, confusion matrix...) stays in the full ``metrics``."""
+
+
+def headline(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The :data:`HEADLINE` metrics present in ``metrics`` as floats (absent or ``None`` ones left out)."""
+    return {k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
+
+
 HIGHER_IS_BETTER = {"accuracy": True, "miou": True, "macro_f1": True, "psnr": True, "ssim": True,
                     "r2": True, "rmse": False, "mae": False, "mse": False, "sam_deg": False, "loss": False}
 

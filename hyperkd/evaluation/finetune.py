@@ -29,9 +29,15 @@ store instead of the test split (``eval_labels=`` defaults to ``labels=``: one n
 usually covers both).
 
 Training uses Lightning (:func:`hyperkd.training.runner.make_trainer`: CSV/TensorBoard logs,
-safetensors checkpoints). With a fixed encoder (``frozen``, ``linear``) the encoder's
-output for a chip never changes (no augmentation), so it is computed once and cached on the
-CPU (up to ``cache_mb``): later epochs only train the head.
+safetensors checkpoints) with :class:`~hyperkd.evaluation.finetune_module.FinetuneModule`,
+which also trains under a plain ``lightning.Trainer``. With a fixed encoder (``frozen``,
+``linear``) the encoder's output for a chip never changes (no augmentation), so it is
+computed once and cached on the CPU (up to ``cache_mb``): later epochs only train the head.
+
+The pieces live by concern: splits in :mod:`hyperkd.data.splits`, label binding in
+:mod:`hyperkd.evaluation.labels`, datasets in :mod:`hyperkd.evaluation.datasets`, metrics in
+:mod:`hyperkd.evaluation.metrics`, results in :mod:`hyperkd.evaluation.results`; this
+module keeps the two runners (:func:`finetune`, :func:`evaluate`) and re-exports the rest.
 
 Outputs in ``out``: ``finetune.json`` (settings), ``model/`` (config.json +
 model.safetensors, :class:`~hyperkd.models.pixel.PixelModel`), ``metrics.json`` (test
@@ -41,198 +47,34 @@ metrics), ``figures/`` (confusion matrix or scatter, predicted maps), ``logs/``.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from hyperkd.core.errors import DataError, HyperKDError, WeightsError
+from hyperkd.core.errors import DataError, HyperKDError
 from hyperkd.core.io import atomic_write_json
-from hyperkd.data.store import ChipStore, LabelSpec
-from hyperkd.evaluation.tasks import RegressionAccumulator, RegressionTask, SegmentationTask, Task, get_task
+from hyperkd.data.splits import split_chips
+from hyperkd.data.store import ChipStore
+from hyperkd.evaluation.compare import headline
+from hyperkd.evaluation.datasets import TaskDataset, open_store
+from hyperkd.evaluation.finetune_module import FinetuneModule
+from hyperkd.evaluation.labels import TaskLabels, bind_labels, target_stats
+from hyperkd.evaluation.metrics import RegressionAccumulator
+from hyperkd.evaluation.results import EvalResult, FinetuneResult
+from hyperkd.evaluation.tasks import RegressionTask, SegmentationTask, Task, get_task
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.models.pixel import PROTOCOLS, PixelModel, encoder_config, layers_tuple, recompute_batchnorm
 
 RAW = "raw"
 INITS = ("pretrained", "random")
-
-
-# ----------------------------------------------------------------------------------------------
-# Results
-# ----------------------------------------------------------------------------------------------
-
-
-HEADLINE = ("overall_accuracy", "miou", "macro_f1", "rmse", "mae", "r2", "bias")
-"""The metrics a comparison table reports (``scalars``); the rest stays in ``metrics``."""
-
-
-def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
-
-
-@dataclass
-class EvalResult:
-    """Metrics of one model on one set of chips, and where they were written."""
-
-    metrics: dict[str, Any]
-    chips: list[int]
-    store: Path
-    out: Path | None = None
-    figures: list[Path] = field(default_factory=list)
-
-    @property
-    def scalars(self) -> dict[str, float]:
-        """The headline numbers only (accuracy, mIoU, macro F1 / RMSE, MAE, R2, bias)."""
-        return _scalars(self.metrics)
-
-
-@dataclass
-class FinetuneResult:
-    """What :func:`finetune` made: the run folder, the saved model and its test metrics."""
-
-    run_dir: Path
-    model_dir: Path
-    metrics: dict[str, Any]
-    val_metrics: dict[str, Any]
-    settings: dict[str, Any]
-    figures: list[Path] = field(default_factory=list)
-
-    @property
-    def scalars(self) -> dict[str, float]:
-        """The headline test numbers only (for tables over runs and seeds)."""
-        return _scalars(self.metrics)
-
-
-# ----------------------------------------------------------------------------------------------
-# Labels and data
-# ----------------------------------------------------------------------------------------------
-
-
-class TaskLabels:
-    """Per-chip targets for a bound task: from a store label layer or an aligned raster.
-
-    Targets are int64 class ids (``ignore_index`` = no label) or float32 values (NaN = no
-    label); pixels the chip marks invalid (no image data) are never labelled.
-    """
-
-    def __init__(self, store: ChipStore, task: Task, raster_values: np.ndarray | None = None,
-                 unknown_pixels: int = 0) -> None:
-        self.store = store
-        self.task = task
-        self.raster_values = raster_values
-        self.unknown_pixels = unknown_pixels
-
-    def target(self, index: int, item: Mapping[str, Any] | None = None) -> np.ndarray:
-        item = item if item is not None else self.store[index]
-        if self.raster_values is not None:
-            t = np.asarray(self.raster_values[index])
-        else:
-            t = np.asarray(item[self.task.label])
-        valid = np.asarray(item["valid"], dtype=bool)
-        if isinstance(self.task, SegmentationTask):
-            t = t.astype(np.int64)
-            ign = self.task.ignore_index
-            bad = (t != ign) & ((t < 0) | (t >= len(self.task.classes)))
-            if bad.any():
-                raise DataError(f"{self.store.root}: chip {index} has class ids outside 0..{len(self.task.classes) - 1} "
-                                f"in label {self.task.label!r} (e.g. {int(t[bad][0])})")
-            return np.where(valid, t, ign)
-        t = t.astype(np.float32)
-        return np.where(valid, t, np.float32(np.nan))
-
-
-def bind_labels(
-    task: Task,
-    store: ChipStore,
-    labels: str | Path | None = None,
-    cache: Path | None = None,
-) -> tuple[Task, TaskLabels]:
-    """Bind ``task`` to the store's label layer or to a label raster; returns (task, labels).
-
-    For a class raster, a task that already has ``codes`` (a trained model's) keeps them;
-    otherwise the codes present in the raster over the store's chips become the classes.
-    """
-    if labels is None:
-        if task.label not in store.labels:
-            have = ", ".join(store.labels) or "none"
-            raise DataError(
-                f"{store.root} has no label layer {task.label!r} (it has: {have}); pass --labels RASTER "
-                "with a GeoTIFF of the labels, or --label NAME to use another layer"
-            )
-        bound = task.bind(store.labels[task.label])
-        if isinstance(task, SegmentationTask) and task.classes and tuple(task.classes) != bound.classes:
-            raise DataError(f"label {task.label!r} of {store.root} has classes {list(bound.classes)}, but the "
-                            f"model was trained on {list(task.classes)}")
-        return bound, TaskLabels(store, bound)
-
-    from hyperkd.data.labels import NLCD_CLASSES, align_label_raster, class_codes, class_names, encode_classes
-
-    kind = task.label_kind
-    values = align_label_raster(labels, store, kind, cache=cache)
-    if isinstance(task, SegmentationTask):
-        codes = list(task.codes) or class_codes(values)
-        if not codes:
-            raise DataError(f"label raster {labels} has no labelled pixel over the chips of {store.root}")
-        names = list(task.classes) if task.codes else class_names(codes, NLCD_CLASSES if task.name == "landcover" else None)
-        spec = LabelSpec("class", classes=tuple(names), ignore_index=task.ignore_index)
-        bound_seg = SegmentationTask(label=task.label, name=task.name, classes=tuple(names),
-                                     ignore_index=task.ignore_index, codes=tuple(float(c) for c in codes))
-        bound_seg.bind(spec)
-        ids, unknown = encode_classes(values, codes, task.ignore_index)
-        return bound_seg, TaskLabels(store, bound_seg, ids, unknown)
-    if not np.isfinite(values).any():
-        raise DataError(f"label raster {labels} has no valid value over the chips of {store.root}")
-    bound = task.bind(LabelSpec("continuous", unit=getattr(task, "unit", "")))
-    return bound, TaskLabels(store, bound, values)
-
-
-class TaskDataset(Dataset):
-    """Chips of a store with one task's targets: ``image`` (C,S,S) float32, ``target`` (S,S), ``index``."""
-
-    def __init__(self, store: ChipStore, indices: Sequence[int], labels: TaskLabels) -> None:
-        self.store = store
-        self.indices = list(indices)
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        idx = self.indices[i]
-        item = self.store[idx]
-        return {"image": torch.from_numpy(item["image"]),
-                "target": torch.from_numpy(self.labels.target(idx, item)), "index": idx}
-
-
-def split_chips(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:
-    """Deterministic train / validation / test chip indices (test and validation get >= 1 chip
-    each when their fraction is > 0; training keeps at least one)."""
-    if n < 1 + (val_fraction > 0) + (test_fraction > 0):
-        raise DataError(f"{n} chips are too few to split into train/validation/test; use a larger store")
-    perm = np.random.default_rng(seed).permutation(n).tolist()
-    n_test = max(round(test_fraction * n), 1) if test_fraction > 0 else 0
-    n_val = max(round(val_fraction * n), 1) if val_fraction > 0 else 0
-    while n - n_test - n_val < 1:
-        if n_test >= n_val and n_test > 1:
-            n_test -= 1
-        else:
-            n_val -= 1
-    test, val, train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
-    return sorted(train), sorted(val), sorted(test)
-
-
-def _open_store(store: str | Path | ChipStore) -> ChipStore:
-    return store if isinstance(store, ChipStore) else ChipStore(store)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,40 +95,25 @@ def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, in
     if isinstance(student, HyperspectralMAE):
         model = student
     else:
-        from hyperkd import hub
-        from hyperkd.core.registry import create, registry
-        from hyperkd.models.mae import SIZES
+        from hyperkd.models.factory import create_model, resolve_spec
 
-        spec = str(student)
-        path = Path(spec)
-        if path.is_dir() or hub.is_repo_id(spec):
-            if path.is_dir() and not ((path / "config.json").exists() or (path / "student" / "config.json").exists()):
-                raise WeightsError(f"{path} holds no student (no config.json, no student/config.json); pass a "
-                                   "run folder of `hyperkd pretrain`/`distill`, a saved student, or 'raw'")
-            loaded = hub.from_pretrained(spec)  # folders, run folders and Hub repos, by model_type
+        spec = resolve_spec(student, sensor=store.sensor)  # folders, run folders, Hub repos, architectures
+        if spec.trained:
+            loaded = create_model(spec)  # the class comes from the saved config's model_type
             if not isinstance(loaded, HyperspectralMAE):
-                raise HyperKDError(f"student {spec!r} is a {type(loaded).__name__}, not a hyperspectral MAE student")
+                raise HyperKDError(f"student {spec.spec!r} is a {type(loaded).__name__}, not a hyperspectral MAE "
+                                   "student")
             model = loaded
         else:
-            arch: tuple[str, str] | None = None
-            if spec in registry("student"):
-                arch = (spec, store.sensor.name)
-            elif "-mae-" in spec and spec.rsplit("-mae-", 1)[1] in SIZES:
-                arch = (f"mae-{spec.rsplit('-mae-', 1)[1]}", spec.rsplit("-mae-", 1)[0])
-            elif spec in registry("sensor"):
-                arch = ("mae-tiny", spec)
-            if arch is None:
-                raise WeightsError(f"student {spec!r} not found: not a folder, 'raw', an architecture name "
-                                   "or a Hugging Face repo id (org/name)")
             if init != "random":
                 raise HyperKDError(
-                    f"student {spec!r} is an architecture, not trained weights; pass init='random' "
+                    f"student {spec.spec!r} is an architecture, not trained weights; pass init='random' "
                     "(--init random) for an untrained-encoder control, or a trained run folder")
-            if arch[1] != store.sensor.name:
-                raise HyperKDError(f"student {spec!r} is for sensor {arch[1]!r} but {store.root} holds "
+            if spec.sensor is not None and spec.sensor != store.sensor.name:
+                raise HyperKDError(f"student {spec.spec!r} is for sensor {spec.sensor!r} but {store.root} holds "
                                    f"{store.sensor.name!r} chips")
             # the store's band table carries its statistics: the encoder standardises with them
-            return create("student", arch[0], sensor=store.sensor, img_size=store.chip_size)
+            return create_model(spec, sensor=store.sensor, img_size=store.chip_size)
     if model.in_chans != store.sensor.num_bands or model.img_size != store.chip_size:
         raise HyperKDError(
             f"the student expects {model.in_chans} bands of {model.img_size} px but {store.root} holds "
@@ -302,108 +129,8 @@ def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, in
 
 
 # ----------------------------------------------------------------------------------------------
-# Lightning module
-# ----------------------------------------------------------------------------------------------
-
-
-class FeatureCache:
-    """Head inputs per chip (keyed by store index) on the CPU, up to ``max_mb``; valid only while
-    the encoder is fixed and the loader does no augmentation."""
-
-    def __init__(self, max_mb: float) -> None:
-        self.max_bytes = int(max_mb * 2**20)
-        self.rows: dict[int, Tensor] = {}
-        self.bytes = 0
-
-    def get(self, keys: Sequence[int]) -> Tensor | None:
-        rows = [self.rows.get(int(k)) for k in keys]
-        return None if any(r is None for r in rows) else torch.stack(rows)  # type: ignore[arg-type]
-
-    def put(self, keys: Sequence[int], feats: Tensor) -> None:
-        for k, f in zip(keys, feats, strict=True):
-            if int(k) in self.rows:
-                continue
-            size = f.numel() * f.element_size()
-            if self.bytes + size > self.max_bytes:
-                return
-            self.rows[int(k)] = f.detach().to("cpu", copy=True)
-            self.bytes += size
-
-
-class FinetuneModule(L.LightningModule):
-    """Trains a :class:`PixelModel`'s head (and, for ``full``, its encoder) on one task."""
-
-    def __init__(self, model: PixelModel, lr: float = 1e-3, encoder_lr_scale: float = 0.1,
-                 weight_decay: float = 1e-4, warmup_steps: int = 0, cache_mb: float = 1024.0) -> None:
-        super().__init__()
-        self.model = model
-        self.lr, self.encoder_lr_scale, self.weight_decay = lr, encoder_lr_scale, weight_decay
-        self.warmup_steps = warmup_steps
-        self.cache = FeatureCache(cache_mb) if model.encoder_frozen and model.encoder is not None and cache_mb > 0 else None
-        self._val_acc: Any = None
-
-    def _features(self, batch: Mapping[str, Any]) -> Tensor:
-        if self.cache is None:
-            return self.model.features(batch["image"])
-        keys = [int(i) for i in batch["index"]]
-        got = self.cache.get(keys)
-        if got is not None:
-            return got.to(batch["image"].device)
-        feats = self.model.features(batch["image"])
-        self.cache.put(keys, feats)
-        return feats
-
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        out = self.model.head_forward(self._features(batch))
-        loss = self.model.task.loss(out, batch["target"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
-        return loss
-
-    def on_validation_epoch_start(self) -> None:
-        self._val_acc = self.model.task.accumulator()
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        out = self.model.head_forward(self._features(batch))
-        self.log("val/loss", self.model.task.loss(out, batch["target"]), batch_size=batch["image"].shape[0])
-        self._val_acc.update(self.model.task.predict(out), batch["target"])
-
-    def on_validation_epoch_end(self) -> None:
-        for k, v in _scalars(self._val_acc.compute()).items():
-            if math.isfinite(v):
-                self.log(f"val/{k}", v)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        head, enc = self.model.trainable_groups()
-        groups = [{"params": head, "lr": self.lr}]
-        if enc:
-            groups.append({"params": enc, "lr": self.lr * self.encoder_lr_scale})
-        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.warmup_steps, max(total - 1, 0))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / max(warmup, 1)
-            return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-# ----------------------------------------------------------------------------------------------
 # finetune / evaluate
 # ----------------------------------------------------------------------------------------------
-
-
-def _target_stats(labels: TaskLabels, indices: Sequence[int]) -> tuple[float, float]:
-    acc = RegressionAccumulator(sample_size=0)
-    for i in indices:
-        t = labels.target(i)
-        acc.update(t, t)
-    m = acc.compute()
-    if not m["pixels"]:
-        raise DataError(f"the training chips have no labelled pixel for {labels.task.label!r}")
-    return float(m["target_mean"]), float(m["target_std"] or 1.0)
 
 
 def _check_eval_store(train: ChipStore, other: ChipStore, task: Task, eval_labels: str | Path | None) -> None:
@@ -471,7 +198,7 @@ def finetune(
             raise HyperKDError(f"{out} already holds a fine-tune run; choose another --out (or overwrite=True)")
         shutil.rmtree(out)
     base_task = get_task(task, label=label)
-    train_store = _open_store(store)
+    train_store = open_store(store)
     bound, task_labels = bind_labels(base_task, train_store, labels, cache=out / "labels" / "train.npy" if labels else None)
 
     tf = 0.0 if eval_store is not None else test_fraction
@@ -483,10 +210,10 @@ def finetune(
                                f"{len(test_idx)} test chips)")
         train_idx = sorted(np.random.default_rng(seed).permutation(train_idx)[:train_chips].tolist())
     if isinstance(bound, RegressionTask):
-        bound = bound.with_target_stats(*_target_stats(task_labels, train_idx))
+        bound = bound.with_target_stats(*target_stats(task_labels, train_idx))
         task_labels.task = bound
 
-    eval_st = _open_store(eval_store) if eval_store is not None else None
+    eval_st = open_store(eval_store) if eval_store is not None else None
     if eval_st is not None:
         if labels is not None and eval_labels is None:
             eval_labels = labels  # one raster (e.g. national NLCD / CDL) usually covers both stores
@@ -495,26 +222,13 @@ def finetune(
     L.seed_everything(seed, workers=True, verbose=False)
     encoder = resolve_student(student, train_store, init)
     torch.manual_seed(seed)  # the same head initialisation for every student of one architecture at this seed
-    cfg: dict[str, Any] = {
-        "task": bound.to_dict(),
-        "protocol": protocol,
-        "img_size": train_store.chip_size,
-        "layers": list(layers_tuple(layers)),
-        "hidden": hidden,
-        "encoder": encoder_config(encoder) if encoder is not None else None,
-        "sensor": train_store.sensor.to_dict() if encoder is None else None,
-        "student": _student_name(student),
-        "init": "none" if encoder is None else init,
-    }
-    model = PixelModel(cfg)
-    if encoder is not None:
-        state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
-        missing, unexpected = model.encoder.load_state_dict(state, strict=False)  # type: ignore[union-attr]
-        if missing or unexpected:
-            raise WeightsError(f"student weights do not fit its encoder (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    init_name = "none" if encoder is None else init
+    model = PixelModel.build(bound, encoder=encoder, sensor=train_store.sensor, img_size=train_store.chip_size,
+                             protocol=protocol, layers=layers, hidden=hidden, student=_student_name(student),
+                             init=init_name)
 
     settings = {
-        "student": _student_name(student), "init": cfg["init"], "task": bound.name, "label": bound.label,
+        "student": _student_name(student), "init": init_name, "task": bound.name, "label": bound.label,
         "kind": bound.kind, "protocol": protocol, "seed": seed, "split_seed": split_seed,
         "store": str(train_store.root.resolve()), "synthetic": train_store.synthetic,
         "labels": str(labels) if labels else None, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -574,7 +288,7 @@ def finetune(
         if p is not None:
             ev.figures.append(p)
     summary = json.loads((out / "metrics.json").read_text())
-    summary["val"] = _scalars(val_metrics)
+    summary["val"] = headline(val_metrics)
     summary["time_s"] = round(time.time() - t0, 2)
     atomic_write_json(out / "metrics.json", summary)
     return FinetuneResult(run_dir=out, model_dir=model_dir, metrics=ev.metrics, val_metrics=val_metrics,
@@ -612,7 +326,7 @@ def evaluate(
     aligned by :func:`finetune` (internal).
     """
     pm = model if isinstance(model, PixelModel) else PixelModel.load(model)
-    st = _open_store(store)
+    st = open_store(store)
     if task_labels is None:
         cache = Path(out) / "labels" / "eval.npy" if (labels and out is not None) else None
         _, task_labels = bind_labels(pm.task, st, labels, cache=cache)

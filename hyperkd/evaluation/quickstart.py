@@ -26,16 +26,22 @@ pretraining did not matter for that task.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hyperkd.core.io import atomic_write_text
+from hyperkd.core.progress import DISABLE_ENV
+
+logger = logging.getLogger(__name__)
 
 ROWS = ("no-KD", "HyperKD", "random-teacher KD", "untrained encoder", "raw spectra")
 TINY_TEACHER = {"patch_size": [1, 8, 8], "embed_dim": 64, "depth": 4, "num_heads": 4,
@@ -63,16 +69,37 @@ class QuickstartConfig:
     extra_sets: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _quiet() -> None:
-    """Keep the quickstart's console output to its own progress lines."""
-    import logging
-    import warnings
+# Messages from Lightning that say nothing about a quickstart-sized run (tiny stores, few steps).
+_NOISE = (r".*LeafSpec.*", r".*smaller than the logging interval.*", r".*does not have many workers.*")
 
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the console to the quickstart's own lines *while it runs*; the caller's settings come back.
+
+    The warning filters live inside ``warnings.catch_warnings()``, Lightning's loggers get their
+    level back and progress bars are switched off only for the run (``HYPERKD_DISABLE_PROGRESS``,
+    restored on exit): nothing outlives the call.
+    """
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = {n: logging.getLogger(n).level for n in names}
+    had_env = DISABLE_ENV in os.environ
+    old_env = os.environ.get(DISABLE_ENV)
+    with warnings.catch_warnings():
+        for pattern in _NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        os.environ.setdefault(DISABLE_ENV, "1")
+        try:
+            yield
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
+            if had_env:
+                os.environ[DISABLE_ENV] = old_env or ""
+            else:
+                os.environ.pop(DISABLE_ENV, None)
 
 
 def _metric_names(tasks: Sequence[str]) -> list[str]:
@@ -87,9 +114,25 @@ def quickstart(
     config: QuickstartConfig | None = None,
     *,
     docs: str | Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every stage into ``out`` (replaced); returns the report dict."""
+    """Run every stage into ``out`` (replaced); returns the report dict.
+
+    ``log`` receives the progress lines (the CLI prints them); by default they go to this
+    module's logger at INFO level.
+    """
+    with _quiet():
+        return _run(out, config, docs=docs, log=log or logger.info)
+
+
+def _run(
+    out: str | Path,
+    config: QuickstartConfig | None,
+    *,
+    docs: str | Path | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """:func:`quickstart`'s stages, run inside :func:`_quiet`."""
     from hyperkd.evaluation.compare import compare
     from hyperkd.evaluation.finetune import finetune
     from hyperkd.synth import kd_stores
@@ -98,12 +141,10 @@ def quickstart(
     from hyperkd.training.teacher import pretrain_teacher
 
     cfg = config or QuickstartConfig()
-    _quiet()
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    os.environ.setdefault("HYPERKD_DISABLE_PROGRESS", "1")
     t0 = time.time()
     timings: dict[str, float] = {}
 
@@ -269,15 +310,13 @@ def _up(metric: str) -> bool:
 
 
 def _bar_figure(table: Any, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
     metrics = [m for m in table.metrics if not m.startswith("recon")]
     rows = list(table.rows)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(metrics), 3.6))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, m in zip(axes[0], metrics, strict=True):
         means = [table.rows[r][m].mean if m in table.rows[r] else np.nan for r in rows]
         stds = [table.rows[r][m].std if m in table.rows[r] else 0 for r in rows]
@@ -290,7 +329,6 @@ def _bar_figure(table: Any, path: Path) -> None:
     fig.suptitle("downstream (frozen encoder + CNN head), mean ± std over seeds — SYNTHETIC data", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def render_markdown(report: dict[str, Any], table_md: str, figure_prefix: str) -> str:

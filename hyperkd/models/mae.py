@@ -340,35 +340,39 @@ for _size in SIZES:
 
 
 def build_student(spec: str | Sensor, **kwargs: Any) -> HyperspectralMAE:
-    """Build a student from a name.
+    """Build (or load) a student by name, through the one model factory.
 
     ``spec`` may be a registered student (``mae-small``; pass ``sensor=``), a sensor name
-    (``enmap``: that sensor's ``tiny`` student), or ``<sensor>-mae-<size>``
-    (``enmap-mae-small``, ``prisma-mae-base``), or a :class:`Sensor`. Keyword arguments
-    override the architecture (``img_size=224``, ``embedding="plain"``...).
+    (``enmap``: that sensor's ``tiny`` student), ``<sensor>-mae-<size>`` (``enmap-mae-small``,
+    ``prisma-mae-base``), a :class:`Sensor`, or a saved model / run folder or Hub repo id
+    (see :func:`hyperkd.models.factory.resolve_spec`). Keyword arguments override the
+    architecture (``img_size=224``, ``embedding="plain"``...).
     """
-    from hyperkd.core.registry import create, registry
-
-    if isinstance(spec, Sensor):
-        return create("student", "mae-tiny", sensor=spec, **kwargs)
-    if spec in registry("student"):
-        return create("student", spec, **kwargs)
-    if "-mae-" in spec:
-        sensor, size = spec.rsplit("-mae-", 1)
-        if size in SIZES and sensor in registry("sensor"):
-            return create("student", f"mae-{size}", sensor=sensor, **kwargs)
-    if spec in registry("sensor"):
-        return create("student", "mae-tiny", sensor=spec, **kwargs)
-    raise HyperKDError(
-        f"unknown student {spec!r}: use a sensor name (e.g. 'enmap'), '<sensor>-mae-<size>' with size in "
-        f"{sorted(SIZES)}, a registered student ({', '.join(registry('student').names())}), or a saved "
-        "student folder"
-    )
+    return _as_student(spec, _create_model(spec, **kwargs))
 
 
 def load_student(path: str, **kwargs: Any) -> HyperspectralMAE:
-    """Load a saved student (folder with config.json + model.safetensors)."""
-    return HyperspectralMAE.from_pretrained(path, **kwargs)
+    """Load a saved student: a model folder, a run folder or a Hub repo id (``org/name[@rev]``);
+    ``kwargs`` are loading options (``revision``, ``map_location``...)."""
+    from hyperkd.models.factory import resolve_spec
+
+    spec = resolve_spec(path)
+    if not spec.trained:
+        raise HyperKDError(f"{path!r} is an architecture name, not a saved student; build it with "
+                           "build_student, or pass a model folder, run folder or Hub repo id")
+    return _as_student(path, _create_model(spec, **kwargs))
+
+
+def _create_model(spec: Any, **kwargs: Any) -> Any:
+    from hyperkd.models.factory import create_model
+
+    return create_model(spec, **kwargs)
+
+
+def _as_student(spec: Any, model: Any) -> HyperspectralMAE:
+    if not isinstance(model, HyperspectralMAE):
+        raise HyperKDError(f"{spec!r} is a {type(model).__name__}, not a hyperspectral MAE student")
+    return model
 
 
 def flops_per_chip(model: HyperspectralMAE, mask_ratio: float = 0.75) -> float:

@@ -25,6 +25,9 @@ Controls for honest comparisons:
 * **untrained encoder**: the student's architecture with random weights (``init="random"``
   in :func:`hyperkd.evaluation.finetune.finetune`), fine-tuned exactly as a trained one.
 
+Build one from plain arguments with :meth:`PixelModel.build` (a bound task, an encoder or a
+sensor); :class:`hyperkd.evaluation.finetune_module.FinetuneModule` trains it.
+
 The MAE decoder is not kept: only the encoder's weights are saved.
 """
 
@@ -215,6 +218,50 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
             self.register_buffer("band_std", torch.tensor(self.sensor.stds or [1.0] * c).view(1, c, 1, 1))
             # width at pixel resolution = the token head's width there (>= 32): comparable compute
             self.head = PixelLinearHead(c, k) if self.protocol == "linear" else PixelCNNHead(c, k, max(hidden // 4, 32))
+
+    @classmethod
+    def build(
+        cls,
+        task: Task,
+        *,
+        encoder: HyperspectralMAE | None = None,
+        sensor: Sensor | None = None,
+        img_size: int | None = None,
+        protocol: str = "frozen",
+        layers: Sequence[int] | int = (-1,),
+        hidden: int = 128,
+        student: str | None = None,
+        init: str | None = None,
+    ) -> PixelModel:
+        """A model for a *bound* ``task`` from plain arguments (the notebook way to make one).
+
+        With ``encoder`` (a student MAE) the head reads its tokens and its weights are copied
+        (decoder left out); without one the head reads ``sensor``'s standardised raw spectra
+        (``img_size`` required then). ``student``/``init`` only record provenance.
+        """
+        if protocol not in PROTOCOLS:
+            raise HyperKDError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if encoder is None and (sensor is None or img_size is None):
+            raise HyperKDError("a raw-spectra model (no encoder) needs the sensor and img_size of its chips")
+        cfg: dict[str, Any] = {
+            "task": task.to_dict(),
+            "protocol": protocol,
+            "img_size": int(img_size if img_size is not None else encoder.img_size),  # type: ignore[union-attr]
+            "layers": list(layers_tuple(layers)),
+            "hidden": int(hidden),
+            "encoder": encoder_config(encoder) if encoder is not None else None,
+            "sensor": sensor.to_dict() if encoder is None else None,  # type: ignore[union-attr]
+            "student": student or ("raw" if encoder is None else f"<{type(encoder).__name__} object>"),
+            "init": init or ("none" if encoder is None else "pretrained"),
+        }
+        model = cls(cfg)
+        if encoder is not None:
+            state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
+            missing, unexpected = model.encoder.load_state_dict(state, strict=False)  # type: ignore[union-attr]
+            if missing or unexpected:
+                raise WeightsError(f"student weights do not fit its encoder (missing {missing[:3]}, "
+                                   f"unexpected {unexpected[:3]})")
+        return model
 
     # -- behaviour -----------------------------------------------------------------------------
     @property

@@ -35,15 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperkd import recipes as recipes_mod
-from hyperkd.components.losses import LossTerm, teacher_tokens_at
+from hyperkd.components.losses import teacher_tokens_at
 from hyperkd.core.errors import HyperKDError, RecipeError, WeightsError
 from hyperkd.core.interfaces import Aligner, Teacher
-from hyperkd.core.io import atomic_write_json
 from hyperkd.core.registry import create
-from hyperkd.data.store import ChipStore
+from hyperkd.data.cache import FeatureCache as TeacherCache  # teacher features per chip
 from hyperkd.models.mae import HyperspectralMAE, MAEOutput
+from hyperkd.training.callbacks import DistillReport
+from hyperkd.training.parts import Spec, build_student, plain_hparams, split_spec
 from hyperkd.training.pretrain import MAEModule
-from hyperkd.training.runner import RunResult, _masker, build_losses, fit, launch_rank
+from hyperkd.training.runner import RunResult, fit
 
 PROJECTORS = ("linear", "mlp")
 
@@ -57,41 +58,6 @@ def make_projector(student_dim: int, teacher_dim: int, kind: str = "linear") -> 
     raise RecipeError(f"distill.projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
 
 
-class TeacherCache:
-    """Teacher features per chip (keyed by chip-store index), kept on the CPU.
-
-    Valid because the teacher sees the whole aligned chip, the aligner is fixed and the
-    loaders do no augmentation. Stops adding entries at ``max_mb``. Counts hits and misses,
-    and the time the teacher took, so a run can say what caching saved.
-    """
-
-    def __init__(self, max_mb: float = 2048.0) -> None:
-        self.max_bytes = int(max_mb * 2**20)
-        self.store: dict[int, list[Tensor]] = {}
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self.full = False
-
-    def get(self, keys: Sequence[int]) -> list[list[Tensor] | None]:
-        """Each key's cached per-layer rows, or ``None`` where it is not cached."""
-        return [self.store.get(k) for k in keys]
-
-    def put(self, keys: Sequence[int], feats: Sequence[Tensor]) -> None:
-        """Store row ``i`` of each layer's features under ``keys[i]``."""
-        for i, k in enumerate(keys):
-            if k in self.store:
-                continue
-            with torch.inference_mode(False):  # validation runs in inference mode; store normal tensors
-                rows = [f[i].detach().to("cpu", copy=True) for f in feats]
-            size = sum(r.numel() * r.element_size() for r in rows)
-            if self.bytes + size > self.max_bytes:
-                self.full = True
-                return
-            self.store[k] = rows
-            self.bytes += size
-
-
 class DistillModule(MAEModule):
     """MAE training of ``student`` plus distillation from a frozen ``teacher``.
 
@@ -102,20 +68,32 @@ class DistillModule(MAEModule):
     ``teacher_img_size``: resize the aligned chip to this size before the teacher
     (``None``: as is; the chip size must then be a multiple of the teacher's patch).
 
+    Parts may be given by name, as in a recipe, or already built; unnamed ``aligner``,
+    ``masker`` and ``losses`` are the ``hyperkd`` recipe's (spectral-range, spatial-feature,
+    MSE + SSIM + KLD)::
+
+        DistillModule(student={"name": "enmap-mae-tiny", "img_size": 64},
+                      teacher={"name": "prithvi", "weights": "default"}, pairs=[[-1, -1]])
+
+    Named parts are recorded with ``save_hyperparameters`` (``load_from_checkpoint`` rebuilds
+    them, the teacher from its weights); pre-built ones must be passed again.
+
     The teacher is a submodule (so it follows the module to its device) but is left out
     of ``state_dict``: checkpoints hold the student, projectors and a learned aligner only,
     and the teacher is rebuilt from the recipe on resume.
     """
 
+    RECIPE = "hyperkd"
+
     def __init__(
         self,
-        student: HyperspectralMAE,
-        teacher: Teacher,
-        aligner: Aligner,
-        masker: Any,
-        losses: Mapping[str, tuple[float, LossTerm]],
+        student: HyperspectralMAE | Spec,
+        teacher: Teacher | Spec,
+        aligner: Aligner | Spec | None = None,
+        masker: Any = None,
+        losses: Mapping[str, Any] | None = None,
         *,
-        mask_ratio: float = 0.75,
+        mask_ratio: float | None = None,
         optim: Mapping[str, Any] | None = None,
         pairs: Sequence[Sequence[int]] = ((-1, -1),),
         projector: str = "linear",
@@ -124,6 +102,16 @@ class DistillModule(MAEModule):
         cache_max_mb: float = 2048.0,
         teacher_img_size: int | None = None,
     ) -> None:
+        hparams = plain_hparams(
+            student=student, teacher=teacher, aligner=aligner, masker=masker, losses=losses,
+            mask_ratio=mask_ratio, optim=optim, pairs=[list(p) for p in pairs], projector=projector,
+            mask_on=mask_on, cache_teacher=cache_teacher, cache_max_mb=cache_max_mb,
+            teacher_img_size=teacher_img_size)
+        student = build_student(student)
+        teacher = teacher if isinstance(teacher, Teacher) else teacher_from_spec(teacher)
+        if not isinstance(aligner, nn.Module):
+            aligner = build_aligner({"aligner": aligner or recipes_mod.load_recipe(self.RECIPE)["aligner"]},
+                                    student, teacher)
         pairs = [(int(s), int(t)) for s, t in pairs]
         if not pairs:
             raise RecipeError("distill.pairs is empty; give at least one [student_block, teacher_block]")
@@ -134,6 +122,8 @@ class DistillModule(MAEModule):
                 raise RecipeError(f"distill.pairs: teacher block {t} out of range (teacher depth {teacher.depth})")
         super().__init__(student, masker, losses, mask_ratio=mask_ratio, optim=optim,
                          feature_layers=tuple(s for s, _ in pairs))
+        self.remove_ignored_hparams(["feature_layers"])
+        self.save_hyperparameters(hparams)
         if mask_on not in ("aligned", "student"):
             raise RecipeError(f"distill.mask_on must be 'aligned' or 'student', got {mask_on!r}")
         if aligner.source.num_bands != student.in_chans or aligner.target.num_bands != teacher.sensor.num_bands:
@@ -222,17 +212,9 @@ class DistillModule(MAEModule):
         if self.cache is None or "index" not in batch:
             return self._run_teacher(image)
         keys = [int(i) for i in torch.as_tensor(batch["index"]).flatten().tolist()]
-        cached = self.cache.get(keys)
-        missing = [i for i, c in enumerate(cached) if c is None]
-        self.cache.hits += len(keys) - len(missing)
-        self.cache.misses += len(missing)
-        if missing:
-            fresh = self._run_teacher(image[missing] if len(missing) < len(keys) else image)
-            self.cache.put([keys[i] for i in missing], fresh)
-            for j, i in enumerate(missing):
-                cached[i] = [f[j] for f in fresh]
-        return [torch.stack([row[layer].to(image.device, non_blocking=True) for row in cached])
-                for layer in range(len(self.pairs))]
+        return self.cache.fetch(
+            keys, lambda missing: self._run_teacher(image[missing] if len(missing) < len(keys) else image),
+            image.device)
 
     def extra_context(self, batch: Mapping[str, Tensor], out: MAEOutput) -> dict[str, Any]:
         """``kd_pairs`` (projected student, teacher tokens at the same patches) per layer pair."""
@@ -280,12 +262,17 @@ def _ignore_missing_teacher_keys(module: nn.Module, incompatible: Any) -> None:
 # -- assembly from a recipe ---------------------------------------------------------------------
 def build_teacher(recipe: Mapping[str, Any]) -> Teacher:
     """The frozen teacher a recipe's ``teacher`` section names (``name`` + factory keywords)."""
-    cfg = dict(recipe.get("teacher") or {})
-    name = cfg.pop("name", None)
-    if not name:
+    cfg = recipe.get("teacher") or {}
+    if not cfg.get("name"):
         raise RecipeError("distillation needs a teacher: set teacher.name (e.g. --teacher prithvi)")
+    return teacher_from_spec(cfg)
+
+
+def teacher_from_spec(spec: Spec) -> Teacher:
+    """The frozen teacher a name or a ``teacher`` section (``name`` + factory keywords) names."""
+    name, cfg = split_spec(spec, "teacher")
     try:
-        teacher = create("teacher", str(name), **cfg)
+        teacher = create("teacher", name, **cfg)
     except WeightsError as exc:
         if "--teacher-weights" in str(exc):
             raise
@@ -297,8 +284,7 @@ def build_teacher(recipe: Mapping[str, Any]) -> Teacher:
 
 def build_aligner(recipe: Mapping[str, Any], student: HyperspectralMAE, teacher: Teacher) -> Aligner:
     """The recipe's aligner from the student's and the teacher's band tables."""
-    cfg = dict(recipe.get("aligner") or {"name": "spectral-range"})
-    name = str(cfg.pop("name", "spectral-range"))
+    name, cfg = split_spec(recipe.get("aligner") or "spectral-range", "aligner")
     return create("aligner", name, source=student.sensor, target=teacher.sensor, **cfg)
 
 
@@ -311,11 +297,8 @@ def distill_module(recipe: Mapping[str, Any], student: HyperspectralMAE, teacher
     unknown = sorted(set(d) - set(DISTILL_KEYS))
     if unknown:
         raise RecipeError(f"unknown distill setting(s) {unknown}; known: {', '.join(DISTILL_KEYS)}")
-    masker, ratio = _masker(recipe)
-    return DistillModule(
-        student, teacher, build_aligner(recipe, student, teacher), masker, build_losses(recipe),
-        mask_ratio=ratio, optim=recipe.get("optim"), **d,
-    )
+    return DistillModule(student, teacher, build_aligner(recipe, student, teacher), recipe["masker"],
+                         recipe.get("losses") or {}, optim=recipe.get("optim"), **d)
 
 
 def teacher_terms(module: MAEModule) -> list[str]:
@@ -352,35 +335,13 @@ def distill(
     if random_teacher:
         resolved["teacher"]["weights"] = None  # resolve_for_run skips None values
     built = build_teacher(resolved)
-    holder: dict[str, DistillModule] = {}
 
-    def factory(rec: Mapping[str, Any], stu: HyperspectralMAE, store: ChipStore) -> L.LightningModule:
-        holder["module"] = distill_module(rec, stu, built)
-        return holder["module"]
+    def factory(rec: Mapping[str, Any], stu: HyperspectralMAE, data: Any) -> L.LightningModule:
+        return distill_module(rec, stu, built)
 
-    result = fit(resolved, out, resume=resume, module_factory=factory, callbacks=callbacks)
-    module = holder["module"]
-    if launch_rank() == 0:
-        run = Path(out)
-        stats = {"teacher": resolved["teacher"], "teacher_weights": dict(getattr(built, "weights_info", {})),
-                 "aligner": resolved.get("aligner"), "pairs": module.pairs, **module.teacher_stats()}
-        atomic_write_json(run / "distill.json", _jsonable(stats))
-        if resolved["trainer"].get("figures", True):
-            from hyperkd.viz.figures import loss_curves
-
-            terms = teacher_terms(module)
-            keys = [f"{split}/loss_{t}" for t in terms for split in ("train", "val")]
-            (run / "figures").mkdir(parents=True, exist_ok=True)
-            loss_curves(run / "logs" / "metrics.csv", run / "figures" / "distill_loss.png", keys=keys or None)
-    return result
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types only (recipe values and weight infos may hold paths or tuples)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, str | int | float | bool) or obj is None:
-        return obj
-    return str(obj)
+    run = Path(out)
+    report = DistillReport(
+        run, {"teacher": resolved["teacher"], "teacher_weights": dict(getattr(built, "weights_info", {})),
+              "aligner": resolved.get("aligner")},
+        metrics_csv=run / "logs" / "metrics.csv" if resolved["trainer"].get("figures", True) else None)
+    return fit(resolved, out, resume=resume, module_factory=factory, callbacks=[report, *callbacks])

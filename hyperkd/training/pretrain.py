@@ -2,48 +2,72 @@
 
 Lightning provides precision (``bf16-mixed`` on GPU and CPU), devices, DDP/FSDP,
 ``num_nodes``, loggers and progress bars; recipes pass those settings straight through.
-hyperkd adds: recipe-driven assembly of student, masker and loss terms; masked
-reconstruction metrics; safetensors checkpoints written atomically
-(:mod:`hyperkd.training.checkpoint`); figures.
+hyperkd adds: assembly of student, masker and loss terms from names (recipe sections,
+:mod:`hyperkd.training.parts`) or built objects; masked reconstruction metrics; the one
+optimiser recipe (:mod:`hyperkd.training.optim`). Checkpoint format, exports, figures and
+reports live outside the module (:mod:`hyperkd.training.checkpoint`,
+:mod:`hyperkd.training.callbacks`), so it trains under any ``lightning.Trainer``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from hyperkd.components.losses import LossTerm
+from hyperkd import recipes as recipes_mod
 from hyperkd.components.metrics import reconstruction_metrics
 from hyperkd.models.mae import HyperspectralMAE, MAEOutput
+from hyperkd.training.optim import OptimConfig, configure_optimizers
+from hyperkd.training.parts import Spec, build_losses, build_masker, build_student, plain_hparams
 
 
 class MAEModule(L.LightningModule):
     """Masked-autoencoder pretraining of a student (the no-KD baseline).
 
-    ``losses`` maps a term name to ``(weight, term)``. Subclasses (distillation) add a
-    teacher through :meth:`extra_context`.
+    Every part may be given by name, as in a recipe, or already built::
+
+        MAEModule(student={"name": "enmap-mae-tiny", "img_size": 64}, masker={"name": "random", "ratio": 0.75},
+                  losses={"mse": {"weight": 1.0}, "ssim": {"weight": 0.1}}, optim={"lr": 1e-3})
+
+    ``losses`` maps a term name to a recipe entry (``{weight, term, **kwargs}``) or to a
+    built ``(weight, term)``; ``optim`` is an :class:`~hyperkd.training.optim.OptimConfig`
+    mapping. Named parts are recorded with ``save_hyperparameters`` so
+    ``MAEModule.load_from_checkpoint(path)`` rebuilds the module; pre-built parts are not
+    recorded and must be passed again to ``load_from_checkpoint``. Subclasses
+    (distillation) add a teacher through :meth:`extra_context`. Unnamed ``masker`` and
+    ``losses`` are those of the built-in recipe :attr:`RECIPE` (``mae``: random masking,
+    MSE).
     """
+
+    RECIPE = "mae"
 
     def __init__(
         self,
-        student: HyperspectralMAE,
-        masker: Any,
-        losses: Mapping[str, tuple[float, LossTerm]],
-        mask_ratio: float = 0.75,
+        student: HyperspectralMAE | Spec,
+        masker: Any = None,
+        losses: Mapping[str, Any] | None = None,
+        mask_ratio: float | None = None,
         optim: Mapping[str, Any] | None = None,
-        feature_layers: tuple[int, ...] = (),
+        feature_layers: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        self.student = student
-        self.masker = masker
-        self.loss_terms = dict(losses)
-        self.mask_ratio = mask_ratio
-        self.optim_cfg = dict(optim or {})
+        self.save_hyperparameters(plain_hparams(
+            student=student, masker=masker, losses=losses, mask_ratio=mask_ratio, optim=optim,
+            feature_layers=list(feature_layers)))
+        self.student = build_student(student)
+        if masker is None or losses is None:
+            defaults = recipes_mod.load_recipe(self.RECIPE)
+            if masker is None:  # the recipe's masker; an explicit mask_ratio overrides its ratio
+                masker = {k: v for k, v in defaults["masker"].items() if k != "ratio" or mask_ratio is None}
+            losses = defaults["losses"] if losses is None else losses
+        self.masker, self.mask_ratio = build_masker(masker, mask_ratio)
+        self.loss_terms = build_losses(losses)
+        self.optim_cfg = OptimConfig.from_mapping(optim)
         self.feature_layers = tuple(feature_layers)
 
     # -- one step ---------------------------------------------------------------------------
@@ -99,29 +123,5 @@ class MAEModule(L.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_cfg
-        decay, no_decay = [], []
-        for name, p in self.student.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or name.endswith(("cls_token", "mask_token")) else decay).append(p)
-        for name, p in self.named_parameters():  # trainable parts outside the student (projectors)
-            if not name.startswith("student.") and p.requires_grad:
-                (no_decay if p.ndim < 2 else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": float(cfg.get("weight_decay", 0.05))},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=float(cfg.get("lr", 1e-3)),
-            betas=tuple(cfg.get("betas", (0.9, 0.95))),
-        )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(int(cfg.get("warmup_steps", 0)), max(total - 1, 0))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / max(warmup, 1)
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        """AdamW + warmup-cosine over every trainable part (student, projectors, a learned aligner)."""
+        return configure_optimizers(self, self.optim_cfg, int(self.trainer.estimated_stepping_batches))

@@ -11,6 +11,7 @@ Any registered teacher that implements :meth:`hyperkd.core.interfaces.Teacher.ma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,32 @@ from hyperkd.core.io import atomic_write_json
 from hyperkd.core.registry import create
 from hyperkd.data.loader import ChipDataModule
 from hyperkd.data.store import ChipStore
+from hyperkd.training.optim import OptimConfig, configure_optimizers
+from hyperkd.training.parts import plain_hparams, split_spec
+
+DEFAULT_OPTIM: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.05, "betas": (0.9, 0.95)}
+"""Teacher pretraining's optimiser settings (MAE-style AdamW)."""
 
 
 class TeacherMAEModule(L.LightningModule):
-    """Trains a teacher (built with its decoder) on its masked-reconstruction loss."""
+    """Trains a teacher (built with its decoder) on its masked-reconstruction loss.
 
-    def __init__(self, teacher: Any, lr: float = 1e-3, mask_ratio: float = 0.75) -> None:
+    ``teacher``: a built teacher, or a name / ``{"name", **architecture}`` section built from
+    random init with its decoder (``create("teacher", name, weights=None, keep_decoder=True,
+    frozen=False, ...)``); named teachers are recorded with ``save_hyperparameters``.
+    ``optim``: an :class:`~hyperkd.training.optim.OptimConfig` mapping over
+    :data:`DEFAULT_OPTIM`.
+    """
+
+    def __init__(self, teacher: Any, mask_ratio: float = 0.75, optim: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        self.save_hyperparameters(plain_hparams(teacher=teacher, mask_ratio=mask_ratio, optim=optim))
+        if isinstance(teacher, str | Mapping):
+            name, cfg = split_spec(teacher, "teacher")
+            teacher = create("teacher", name, **{"weights": None, "keep_decoder": True, "frozen": False, **cfg})
         self.teacher = teacher
-        self.lr = lr
         self.mask_ratio = mask_ratio
+        self.optim_cfg = OptimConfig.from_mapping({**DEFAULT_OPTIM, **(optim or {})})
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.teacher.mae_loss(batch["image"], self.mask_ratio)
@@ -43,9 +60,9 @@ class TeacherMAEModule(L.LightningModule):
         loss = self.teacher.mae_loss(batch["image"], self.mask_ratio)
         self.log("val/loss", loss, batch_size=batch["image"].shape[0])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([p for p in self.teacher.parameters() if p.requires_grad],
-                                 lr=self.lr, weight_decay=0.05, betas=(0.9, 0.95))
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The shared AdamW + warmup-cosine recipe (:mod:`hyperkd.training.optim`)."""
+        return configure_optimizers(self, self.optim_cfg, int(self.trainer.estimated_stepping_batches))
 
 
 def pretrain_teacher(
@@ -78,7 +95,7 @@ def pretrain_teacher(
             f"{store.sensor.band_names}; synthesise the teacher's view with `hyperkd data synth --sensor "
             f"{model.sensor.name}`"
         )
-    module = TeacherMAEModule(model, lr=lr)
+    module = TeacherMAEModule(model, optim={"lr": lr})
     dm = ChipDataModule(store, batch_size=batch_size, val_fraction=0.1, seed=seed)
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
                         enable_progress_bar=progress, enable_model_summary=False,

@@ -1,15 +1,17 @@
-"""Figures worth looking at: false-colour composites and reconstructed spectra."""
+"""Figures worth looking at: false-colour composites and reconstructed spectra.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects, never through pyplot: importing
+hyperkd does not pick a matplotlib backend for the user's process or touch pyplot's global figure
+list (notebooks keep their inline backend), and figures need no display.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from hyperkd.core.sensors import Sensor
 
@@ -37,7 +39,8 @@ def reconstruction_figure(
 ) -> Path:
     """Input, masked input and reconstruction composites, plus spectra of a few masked pixels."""
     idx = rgb_bands(sensor)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
+    fig = Figure(figsize=(16, 4))
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
     inp = composite(image, idx)
     masked = inp.copy()
     masked[masked_pixels] = 0.5
@@ -64,7 +67,6 @@ def reconstruction_figure(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -89,7 +91,8 @@ def loss_curves(metrics_csv: str | Path, path: str | Path, keys: Sequence[str] |
     if not rows:
         return None
     keys = keys or sorted({k for r in rows for k in r if k.startswith(("train/loss", "val/loss"))})
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for k in keys:
         pts = [(float(r["step"]), float(r[k])) for r in rows if r.get(k) not in (None, "")]
         if pts:
@@ -102,5 +105,4 @@ def loss_curves(metrics_csv: str | Path, path: str | Path, keys: Sequence[str] |
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path

@@ -1,4 +1,7 @@
-"""Figures for downstream tasks: confusion matrix, truth-vs-prediction scatter, predicted maps."""
+"""Figures for downstream tasks: confusion matrix, truth-vs-prediction scatter, predicted maps.
+
+Built on :class:`matplotlib.figure.Figure` without pyplot (no backend choice, no global state).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 
 from hyperkd.core.sensors import Sensor
 from hyperkd.viz.figures import composite, rgb_bands
@@ -21,7 +22,6 @@ def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -32,7 +32,8 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], path: str | Path, t
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     k = len(classes)
     side = max(4.0, 0.55 * k + 2.5)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
+    fig = Figure(figsize=(side + 1, side))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), classes, fontsize=8)
@@ -53,7 +54,8 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], path: str | Path, t
 def scatter_figure(pairs: np.ndarray, path: str | Path, unit: str = "", title: str = "",
                    metrics: dict[str, Any] | None = None) -> Path:
     """Predicted vs true values (a sample of pixels) with the 1:1 line and the metrics."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     if len(pairs):
         t, p = pairs[:, 0], pairs[:, 1]
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
@@ -73,7 +75,7 @@ def scatter_figure(pairs: np.ndarray, path: str | Path, unit: str = "", title: s
 
 
 def _class_cmap(k: int) -> ListedColormap:
-    base = plt.get_cmap("tab20" if k > 10 else "tab10")
+    base = matplotlib.colormaps["tab20" if k > 10 else "tab10"]
     return ListedColormap([base(i % base.N) for i in range(k)])
 
 
@@ -90,13 +92,14 @@ def maps_figure(
 ) -> Path:
     """One row per chip: false-colour composite, true map, predicted map (no-label pixels grey)."""
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(10, 3.2 * n + 0.6), squeeze=False)
+    fig = Figure(figsize=(10, 3.2 * n + 0.6))
+    axes = fig.subplots(n, 3, squeeze=False)
     idx = rgb_bands(sensor)
     if classes is not None:
         cmap = _class_cmap(len(classes)).with_extremes(bad="lightgrey")
         vmin, vmax = -0.5, len(classes) - 0.5
     else:
-        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
         vals = np.concatenate([np.asarray(t, float)[np.isfinite(t)] for t in truths] or [np.zeros(1)])
         vmin, vmax = (float(np.percentile(vals, 2)), float(np.percentile(vals, 98))) if vals.size else (0, 1)
     im = None

@@ -89,6 +89,20 @@ DEFAULT_CLOUD_LAYERS = ("CLOUD", "CLOUDSHADOW")
 MASK_BACKGROUND = 255
 """Value of quality-layer pixels outside the scene."""
 
+
+def pixelmask_defective(pm: np.ndarray) -> np.ndarray:
+    """``(L, h, w)`` ``QL_PIXELMASK`` values -> ``(h, w)`` True where a band marks the pixel defective.
+
+    Bit 0 flags a defective pixel; the background value (outside the scene) is not a defect.
+    One decoding for the product reader and the torchgeo dataset.
+    """
+    return ((pm & 1).astype(bool) & (pm != MASK_BACKGROUND)).any(axis=0)
+
+
+def quality_flagged(layer: str, q: np.ndarray) -> np.ndarray:
+    """True where the ``QL_QUALITY_<layer>`` values ``q`` flag a pixel (see :data:`CLOUD_FLAGS`)."""
+    return np.isin(q, CLOUD_FLAGS[layer.upper()])
+
 _FIELDS: dict[str, tuple[str, ...]] = {
     "center": ("wavelengthcenterofband", "centralwavelength", "wavelength"),
     "fwhm": ("fwhmofband", "fwhm"),
@@ -566,14 +580,14 @@ class L2AProduct:
             src = self._mask(PIXELMASK)
             layers = (idx + 1).tolist() if src.count > 1 else [1]
             pm = _read(src, layers, window, self.files.masks[PIXELMASK])
-            nodata |= ((pm & 1).astype(bool) & (pm != MASK_BACKGROUND)).any(axis=0)
+            nodata |= pixelmask_defective(pm)
         cloud: np.ndarray | None = None
         if self.cloud_layers:
             cloud = np.zeros((h, w), dtype=bool)
             for layer in self.cloud_layers:
                 key = f"QL_QUALITY_{layer}"
                 q = _read(self._mask(key), [1], window, self.files.masks[key])[0]
-                cloud |= np.isin(q, CLOUD_FLAGS[layer])
+                cloud |= quality_flagged(layer, q)
         valid = ~nodata if cloud is None else ~nodata & ~cloud
         return ProductWindow(
             image=image,
@@ -648,6 +662,7 @@ def open_l2a(path: str | Path, **kwargs: Any) -> L2AProduct:
     return L2AProduct(path, **kwargs)
 
 
+# The ``reader`` registry entry ``enmap-l2a`` (declared in hyperkd_enmap/__init__.py) points here.
 FORMAT = ProductFormat(
     name="enmap-l2a",
     sensors=("enmap", "enmap-218"),
@@ -657,7 +672,7 @@ FORMAT = ProductFormat(
 )
 
 
-@register("dataset", "enmap-l2a", product_format=FORMAT)
+@register("dataset", "enmap-l2a")
 def enmap_l2a(paths: str | Path | Sequence[str | Path], **kwargs: Any) -> Any:
     """EnMAP L2A products as a torchgeo GeoDataset (reflectance + valid mask) for torchgeo samplers."""
     from hyperkd_enmap.torchgeo_l2a import EnMAPL2A

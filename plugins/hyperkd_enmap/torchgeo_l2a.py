@@ -36,12 +36,13 @@ from torchgeo.datasets.utils import GeoSlice
 from hyperkd.core.errors import DataError
 from hyperkd.core.sensors import Sensor
 from hyperkd_enmap.l2a import (
-    CLOUD_FLAGS,
     DEFAULT_CLOUD_LAYERS,
     MASK_BACKGROUND,
     PIXELMASK,
     find_l2a_products,
     open_l2a,
+    pixelmask_defective,
+    quality_flagged,
 )
 
 
@@ -141,10 +142,10 @@ class EnMAPL2A(EnMAP):
                     per_band = src.count > 1
                 layers = self.band_indexes if per_band else [1]
                 q = self._merge(layer_files, query, layers, MASK_BACKGROUND, Resampling.nearest)
-                flagged = ((q & 1).astype(bool) & (q != MASK_BACKGROUND)).any(axis=0)
+                flagged = pixelmask_defective(q)
             else:
                 q = self._merge(layer_files, query, [1], MASK_BACKGROUND, Resampling.nearest)[0]
-                flagged = np.isin(q, CLOUD_FLAGS[key.removeprefix("QL_QUALITY_")])
+                flagged = quality_flagged(key.removeprefix("QL_QUALITY_"), q)
             valid &= ~flagged
         sample: dict[str, Any] = {
             "image": torch.from_numpy(image), "valid": torch.from_numpy(valid), "crs": self.crs, "bounds": query,

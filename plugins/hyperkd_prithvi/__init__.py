@@ -1,7 +1,9 @@
 """Built-in plugin: NASA/IBM Prithvi-EO teachers and the HLS sensor they were trained on.
 
-Registered through the ``hyperkd`` entry-point group like any third-party plugin:
-``hyperkd_register`` registers the ``hls`` sensor and the ``prithvi-eo-*`` teachers;
+Registered through the ``hyperkd`` entry-point group like any third-party plugin. This module
+is imported on every plugin discovery (``hyperkd --help`` included), so it imports nothing
+heavy: ``hyperkd_components`` declares the ``hls`` sensor and the ``prithvi-eo-*`` teachers,
+whose modules (torch, the model code) are imported when one is first built;
 ``hyperkd_cli`` adds ``hyperkd teachers ...`` and ``hyperkd convert prithvi ...``.
 """
 
@@ -10,15 +12,31 @@ from __future__ import annotations
 from typing import Any
 
 from hyperkd.core.plugins import hookimpl
+from hyperkd.core.registry import ComponentSpec
+
+TEACHERS: dict[str, tuple[str, ...]] = {
+    "prithvi-eo-1.0-100m": ("prithvi",),
+    "prithvi-eo-2.0-300m": (),
+    "prithvi-eo-2.0-300m-tl": (),
+    "prithvi-eo-2.0-600m": (),
+    "prithvi-eo-2.0-600m-tl": (),
+    "prithvi-eo-tiny": (),
+}
+"""Teacher names and their aliases. ``hyperkd_prithvi.teacher`` registers one factory per
+name of its ``VARIANTS`` on import (descriptions come from there); a test checks the two agree."""
 
 
 @hookimpl
-def hyperkd_register() -> None:
-    """Register the ``hls`` sensor and the Prithvi-EO teachers."""
-    from hyperkd_prithvi import sensor  # noqa: F401 - registers on import
-    from hyperkd_prithvi.teacher import register_teachers
-
-    register_teachers()
+def hyperkd_components() -> list[ComponentSpec]:
+    """Declare the ``hls`` sensor and the Prithvi-EO teachers (imported on first use)."""
+    return [
+        ComponentSpec("sensor", "hls", "hyperkd_prithvi.sensor:hls"),
+        *(
+            ComponentSpec("teacher", name, "hyperkd_prithvi.teacher", aliases=aliases,
+                          metadata={"family": "prithvi-eo"})
+            for name, aliases in TEACHERS.items()
+        ),
+    ]
 
 
 @hookimpl

@@ -4,8 +4,6 @@ Each command is a thin layer over a public function: :func:`teacher_rows`,
 :func:`teacher_details` and :func:`hyperkd_prithvi.convert.convert_prithvi`.
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer
@@ -30,7 +28,7 @@ def _hub_cached(repo_id: str | None, filename: str | None) -> bool | None:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    from hyperkd_prithvi.weights import hub_cache_dir
+    from hyperkd.hub import hub_cache_dir
 
     got = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir())
     return isinstance(got, str)

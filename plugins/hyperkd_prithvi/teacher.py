@@ -45,6 +45,7 @@ from hyperkd.core.errors import WeightsError
 from hyperkd.core.interfaces import Teacher
 from hyperkd.core.registry import register
 from hyperkd.core.sensors import Sensor, get_sensor
+from hyperkd_prithvi import TEACHERS
 from hyperkd_prithvi.model import (
     MAEDecoder,
     PrithviConfig,
@@ -390,20 +391,14 @@ def _factory(name: str) -> Any:
     return factory
 
 
-ALIASES: dict[str, list[str]] = {"prithvi-eo-1.0-100m": ["prithvi"]}
-
-
 def register_teachers() -> None:
-    """Register every variant (called by the plugin's ``hyperkd_register`` hook).
-
-    Registration is a function, not an import side effect, so entries are always
-    attributed to the ``prithvi`` plugin and come back after a plugin reload.
-    """
+    """Register every variant (run once, on import: it fills the teachers the plugin declares
+    in ``hyperkd_prithvi.TEACHERS``, with their aliases)."""
     for name, variant in VARIANTS.items():
         register(
             "teacher",
             name,
-            aliases=ALIASES.get(name, []),
+            aliases=TEACHERS.get(name, ()),
             description=variant.description,
             family="prithvi-eo",
         )(_factory(name))
@@ -414,3 +409,6 @@ def parameter_counts(name: str, **overrides: Any) -> dict[str, int]:
     mae = build_mae(variant_config(name, **overrides), device="meta")
     enc, dec = count_parameters(mae.encoder), count_parameters(mae.decoder)
     return {"encoder": enc, "decoder": dec, "total": enc + dec}
+
+
+register_teachers()

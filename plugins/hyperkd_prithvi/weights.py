@@ -40,13 +40,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import torch
 from torch import Tensor
 
 from hyperkd.core.errors import WeightsError
-from hyperkd.hub import hub_cache_dir, hub_offline
+from hyperkd.hub import (
+    HF_PREFIX,
+    LOCAL_PREFIX,
+    Source,
+    fetch_file,
+    first_line,
+    not_cached_error,
+    parse_hub_ref,
+)
 from hyperkd_prithvi.model import PrithviConfig, PrithviMAE, sincos_3d
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -55,11 +62,6 @@ CONFIG_FILENAME = "config.json"
 NESTING_KEYS = ("model", "state_dict")
 MAX_LISTED = 8
 """How many keys of each kind a mismatch message lists before saying "(+N more)"."""
-
-_HUB_RE = re.compile(
-    r"^(?:hf://)?(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+?)(?:@(?P<rev>[^/]+))?(?:/(?P<path>.+))?$"
-)
-
 
 @dataclass(frozen=True)
 class WeightsSource:
@@ -71,6 +73,8 @@ class WeightsSource:
     repo_id: str | None = None
     filenames: tuple[str, ...] = ()
     revision: str | None = None
+    explicit: bool = False
+    """A Hub source written with ``hf-hub:`` / ``hf://`` (or ``"default"``): no local reading."""
 
     def describe(self) -> str:
         """Human-readable description used in messages and ``teachers show``."""
@@ -91,6 +95,8 @@ def parse_source(
 
     ``"default"`` needs an official repo and file. Existing local paths win over Hub ids;
     something that looks like a local path but does not exist is an error, not a Hub lookup.
+    ``local-dir:PATH`` and ``hf-hub:ORG/NAME[@REV][/FILE]`` choose the reading explicitly
+    (the Hub reference is parsed by :func:`hyperkd.hub.parse_hub_ref`, as everywhere in hyperkd).
     """
     text = os.fspath(spec).strip()
     if text == "default":
@@ -99,111 +105,57 @@ def parse_source(
                 "this teacher has no official weights; pass weights=None (random init) or a "
                 "checkpoint file, folder or Hugging Face repo id"
             )
-        return WeightsSource("hub", text, repo_id=official_repo, filenames=(official_filename,))
-    local = Path(text).expanduser()
-    if local.is_file():
+        return WeightsSource("hub", text, repo_id=official_repo, filenames=(official_filename,), explicit=True)
+    forced_local = text.startswith(LOCAL_PREFIX)
+    local = Path(text.removeprefix(LOCAL_PREFIX)).expanduser()
+    ref = None if forced_local else parse_hub_ref(text)
+    explicit = ref is not None and ref.explicit
+    if local.is_file() and not explicit:
         return WeightsSource("file", text, path=local)
-    if local.is_dir():
+    if local.is_dir() and not explicit:
         return WeightsSource("folder", text, path=local)
-    looks_local = (
-        text.startswith(("/", "./", "../", "~", "\\"))
+    looks_local = not explicit and (
+        forced_local
+        or text.startswith(("/", "./", "../", "~", "\\"))
         or bool(re.match(r"^[A-Za-z]:[\\/]", text))
         or (text.count("/") <= 1 and text.lower().endswith(WEIGHT_SUFFIXES))
         or "/" not in text
     )
-    m = _HUB_RE.match(text)
-    if looks_local or m is None:
+    if looks_local or ref is None:
         raise WeightsError(
             f"weights {text!r}: no such file or folder, and not a Hugging Face repo id "
-            "(expected a .pt/.safetensors file, a folder, or org/name, org/name@revision, org/name@revision/file)"
+            "(expected a .pt/.safetensors file, a folder, or org/name, org/name@revision, org/name@revision/file; "
+            f"{LOCAL_PREFIX}PATH or {HF_PREFIX}ORG/NAME say which)"
         )
-    repo, rev, path = m.group("repo"), m.group("rev"), m.group("path")
-    if path:
-        filenames: tuple[str, ...] = (path,)
-    elif repo == official_repo and official_filename:
+    if ref.path:
+        filenames: tuple[str, ...] = (ref.path,)
+    elif ref.repo_id == official_repo and official_filename:
         filenames = (official_filename,)
     else:
         filenames = (CONVERTED_FILENAME, *((official_filename,) if official_filename else ()))
-    return WeightsSource("hub", text, repo_id=repo, filenames=filenames, revision=unquote(rev) if rev else None)
+    return WeightsSource("hub", text, repo_id=ref.repo_id, filenames=filenames, revision=ref.revision,
+                         explicit=explicit)
 
 
 # -- resolving -----------------------------------------------------------------------------------
 
+LOCAL_COPY = "pass `--teacher-weights PATH` (weights= in Python) with a local .pt/.safetensors file or folder"
+
 
 def _hub_download(source: WeightsSource) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
+    """The first of ``source.filenames`` the repo (or, offline, the HF cache) has, through
+    :func:`hyperkd.hub.fetch_file`; Hub failures get hyperkd's one-line messages."""
     assert source.repo_id is not None
-    offline = hub_offline()
-    cache = hub_cache_dir()
-    rev = f"@{source.revision}" if source.revision else ""
-    not_found: list[str] = []
+    where = Source(source.spec, repo_id=source.repo_id, revision=source.revision, explicit=source.explicit)
     for filename in source.filenames:
-        try:
-            got = hf_hub_download(
-                source.repo_id,
-                filename,
-                revision=source.revision,
-                cache_dir=cache,
-                local_files_only=offline,
-            )
-            return Path(got)
-        except LocalEntryNotFoundError:
-            not_found.append(filename)
-        except EntryNotFoundError:  # online: the repo exists but has no such file
-            not_found.append(filename)
-        except GatedRepoError as exc:
-            raise WeightsError(
-                f"Hugging Face repo {source.repo_id} is gated: accept its terms on the Hub and log in "
-                f"(`hf auth login`), or pass `--teacher-weights PATH` ({_first_line(exc)})"
-            ) from exc
-        except RepositoryNotFoundError as exc:
-            raise WeightsError(
-                f"Hugging Face repo {source.repo_id!r} does not exist (or is private). Pass a local file "
-                "with `--teacher-weights PATH`"
-            ) from exc
-        except RevisionNotFoundError as exc:
-            raise WeightsError(
-                f"Hugging Face repo {source.repo_id} has no revision {source.revision!r}"
-            ) from exc
-        except HFValidationError as exc:
-            raise WeightsError(f"weights {source.spec!r}: not a valid Hugging Face repo id ({_first_line(exc)})") from exc
-        except (OSError, ValueError) as exc:  # network errors, broken cache entries
-            raise WeightsError(
-                f"could not fetch {source.repo_id}{rev} / {filename} from the Hugging Face Hub: "
-                f"{type(exc).__name__}: {_first_line(exc)}. Pass `--teacher-weights PATH` to use a local copy"
-            ) from exc
-    files = ", ".join(not_found)
-    why = (
-        "HF_HUB_OFFLINE is set and it is not in the local cache"
-        if offline
-        else "it is neither in the local cache nor reachable on the Hub (set HF_HUB_OFFLINE=1 on "
-        "machines without internet to skip the download attempts)"
+        got = fetch_file(where, filename, remedy=LOCAL_COPY, cache_miss_ok=True)
+        if got is not None:
+            return got
+    raise not_cached_error(
+        where, source.filenames,
+        remedy=f"Download it where the Hub is reachable (`hf download {source.repo_id} {source.filenames[0]}`) "
+               f"and copy the cache, or {LOCAL_COPY}",
     )
-    local_note = (
-        f" (no local file or folder named {source.spec!r} exists either)"
-        if source.spec != "default" and source.spec.count("/") >= 2
-        else ""
-    )
-    raise WeightsError(
-        f"Prithvi weights not found: repo {source.repo_id}{rev}, file {files} — {why} "
-        f"(cache: {cache}){local_note}. Download it where the Hub is reachable "
-        f"(`hf download {source.repo_id} {source.filenames[0]}`) and copy the cache, or pass "
-        "`--teacher-weights PATH` (weights= in Python) with a local .pt/.safetensors file or folder"
-    )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _pick_in_folder(folder: Path, official_filename: str | None) -> Path:
@@ -256,7 +208,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             obj: Any = load_file(str(path), device="cpu")
         except Exception as exc:
             raise WeightsError(
-                f"weights file {path} is not a readable safetensors file ({_first_line(exc)}); "
+                f"weights file {path} is not a readable safetensors file ({first_line(exc)}); "
                 "it may be truncated or corrupt — delete it and fetch it again"
             ) from exc
     else:
@@ -270,11 +222,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                     "checkpoints only with torch.load(weights_only=True); save a plain state dict "
                     "(torch.save(model.state_dict(), ...)) or convert it with `hyperkd convert prithvi`"
                 ) from exc
-            raise WeightsError(f"weights file {path} is corrupt ({_first_line(exc)})") from exc
+            raise WeightsError(f"weights file {path} is corrupt ({first_line(exc)})") from exc
         except Exception as exc:
             raise WeightsError(
                 f"weights file {path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: "
-                f"{_first_line(exc)}); it may be truncated or corrupt — delete it and fetch it again"
+                f"{first_line(exc)}); it may be truncated or corrupt — delete it and fetch it again"
             ) from exc
     return _as_flat_state_dict(obj, path)
 
@@ -447,7 +399,7 @@ def check_folder_config(folder: Path, model_cfg: PrithviConfig, variant: str | N
     try:
         data = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"{cfg_path} is not valid JSON ({_first_line(exc)})") from exc
+        raise WeightsError(f"{cfg_path} is not valid JSON ({first_line(exc)})") from exc
     arch = data.get("architecture") if isinstance(data, Mapping) else None
     if not isinstance(arch, Mapping):
         return

@@ -4,48 +4,19 @@ It registers only a sensor. Because hyperkd builds students, aligners and synthe
 from a sensor's band table, that is enough for ``hyperkd data synth --sensor prisma`` and
 ``--student prisma`` to work with no more code.
 
-The band table is PRISMA's *nominal* design: VNIR 66 bands over 400-1010 nm and SWIR 173
-bands over 920-2505 nm, at most 12 nm apart (ASI PRISMA Products Specification). Real
-products carry their own per-band centres and FWHM (HE5 attributes ``List_Cw_Vnir``,
-``List_Fwhm_Vnir``, ``List_Cw_Swir``, ``List_Fwhm_Swir``); a PRISMA product reader would
-replace this table with those values, as the EnMAP reader does with METADATA.XML.
+This module is what the ``hyperkd`` entry point names, so hyperkd imports it on every plugin
+discovery (``hyperkd --help`` included). It stays light: it only *declares* the sensor; the
+code that builds it (``hyperkd_prisma.sensor``, which needs numpy) is imported the first time
+the sensor is used.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from hyperkd.core.plugins import hookimpl
-from hyperkd.core.registry import register
-from hyperkd.core.sensors import Band, Sensor
-
-VNIR = (400.0, 1010.0, 66)
-SWIR = (920.0, 2505.0, 173)
-
-
-def prisma() -> Sensor:
-    """ASI PRISMA, 239 nominal bands 400-2505 nm (VNIR 66 + SWIR 173), 30 m."""
-    bands = []
-    for detector, (lo, hi, n) in (("vnir", VNIR), ("swir", SWIR)):
-        centers = np.linspace(lo, hi, n)
-        step = float(centers[1] - centers[0])
-        for c in centers:
-            bands.append((float(c), step * 1.1, detector))
-    bands.sort(key=lambda b: b[0])
-    return Sensor(
-        name="prisma",
-        bands=tuple(
-            Band(name=f"B{i + 1}", center_nm=round(c, 3), fwhm_nm=round(f, 3), detector=d)
-            for i, (c, f, d) in enumerate(bands)
-        ),
-        gsd_m=30.0,
-        nodata=None,
-        description="ASI PRISMA L2D surface reflectance, nominal band table (example plugin).",
-        source="nominal design values; products carry their own band table",
-    )
+from hyperkd import ComponentSpec, hookimpl
 
 
 @hookimpl
-def hyperkd_register() -> None:
-    """Register the ``prisma`` sensor."""
-    register("sensor", "prisma")(prisma)
+def hyperkd_components() -> list[ComponentSpec]:
+    """Declare the ``prisma`` sensor (built by ``hyperkd_prisma.sensor.prisma``)."""
+    # no description given: listings read the docstring of prisma() (numpy only, cheap)
+    return [ComponentSpec("sensor", "prisma", "hyperkd_prisma.sensor:prisma")]

@@ -1,0 +1,248 @@
+"""Writing synthetic chip stores: :func:`synthesize` renders the same scenes for one or more sensors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hyperkd.core.errors import DataError
+from hyperkd.core.progress import progress_enabled
+from hyperkd.core.sensors import Sensor, get_sensor
+from hyperkd.data.store import ChipStore, ChipStoreWriter, nbytes_per_chip
+from hyperkd.synth.config import SceneConfig
+from hyperkd.synth.instrument import Instrument
+from hyperkd.synth.render import band_response, render
+from hyperkd.synth.scene import SYNTH_VERSION, generate_scene
+from hyperkd.synth.spectral_library import earthlib_library
+
+
+@dataclass(frozen=True)
+class SynthTarget:
+    """One store to write: the sensor (with its band selection), the folder, the instrument."""
+
+    sensor: Sensor
+    out: Path
+    instrument: Instrument = field(default_factory=Instrument)
+
+
+def resolve_sensor(spec: str | Sensor, selection: str | Sequence[str] | None = "default") -> Sensor:
+    """A sensor from a registered name (``"enmap"``, ``"enmap:all"``) or a :class:`Sensor`.
+
+    A ``NAME:SELECTION`` string overrides ``selection``.
+    """
+    if isinstance(spec, Sensor):
+        return spec.select(selection)
+    name, _, sel = str(spec).partition(":")
+    return get_sensor(name, selection=sel or selection)
+
+
+def _targets(
+    sensor: str | Sensor,
+    out: str | Path,
+    selection: str | Sequence[str] | None,
+    also: Mapping[str, str | Path] | Sequence[tuple[str | Sensor, str | Path]] | None,
+    instrument: Instrument | Mapping[str, Instrument] | None,
+) -> list[SynthTarget]:
+    pairs: list[tuple[Sensor, Path]] = [(resolve_sensor(sensor, selection), Path(out))]
+    items = list(also.items()) if isinstance(also, Mapping) else list(also or [])
+    for spec, path in items:
+        pairs.append((resolve_sensor(spec, "default"), Path(path)))
+    paths = [p.resolve() for _, p in pairs]
+    if len(set(paths)) != len(paths):
+        raise DataError("synth: every store needs its own output folder; two of them share one")
+    targets = []
+    for sen, path in pairs:
+        if isinstance(instrument, Mapping):
+            ins = instrument.get(sen.name, Instrument())
+        else:
+            ins = instrument or Instrument()
+        targets.append(SynthTarget(sen, path, ins))
+    return targets
+
+
+@dataclass(frozen=True)
+class _ChipMaker:
+    """Makes chip ``i`` for every target: picklable, so worker processes can run it."""
+
+    config: SceneConfig
+    size: int
+    seed: int
+    targets: tuple[SynthTarget, ...]
+
+    def __call__(self, i: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[np.ndarray]]:
+        scene = generate_scene(self.config, self.size, self.seed, i)
+        images = [render(scene, t.sensor, t.instrument) for t in self.targets]
+        return scene.labels, scene.meta, images
+
+
+def _preflight(target: SynthTarget, recipe: Mapping[str, Any], resume: bool) -> None:
+    """Refuse, before anything is written to any store, an output that cannot be (re)used."""
+    manifest = target.out / "manifest.json"
+    if not manifest.exists():
+        if target.out.exists() and not target.out.is_dir():
+            raise DataError(f"{target.out} is a file; --out (and --also) need a folder")
+        return
+    try:
+        old = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{manifest}: cannot read the existing store ({exc}); delete it or pick another folder") from None
+    if old.get("complete"):
+        raise DataError(f"{target.out} already holds a complete chip store; choose another folder or delete it first")
+    if not resume:
+        raise DataError(
+            f"{target.out} holds an unfinished chip store; pass --resume to continue it or delete the folder"
+        )
+    synth = (old.get("attrs") or {}).get("synth")
+    if synth != dict(recipe):
+        what = (f"seed {synth.get('seed')}, chips {synth.get('chips')}, size {synth.get('size')}, "
+                f"config {synth.get('config_digest')}") if isinstance(synth, Mapping) else "not by data synth"
+        raise DataError(
+            f"cannot resume {target.out}: it was started with other synth settings ({what}); use the same "
+            "--chips/--size/--seed/--config or delete it"
+        )
+
+
+@contextlib.contextmanager
+def _progress_bar(
+    progress: bool | Callable[[int, int], None], total: int, sensors: Sequence[Sensor]
+) -> Iterator[Callable[[int], None]]:
+    """Yield ``tick(n)``: advances a rich bar on stderr, a user callback, or nothing."""
+    done = 0
+    if callable(progress):
+
+        def tick_cb(n: int) -> None:
+            nonlocal done
+            done += n
+            progress(done, total)
+
+        yield tick_cb
+        return
+    if not progress_enabled(bool(progress)):
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    what = " + ".join(f"{s.name} ({s.num_bands} bands)" for s in sensors)
+    with Progress(
+        TextColumn("[bold]synth[/] " + what.replace("[", "\\[")),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chips"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("synth", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def synthesize(
+    sensor: str | Sensor = "enmap",
+    out: str | Path = "synthetic-enmap",
+    *,
+    chips: int = 32,
+    size: int = 64,
+    seed: int = 0,
+    selection: str | Sequence[str] | None = "default",
+    also: Mapping[str, str | Path] | Sequence[tuple[str | Sensor, str | Path]] | None = None,
+    config: SceneConfig | None = None,
+    instrument: Instrument | Mapping[str, Instrument] | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    shard_size: int | None = None,
+    progress: bool | Callable[[int, int], None] = True,
+    attrs: Mapping[str, Any] | None = None,
+) -> ChipStore:
+    """Write ``chips`` synthetic scenes of ``size`` px for ``sensor`` to a chip store at ``out``.
+
+    ``also`` renders the *same* scenes for more sensors into more stores, e.g.
+    ``also={"hls": "teacher-store"}`` (keys may be ``NAME:SELECTION``; or give
+    ``(Sensor, path)`` pairs). ``instrument`` is one :class:`Instrument` for all sensors or
+    a mapping by sensor name. Chips stream to disk shard by shard, so memory stays bounded
+    (about one shard, <= 64 MiB by default, per store); ``workers`` > 1 renders chips in
+    that many processes (output identical to ``workers=1``); ``progress`` shows a rich
+    progress bar on stderr (``True``; off with ``HYPERKD_DISABLE_PROGRESS=1``) or is called
+    as ``progress(done, total)`` after each chip; an interrupted run continues with
+    ``resume=True``. Returns the
+    store at ``out``. Every store is marked synthetic and records its seed, scene config,
+    instrument and spectral library in the manifest's ``attrs``.
+    """
+    if chips < 1:
+        raise DataError(f"--chips must be >= 1, got {chips}")
+    if size < 8:
+        raise DataError(f"--size must be >= 8 px, got {size}")
+    if seed < 0:
+        raise DataError(f"--seed must be >= 0, got {seed}")
+    if workers < 1:
+        raise DataError(f"--workers must be >= 1, got {workers}")
+    cfg = config or SceneConfig()
+    lib = earthlib_library()
+    cfg.validate(lib)
+    targets = _targets(sensor, out, selection, also, instrument)
+    for t in targets:
+        band_response(t.sensor, lib.wavelengths_nm, t.instrument.srf)  # fail early on bands out of range
+    if shard_size is None:
+        biggest = max(nbytes_per_chip(t.sensor.num_bands, size) for t in targets)
+        shard_size = int(max(1, min(256, (64 << 20) // biggest)))
+    recipe = {
+        "generator": "hyperkd.synth",
+        "version": SYNTH_VERSION,
+        "seed": seed,
+        "chips": chips,
+        "size": size,
+        "config_digest": cfg.digest(),
+    }
+    for t in targets:
+        _preflight(t, recipe, resume)
+    writers: list[ChipStoreWriter] = []
+    for t in targets:
+        a = {
+            "synthetic": "SYNTHETIC DATA made by hyperkd.synth from earthlib spectra; not real imagery",
+            "synth": recipe,
+            "scene_config": cfg.to_dict(),
+            "instrument": t.instrument.to_dict(),
+            "spectral_library": lib.source,
+            "paired_stores": {str(o.out): f"{o.sensor.name}:{o.sensor.selection}" for o in targets if o is not t},
+            **dict(attrs or {}),
+        }
+        writers.append(ChipStoreWriter(t.out, t.sensor, size, labels=cfg.label_specs(),
+                                       shard_size=shard_size, synthetic=True, attrs=a, resume=resume))
+    pool = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        with _progress_bar(progress, chips, [t.sensor for t in targets]) as tick:
+            for bi in range((chips + shard_size - 1) // shard_size):
+                source = f"synth-batch-{bi:05d}"
+                indices = range(bi * shard_size, min(chips, (bi + 1) * shard_size))
+                todo = [j for j, w in enumerate(writers) if source not in w.sources_done]
+                if not todo:
+                    tick(len(indices))
+                    continue
+                maker = _ChipMaker(cfg, size, seed, tuple(targets[j] for j in todo))
+                results = (
+                    pool.map(maker, indices, chunksize=max(1, len(indices) // (4 * workers)))
+                    if pool is not None else map(maker, indices)
+                )
+                valid = np.ones((size, size), dtype=bool)
+                for labels, meta, images in results:
+                    for j, img in zip(todo, images, strict=True):
+                        writers[j].add(img, valid, labels, source=source, **meta)
+                    tick(1)
+                for j in todo:
+                    writers[j].mark_source_done(source)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    stores = [w.close() for w in writers]
+    return stores[0]
