@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv and run the main job on the embedded (synthetic) default
-#   make test   set up .venv and run the linters and the test suite
+#   make test   set up .venv and run the linters (ruff check, ruff format --check, mypy) and the test suite
 #
 # torch/torchvision are pinned through constraints.txt (they install from local disk on our
 # machines); pyproject.toml itself leaves them open for users.
@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hyperkd-installed
 DEMO_OUT ?= demo
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-lowest lint install clean
 
 install: $(STAMP)
 
@@ -25,9 +25,18 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
+# The suite against the lowest versions pyproject.toml allows (constraints-lowest.txt), in its own venv.
+test-lowest:
+	@test -x .venv-lowest/bin/python || $(PYTHON) -m venv .venv-lowest
+	.venv-lowest/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-lowest.txt -e ".[dev]"
+	.venv-lowest/bin/pip check
+	.venv-lowest/bin/python -m pytest -q -p no:cacheprovider
+
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache .mypy_cache build *.egg-info

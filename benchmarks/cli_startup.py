@@ -30,11 +30,16 @@ COMMANDS: dict[str, list[str]] = {
     "hyperkd --version": [HYPERKD, "--version"],
     "hyperkd plugins list": [HYPERKD, "plugins", "list"],
     "create('masker', 'random')": [
-        sys.executable, "-c", "import hyperkd; hyperkd.create('masker', 'random')",
+        sys.executable,
+        "-c",
+        "import hyperkd; hyperkd.create('masker', 'random')",
     ],
     "import torch (reference)": [sys.executable, "-c", "import torch"],
     "empty Typer app --help (ref.)": [
-        sys.executable, "-c", "import typer; app = typer.Typer(); app.command()(lambda: None); app()", "--help",
+        sys.executable,
+        "-c",
+        "import typer; app = typer.Typer(); app.command()(lambda: None); app()",
+        "--help",
     ],
 }
 """Label -> command line. The first is the baseline the others are compared with; the last two
@@ -66,7 +71,9 @@ def main() -> None:
     for label, cmd in COMMANDS.items():
         wall, cpu = median_seconds(cmd, args.runs)
         base = (wall, cpu) if base is None else base
-        print(f"{label:<30} {wall:>9.3f} {wall - base[0]:>10.3f} {cpu:>8.3f} {cpu - base[1]:>10.3f}", flush=True)
+        print(
+            f"{label:<30} {wall:>9.3f} {wall - base[0]:>10.3f} {cpu:>8.3f} {cpu - base[1]:>10.3f}", flush=True
+        )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

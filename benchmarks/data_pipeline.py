@@ -140,10 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=None, help="product height in px (default 512, quick 256)")
     ap.add_argument("--size", type=int, default=64, help="chip size in px")
     ap.add_argument("--batch", type=int, default=16, help="batch size")
-    ap.add_argument("--chips", type=int, default=None, help="chips timed per method (default 1024, quick 192)")
+    ap.add_argument(
+        "--chips", type=int, default=None, help="chips timed per method (default 1024, quick 192)"
+    )
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for every method")
-    ap.add_argument("--interleave", choices=("pixel", "band"), default="pixel",
-                    help="GeoTIFF interleave of the generated products (GDAL's default: pixel)")
+    ap.add_argument(
+        "--interleave",
+        choices=("pixel", "band"),
+        default="pixel",
+        help="GeoTIFF interleave of the generated products (GDAL's default: pixel)",
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="keep products and store here")
     args = ap.parse_args(argv)
     width = args.width or (256 if args.quick else 512)
@@ -165,9 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.products):
             name = fx.PRODUCT.replace("_002_", f"_{k + 1:03d}_")
             origin = (fx.ORIGIN[0], fx.ORIGIN[1] - 30.0 * height * k)
-            products.append(fx.write_l2a_product(prod_root, product=name, width=width, height=height, seed=k,
-                                                 corner=width // 4, origin=origin,
-                                                 interleave=args.interleave))
+            products.append(
+                fx.write_l2a_product(
+                    prod_root,
+                    product=name,
+                    width=width,
+                    height=height,
+                    seed=k,
+                    corner=width // 4,
+                    origin=origin,
+                    interleave=args.interleave,
+                )
+            )
         store_dir = work / "store"
         if store_dir.exists():
             shutil.rmtree(store_dir)
@@ -180,12 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, float] = {}
         gen = torch.Generator().manual_seed(0)
         # the store is small, so it is read for several epochs: one loader, persistent workers
-        store_loader = DataLoader(store, batch_size=B, shuffle=True, num_workers=args.workers, generator=gen,
-                                  collate_fn=collate, persistent_workers=args.workers > 0)
+        store_loader = DataLoader(
+            store,
+            batch_size=B,
+            shuffle=True,
+            num_workers=args.workers,
+            generator=gen,
+            collate_fn=collate,
+            persistent_workers=args.workers > 0,
+        )
         loaders: dict[str, Callable[[], Iterable[dict[str, Any]]]] = {
             "store": lambda: store_loader,
             "rasterio": lambda: DataLoader(
-                OnTheFlyWindows(products, bands, S, n_chips + 2 * B), batch_size=B, num_workers=args.workers,
+                OnTheFlyWindows(products, bands, S, n_chips + 2 * B),
+                batch_size=B,
+                num_workers=args.workers,
                 collate_fn=collate,
             ),
         }
@@ -196,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             from torchgeo.samplers import RandomGeoSampler
 
             ds = EnMAP(paths=[str(p) for p in products], bands=bands) if raw else EnMAPL2A(paths=products)
-            sampler = RandomGeoSampler(ds, size=S, length=n_chips + 2 * B, generator=torch.Generator().manual_seed(0))
+            sampler = RandomGeoSampler(
+                ds, size=S, length=n_chips + 2 * B, generator=torch.Generator().manual_seed(0)
+            )
             return DataLoader(ds, sampler=sampler, batch_size=B, collate_fn=collate, num_workers=args.workers)
 
         loaders["torchgeo"] = lambda: torchgeo_loader(raw=False)
@@ -206,14 +232,20 @@ def main(argv: list[str] | None = None) -> int:
         ms_torch, ms_np = collate_costs(store, B)
 
         print(f"hyperkd data-pipeline benchmark{' (--quick)' if args.quick else ''}")
-        print(f"  {args.products} generated L2A products {width}x{height} px x 224 bands int16 "
-              f"({mb:.0f} MB GeoTIFF, {args.interleave}-interleaved strips, uncompressed), in page cache")
-        print(f"  chips {S}x{S} px x {len(bands)} bands ({store.sensor.selection}), batch {B}, "
-              f"workers {args.workers}, {n_chips} chips timed per method after 1 warm-up batch")
+        print(
+            f"  {args.products} generated L2A products {width}x{height} px x 224 bands int16 "
+            f"({mb:.0f} MB GeoTIFF, {args.interleave}-interleaved strips, uncompressed), in page cache"
+        )
+        print(
+            f"  chips {S}x{S} px x {len(bands)} bands ({store.sensor.selection}), batch {B}, "
+            f"workers {args.workers}, {n_chips} chips timed per method after 1 warm-up batch"
+        )
         print(f"  prepare: {len(store)} chips in {t_prep:.1f} s ({len(store) / t_prep:.0f} chips/s)")
         print(f"  batches built with np.stack ({ms_np:.0f} ms/batch here; torch.stack: {ms_torch:.0f} ms)")
-        print(f"  machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-              f"python {platform.python_version()}, torch {torch.__version__}")
+        print(
+            f"  machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+            f"python {platform.python_version()}, torch {torch.__version__}"
+        )
         labels = {
             "store": "chip store (DataLoader over ChipStore)",
             "rasterio": "rasterio windows on the fly (L2A reader)",

@@ -46,7 +46,7 @@ def main() -> None:
         hls = get_sensor("hls")
         print("\n## twins (HLS, 64 chips of 32 px; balanced accuracy per-pixel / + 5x5 mean, log-std)")
         print("| seed | even vs patchy | maize vs wheat | train px (twins) |\n|---|---|---|---|")
-        for seed in ([11] if args.quick else [1, 2, 3, 4, 5, 6, 11]):
+        for seed in [11] if args.quick else [1, 2, 3, 4, 5, 6, 11]:
             chips = features(cfg, hls, seed, 64, 32, Instrument(), 2, True, not args.all_pure)
             tp, tc, counts = pair_scores(chips, cfg.crop_classes, "even-stand", "patchy-stand", 1e-2)
             cp, cc, _ = pair_scores(chips, cfg.crop_classes, "maize", "wheat", 1e-2)
@@ -60,7 +60,7 @@ def main() -> None:
         print("\n## low-SNR instrument (EnMAP, 48 chips of 32 px, seed 2; per-pixel / 3x3 window mean)")
         print("| SNR scale | " + " | ".join(f"{a} vs {b}" for a, b in pairs) + " |")
         print("|---|" + "---|" * len(pairs))
-        for snr in ([1.0, 0.25] if args.quick else [1.0, 0.25, 0.1]):
+        for snr in [1.0, 0.25] if args.quick else [1.0, 0.25, 0.1]:
             chips = features(cfg, enmap, 2, 48, 32, Instrument(snr_scale=snr), 1, False, True)
             cells = []
             for a, b in pairs:

@@ -44,12 +44,21 @@ def main() -> None:
     student = build_student(f"enmap-mae-{args.student}", img_size=args.size)
     aligner = create("aligner", "spectral-range", source=student.sensor, target=teacher.sensor)
     recipe = recipes.resolve("hyperkd", [f"losses.ssim.band_stride={args.ssim_band_stride}"])
-    module = DistillModule(student, teacher, aligner, create("masker", "spatial-feature"), build_losses(recipe["losses"]),
-                           cache_teacher=True)
+    module = DistillModule(
+        student,
+        teacher,
+        aligner,
+        create("masker", "spatial-feature"),
+        build_losses(recipe["losses"]),
+        cache_teacher=True,
+    )
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     b = args.batch
-    batch = {"image": 0.05 + 0.4 * torch.rand(b, student.in_chans, args.size, args.size),
-             "valid": torch.ones(b, args.size, args.size, dtype=torch.bool), "index": torch.arange(b)}
+    batch = {
+        "image": 0.05 + 0.4 * torch.rand(b, student.in_chans, args.size, args.size),
+        "valid": torch.ones(b, args.size, args.size, dtype=torch.bool),
+        "index": torch.arange(b),
+    }
 
     def step() -> None:
         loss = module.shared_step(batch)[0]
@@ -79,15 +88,19 @@ def main() -> None:
     step()  # fills the cache
     warm = per_chip(False)
     cache_bytes = module.cache.bytes / b
-    print(f"device cpu, threads {torch.get_num_threads()}, {args.size} px chips, batch {b}, "
-          f"teacher {args.teacher} ({teacher.embed_dim} wide, {teacher.depth} blocks), "
-          f"student enmap-mae-{args.student} ({student.in_chans} bands), ssim band stride {args.ssim_band_stride}")
+    print(
+        f"device cpu, threads {torch.get_num_threads()}, {args.size} px chips, batch {b}, "
+        f"teacher {args.teacher} ({teacher.embed_dim} wide, {teacher.depth} blocks), "
+        f"student enmap-mae-{args.student} ({student.in_chans} bands), ssim band stride {args.ssim_band_stride}"
+    )
     print(f"teacher forward alone      : {1000 * teacher_s:8.1f} ms/chip")
     print(f"distillation step, cold    : {1000 * cold:8.1f} ms/chip (teacher runs)")
     print(f"distillation step, cached  : {1000 * warm:8.1f} ms/chip (teacher skipped)")
     print(f"saved per epoch after the first: {100 * (1 - warm / cold):.0f} % of step time")
-    print(f"cache memory               : {cache_bytes / 2**20:8.2f} MiB/chip "
-          f"({cache_bytes * 10000 / 2**30:.1f} GiB per 10k chips)")
+    print(
+        f"cache memory               : {cache_bytes / 2**20:8.2f} MiB/chip "
+        f"({cache_bytes * 10000 / 2**30:.1f} GiB per 10k chips)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,13 +39,13 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
 def make_step(embedding: str, precision: str, args: argparse.Namespace):
     """A closure running one training step, and the model it trains."""
     torch.manual_seed(0)
-    model = build_student(f"enmap-mae-{args.student}", img_size=args.size, embedding=embedding,
-                          patch_size=args.patch)
+    model = build_student(
+        f"enmap-mae-{args.student}", img_size=args.size, embedding=embedding, patch_size=args.patch
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.rand(args.batch, model.in_chans, args.size, args.size) * 0.5
     masker = RandomMasker()
-    ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
-           else contextlib.nullcontext())
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
     def step() -> None:
         mask = masker(x, model.grid, 0.75)
@@ -90,8 +90,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; student {args.student}, "
-          f"{args.size} px chips, patch {args.patch}, batch {args.batch}, 202 EnMAP bands")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; student {args.student}, "
+        f"{args.size} px chips, patch {args.patch}, batch {args.batch}, 202 EnMAP bands"
+    )
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     configs = [(e, q) for e in ("plain", "factorized") for q in ("fp32", "bf16")]
@@ -105,14 +107,20 @@ def main() -> None:
         r = summarize(steps[c][1], best[c], args)
         r["peak_fraction"] = r["achieved_gflops"] / peaks[c[1]]
         rows[c] = r
-    print(f"{'embedding':<11} {'prec':<5} {'params(M)':>9} {'embed(M)':>8} {'GFLOP/step':>10} "
-          f"{'step(s)':>8} {'chips/s':>8} {'of peak':>8}")
+    print(
+        f"{'embedding':<11} {'prec':<5} {'params(M)':>9} {'embed(M)':>8} {'GFLOP/step':>10} "
+        f"{'step(s)':>8} {'chips/s':>8} {'of peak':>8}"
+    )
     for (emb, prec), r in rows.items():
-        print(f"{emb:<11} {prec:<5} {r['params_m']:>9.2f} {r['embed_params_m']:>8.2f} {r['gflop_per_step']:>10.2f} "
-              f"{r['step_s']:>8.3f} {r['chips_per_s']:>8.1f} {r['peak_fraction']:>8.1%}")
+        print(
+            f"{emb:<11} {prec:<5} {r['params_m']:>9.2f} {r['embed_params_m']:>8.2f} {r['gflop_per_step']:>10.2f} "
+            f"{r['step_s']:>8.3f} {r['chips_per_s']:>8.1f} {r['peak_fraction']:>8.1%}"
+        )
     base = rows[("plain", "fp32")]["chips_per_s"]
-    print("throughput relative to plain fp32: " + ", ".join(
-        f"{e}/{p} {r['chips_per_s'] / base:.2f}x" for (e, p), r in rows.items()))
+    print(
+        "throughput relative to plain fp32: "
+        + ", ".join(f"{e}/{p} {r['chips_per_s'] / base:.2f}x" for (e, p), r in rows.items())
+    )
 
 
 if __name__ == "__main__":

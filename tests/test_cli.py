@@ -81,7 +81,15 @@ def test_error_text_with_brackets_is_printed_verbatim(capsys):
     assert code == 1 and "unknown sensor '[/bad]'" in err
 
 
-HEAVY = ("torch", "lightning", "torchgeo", "timm", "rasterio", "hyperkd_prithvi.model", "hyperkd_prithvi.teacher")
+HEAVY = (
+    "torch",
+    "lightning",
+    "torchgeo",
+    "timm",
+    "rasterio",
+    "hyperkd_prithvi.model",
+    "hyperkd_prithvi.teacher",
+)
 """Modules the quick commands must not import (a registry lookup imports only what it builds)."""
 
 

@@ -13,13 +13,17 @@ def recs(row, values, metric="accuracy"):
 
 
 def test_means_spreads_and_verdicts():
-    records = (recs("no-KD", [0.70, 0.72, 0.74]) + recs("HyperKD", [0.80, 0.81, 0.82])
-               + recs("random-teacher KD", [0.71, 0.75, 0.79]) + recs("raw spectra", [0.50, 0.52, 0.54]))
+    records = (
+        recs("no-KD", [0.70, 0.72, 0.74])
+        + recs("HyperKD", [0.80, 0.81, 0.82])
+        + recs("random-teacher KD", [0.71, 0.75, 0.79])
+        + recs("raw spectra", [0.50, 0.52, 0.54])
+    )
     t = compare(records, order=["no-KD", "HyperKD"])
     assert list(t.rows) == ["no-KD", "HyperKD", "random-teacher KD", "raw spectra"]
     cell = t.rows["no-KD"]["accuracy"]
     assert cell.mean == pytest.approx(0.72) and cell.std == pytest.approx(0.02) and cell.n == 3
-    assert t.verdicts["HyperKD"]["accuracy"] == "better"          # 0.81-0.72 > 0.01+0.02
+    assert t.verdicts["HyperKD"]["accuracy"] == "better"  # 0.81-0.72 > 0.01+0.02
     assert t.verdicts["random-teacher KD"]["accuracy"] == "within spread"  # 0.03 < 0.04+0.02
     assert t.verdicts["raw spectra"]["accuracy"] == "worse"
     md = t.markdown()

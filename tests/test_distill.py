@@ -52,7 +52,9 @@ def store(tmp_path_factory):
 def test_teacher_tokens_are_matched_to_the_student_grid_and_visible_positions():
     t = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)  # 2x2 grid
     ids = torch.tensor([[0, 3], [1, 2]])
-    torch.testing.assert_close(teacher_tokens_at(t, (2, 2), (2, 2), ids), torch.stack([t[0, [0, 3]], t[1, [1, 2]]]))
+    torch.testing.assert_close(
+        teacher_tokens_at(t, (2, 2), (2, 2), ids), torch.stack([t[0, [0, 3]], t[1, [1, 2]]])
+    )
     up = teacher_tokens_at(torch.ones(2, 4, 3), (2, 2), (4, 4), torch.tensor([[0, 15], [5, 6]]))
     torch.testing.assert_close(up, torch.ones(2, 2, 3))
     # a 4x4 teacher grid averaged down to 2x2: token 0 is the mean of the top-left 2x2 block
@@ -80,16 +82,35 @@ def test_kld_and_cosine_are_zero_for_matching_features_and_need_a_teacher():
 
 def test_ssim_and_sam_measure_only_the_reconstructed_patches():
     load_plugins()
-    student = create("student", "mae-tiny", sensor=get_sensor("enmap"), img_size=16, patch_size=4, embed_dim=32,
-                     depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    student = create(
+        "student",
+        "mae-tiny",
+        sensor=get_sensor("enmap"),
+        img_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     x = 0.1 + 0.3 * torch.rand(2, 202, 16, 16)
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, :8] = True
     target = student.patchify(student.standardize(x))
     weight = mask[..., None].float().expand_as(target)
-    perfect = MAEOutput(pred=target.clone(), target=target, mask=mask, weight=weight, features=[], ids_keep=None)
-    noisy = MAEOutput(pred=target + torch.randn_like(target), target=target, mask=mask, weight=weight,
-                      features=[], ids_keep=None)
+    perfect = MAEOutput(
+        pred=target.clone(), target=target, mask=mask, weight=weight, features=[], ids_keep=None
+    )
+    noisy = MAEOutput(
+        pred=target + torch.randn_like(target),
+        target=target,
+        mask=mask,
+        weight=weight,
+        features=[],
+        ids_keep=None,
+    )
     ctx = {"batch": {"image": x}, "student": student}
     ssim, sam = create("loss", "ssim"), create("loss", "sam")
     assert float(ssim(perfect, ctx)) == pytest.approx(0.0, abs=1e-5)
@@ -108,14 +129,35 @@ def test_learned_aligner_is_trained_through_the_frozen_teacher_with_several_pair
     load_plugins()
     from hyperkd.training.distill import DistillModule
 
-    student = create("student", "mae-tiny", sensor=get_sensor("enmap"), img_size=32, patch_size=4, embed_dim=32,
-                     depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    student = create(
+        "student",
+        "mae-tiny",
+        sensor=get_sensor("enmap"),
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     teacher = create("teacher", "prithvi-eo-tiny", weights=None)
     aligner = create("aligner", "learned", source=student.sensor, target=teacher.sensor)
-    losses = {"mse": (1.0, create("loss", "mse")), "kld": (1.0, create("loss", "kld")),
-              "cosine": (0.5, create("loss", "cosine"))}
-    module = DistillModule(student, teacher, aligner, create("masker", "spatial-feature"), losses,
-                           pairs=[[0, 0], [-1, -1]], projector="mlp")
+    losses = {
+        "mse": (1.0, create("loss", "mse")),
+        "kld": (1.0, create("loss", "kld")),
+        "cosine": (0.5, create("loss", "cosine")),
+    }
+    module = DistillModule(
+        student,
+        teacher,
+        aligner,
+        create("masker", "spatial-feature"),
+        losses,
+        pairs=[[0, 0], [-1, -1]],
+        projector="mlp",
+    )
     assert module.cache is None  # a trainable aligner changes the teacher's features
     batch = {"image": 0.1 + 0.3 * torch.rand(2, 202, 32, 32), "index": torch.arange(2)}
     loss, parts, _, mask = module.shared_step(batch, torch.Generator().manual_seed(0))
@@ -134,12 +176,24 @@ def test_teacher_cache_skips_cached_chips_and_holds_normal_tensors():
     load_plugins()
     from hyperkd.training.distill import DistillModule
 
-    student = create("student", "mae-tiny", sensor=get_sensor("enmap"), img_size=32, patch_size=4, embed_dim=32,
-                     depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    student = create(
+        "student",
+        "mae-tiny",
+        sensor=get_sensor("enmap"),
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     teacher = create("teacher", "prithvi-eo-tiny", weights=None)
     aligner = create("aligner", "spectral-range", source=student.sensor, target=teacher.sensor)
-    module = DistillModule(student, teacher, aligner, create("masker", "random"),
-                           {"kld": (1.0, create("loss", "kld"))})
+    module = DistillModule(
+        student, teacher, aligner, create("masker", "random"), {"kld": (1.0, create("loss", "kld"))}
+    )
     image = 0.1 + 0.3 * torch.rand(3, 202, 32, 32)
     with torch.inference_mode():  # as in Lightning's validation loop
         first = module.teacher_features({"image": image[:2], "index": torch.tensor([7, 9])})
@@ -162,25 +216,44 @@ def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, ti
 
     run = tmp_path / "run"
     sets = [*TINY, "trainer.max_epochs=10"]
-    res = distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher),
-                  student="enmap", data=str(store.root), overrides=sets)
+    res = distill(
+        "hyperkd",
+        run,
+        teacher="prithvi-eo-tiny",
+        teacher_weights=str(tiny_teacher),
+        student="enmap",
+        data=str(store.root),
+        overrides=sets,
+    )
     mse, kld = logged(run, "val/loss_mse"), logged(run, "val/loss_kld")
     assert len(mse) == len(kld) == 10
     assert mse[-1] < 0.9 * mse[0], mse  # about 0.82 x on this data (fixed validation masks: no noise)
     assert kld[-1] < 0.3 * kld[0], kld  # about 0.18 x
-    for f in ("recipe.yaml", "metrics.json", "distill.json", "checkpoints/last.ckpt", "figures/loss.png",
-              "figures/distill_loss.png", "figures/reconstruction.png", "student/model.safetensors"):
+    for f in (
+        "recipe.yaml",
+        "metrics.json",
+        "distill.json",
+        "checkpoints/last.ckpt",
+        "figures/loss.png",
+        "figures/distill_loss.png",
+        "figures/reconstruction.png",
+        "student/model.safetensors",
+    ):
         assert (run / f).exists(), f
     saved = (run / "recipe.yaml").read_text()
     for component in ("spatial-feature", "spectral-range", "prithvi-eo-tiny", "kld", "ssim", "pairs"):
         assert component in saved
     info = json.loads((run / "distill.json").read_text())
     assert info["teacher_weights"]["path"] == str(tiny_teacher)
-    assert info["cache"]["enabled"] and info["cache"]["misses"] == 32 and info["cache"]["hits"] == 10 * 28 - 32
+    assert (
+        info["cache"]["enabled"] and info["cache"]["misses"] == 32 and info["cache"]["hits"] == 10 * 28 - 32
+    )
     assert info["cache"]["entries"] == 32 and info["cache"]["saved_s_estimate"] > 0
     # checkpoints hold student and projector, not the frozen teacher; a resume loads them
     state = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
-    assert any(k.startswith("projectors.0.") for k in state) and not any(k.startswith("teacher.") for k in state)
+    assert any(k.startswith("projectors.0.") for k in state) and not any(
+        k.startswith("teacher.") for k in state
+    )
     more = distill(run / "recipe.yaml", run, resume=True, overrides=["trainer.max_epochs=11"])
     assert more.global_step == res.global_step + 3  # 28 training chips, 3 full batches of 8
 
@@ -189,9 +262,21 @@ def test_ablations_are_one_set_away(store, tiny_teacher, tmp_path):
     from hyperkd.training.distill import distill
 
     run = tmp_path / "run"
-    distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher), data=str(store.root),
-            overrides=[*TINY, "trainer.max_epochs=1", "trainer.figures=false", "masker.name=random",
-                       "losses.kld.weight=0", "aligner.name=srf"])
+    distill(
+        "hyperkd",
+        run,
+        teacher="prithvi-eo-tiny",
+        teacher_weights=str(tiny_teacher),
+        data=str(store.root),
+        overrides=[
+            *TINY,
+            "trainer.max_epochs=1",
+            "trainer.figures=false",
+            "masker.name=random",
+            "losses.kld.weight=0",
+            "aligner.name=srf",
+        ],
+    )
     info = json.loads((run / "distill.json").read_text())
     assert info["teacher_chips_encoded"] == 0  # no teacher term left: the teacher never runs
     assert not logged(run, "val/loss_kld") and logged(run, "val/loss_ssim")
@@ -200,8 +285,19 @@ def test_ablations_are_one_set_away(store, tiny_teacher, tmp_path):
 def test_third_party_sensor_plugin_works_as_student(tiny_teacher, tmp_path, plugin_env):
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(site), str(ROOT / "examples/hyperkd-prisma")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(ROOT / "examples/hyperkd-prisma"),
+        ],
         check=True,
     )
     plugin_env.syspath_prepend(str(site))
@@ -211,8 +307,15 @@ def test_third_party_sensor_plugin_works_as_student(tiny_teacher, tmp_path, plug
     from hyperkd.training.distill import distill
 
     run = tmp_path / "run"
-    distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(tiny_teacher), student="prisma",
-            data=str(store.root), overrides=[*TINY, "trainer.max_epochs=4", "trainer.figures=false"])
+    distill(
+        "hyperkd",
+        run,
+        teacher="prithvi-eo-tiny",
+        teacher_weights=str(tiny_teacher),
+        student="prisma",
+        data=str(store.root),
+        overrides=[*TINY, "trainer.max_epochs=4", "trainer.figures=false"],
+    )
     kld = logged(run, "val/loss_kld")
     assert len(kld) == 4 and kld[-1] < kld[0]
     cfg = json.loads((run / "student" / "config.json").read_text())
@@ -222,7 +325,16 @@ def test_third_party_sensor_plugin_works_as_student(tiny_teacher, tmp_path, plug
 def test_distill_command_help(capsys):
     assert main(["distill", "--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--teacher", "--student", "--data", "--teacher-weights", "--recipe", "--set", "--out", "--resume"):
+    for flag in (
+        "--teacher",
+        "--student",
+        "--data",
+        "--teacher-weights",
+        "--recipe",
+        "--set",
+        "--out",
+        "--resume",
+    ):
         assert flag in out
 
 
@@ -230,7 +342,9 @@ def test_offline_without_prithvi_weights_fails_in_one_line(store, tmp_path, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     run = tmp_path / "run"
-    code = main(["distill", "--teacher", "prithvi", "--student", "enmap", "--data", "synthetic", "--out", str(run)])
+    code = main(
+        ["distill", "--teacher", "prithvi", "--student", "enmap", "--data", "synthetic", "--out", str(run)]
+    )
     _, err = capsys.readouterr()
     assert code == 1
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -245,11 +359,25 @@ def test_offline_without_prithvi_weights_fails_in_one_line(store, tmp_path, monk
     # (a tiny checkpoint under the official repo and file name, architecture set to match)
     from hyperkd_prithvi.testing import install_in_hf_cache, tiny_overrides
 
-    install_in_hf_cache(tmp_path / "empty-hub", "ibm-nasa-geospatial/Prithvi-EO-1.0-100M", "Prithvi_EO_V1_100M.pt")
+    install_in_hf_cache(
+        tmp_path / "empty-hub", "ibm-nasa-geospatial/Prithvi-EO-1.0-100M", "Prithvi_EO_V1_100M.pt"
+    )
     arch = [f"teacher.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in tiny_overrides().items()]
     sets = [*TINY, *arch, "trainer.max_epochs=1", "trainer.figures=false"]
-    code = main(["distill", "--teacher", "prithvi", "--data", str(store.root), "--out", str(run),
-                 *[a for s in sets for a in ("--set", s)]])
+    code = main(
+        [
+            "distill",
+            "--teacher",
+            "prithvi",
+            "--data",
+            str(store.root),
+            "--out",
+            str(run),
+            *[a for s in sets for a in ("--set", s)],
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     info = json.loads((run / "distill.json").read_text())
-    assert info["teacher_weights"]["source"].startswith("Hugging Face ibm-nasa-geospatial/Prithvi-EO-1.0-100M")
+    assert info["teacher_weights"]["source"].startswith(
+        "Hugging Face ibm-nasa-geospatial/Prithvi-EO-1.0-100M"
+    )

@@ -119,7 +119,11 @@ def test_real_prelaunch_metadata_xml_reads_its_218_bands(tmp_path):
         assert {b.gain for b in s.bands} == {0.0001} and {b.offset for b in s.bands} == {0.0}
         det = [b.detector for b in s.bands]
         assert det.count("VNIR") == 88 and det.count("SWIR") == 130
-        assert (det[77], det[78], det[79]) == ("VNIR", "SWIR", "VNIR")  # expectedChannelsList: 78, 79 SWIR, 80
+        assert (det[77], det[78], det[79]) == (
+            "VNIR",
+            "SWIR",
+            "VNIR",
+        )  # expectedChannelsList: 78, 79 SWIR, 80
         assert p.nodata == 0 and p.nodata_source == "xml"  # the image has no nodata tag
         assert p.meta.schema_version == "00.02.00" and p.meta.mission_phase == "pre-launch"
         sel = s.select("default")  # documented: 218-band products keep all bands, as in the paper
@@ -195,7 +199,9 @@ def test_xml_missing_band_field(tmp_path):
 
 def test_band_count_mismatch_between_xml_and_image(tmp_path):
     folder = fx.write_l2a_product(tmp_path, xml_bands=220)
-    with pytest.raises(DataError, match=r"SPECTRAL_IMAGE\.TIF: the image has 224 bands but its METADATA\.XML describes 220"):
+    with pytest.raises(
+        DataError, match=r"SPECTRAL_IMAGE\.TIF: the image has 224 bands but its METADATA\.XML describes 220"
+    ):
         open_l2a(folder)
 
 
@@ -215,7 +221,9 @@ def test_truncated_geotiff_fails_the_check(tmp_path):
 def test_unexpected_file_names(tmp_path):
     folder = fx.write_l2a_product(tmp_path)
     image_of(folder).rename(folder / "spectral.tif")
-    with pytest.raises(DataError, match=r"no \.\.\.-SPECTRAL_IMAGE\.TIF \(unexpected file names here: spectral\.tif\)"):
+    with pytest.raises(
+        DataError, match=r"no \.\.\.-SPECTRAL_IMAGE\.TIF \(unexpected file names here: spectral\.tif\)"
+    ):
         open_l2a(folder)
     l1b = fx.write_l2a_product(tmp_path, product=fx.PRODUCT.replace("L2A", "L1B"))
     with pytest.raises(DataError, match="is a L1B product"):
@@ -263,7 +271,9 @@ def test_torchgeo_dataset_matches_reader_and_works_with_random_sampler(tmp_path)
     from torchgeo.datasets import stack_samples
     from torchgeo.samplers import RandomGeoSampler
 
-    dl = DataLoader(ds, sampler=RandomGeoSampler(ds, size=16, length=4), batch_size=2, collate_fn=stack_samples)
+    dl = DataLoader(
+        ds, sampler=RandomGeoSampler(ds, size=16, length=4), batch_size=2, collate_fn=stack_samples
+    )
     batches = list(dl)
     assert len(batches) == 2 and batches[0]["image"].shape == (2, 202, 16, 16)
     assert batches[0]["valid"].shape == (2, 16, 16)

@@ -46,8 +46,9 @@ def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 def test_architecture_forms_resolve_and_build():
     load_plugins()
     assert resolve_spec("mae-small") == ModelSpec("mae-small", "student", "registry", name="mae-small")
-    assert resolve_spec("hls-mae-tiny") == ModelSpec("hls-mae-tiny", "student", "sensor-size", name="mae-tiny",
-                                                     sensor="hls")
+    assert resolve_spec("hls-mae-tiny") == ModelSpec(
+        "hls-mae-tiny", "student", "sensor-size", name="mae-tiny", sensor="hls"
+    )
     assert resolve_spec("enmap") == ModelSpec("enmap", "student", "sensor", name="mae-tiny", sensor="enmap")
     assert not resolve_spec("enmap").trained and resolve_spec("hls-mae-tiny").sensor_name() == "hls"
     hls = create_model("hls-mae-tiny", img_size=32)
@@ -132,12 +133,29 @@ def test_prefixes_choose_the_reading_when_both_exist(saved, tmp_path, monkeypatc
 def test_pretrain_cli_continues_from_a_run_folder(saved, run_folder, tmp_path, capsys):
     model, _ = saved
     out = tmp_path / "again"
-    sets = ["data.synthetic.chips=8", "data.synthetic.size=16", "data.batch_size=4", "trainer.max_epochs=1",
-            "trainer.figures=false", "trainer.log_every_n_steps=1"]
-    code = main(["pretrain", "--student", str(run_folder), "--out", str(out), *[a for s in sets for a in ("--set", s)]])
+    sets = [
+        "data.synthetic.chips=8",
+        "data.synthetic.size=16",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.figures=false",
+        "trainer.log_every_n_steps=1",
+    ]
+    code = main(
+        [
+            "pretrain",
+            "--student",
+            str(run_folder),
+            "--out",
+            str(out),
+            *[a for s in sets for a in ("--set", s)],
+        ]
+    )
     assert code == 0, capsys.readouterr()
     cfg = json.loads((out / "student" / "config.json").read_text())
-    assert cfg["embed_dim"] == 32 and cfg["sensor"]["name"] == "enmap"  # the run's architecture, not the recipe's
+    assert (
+        cfg["embed_dim"] == 32 and cfg["sensor"]["name"] == "enmap"
+    )  # the run's architecture, not the recipe's
     trained = hyperkd.from_pretrained(out)
     assert not torch.equal(trained.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)  # it trained
 
@@ -149,7 +167,9 @@ def test_build_student_for_and_init_from(saved, run_folder, tmp_path):
     model, _ = saved
     store = toy_store(tmp_path / "store", chips=8, size=16)
     assert student_sensor(str(run_folder)) == "enmap" and student_sensor("enmap-mae-small") == "enmap"
-    assert_same_outputs(model, build_student_for(recipes.resolve("mae", [f"student.name={run_folder}"]), store))
+    assert_same_outputs(
+        model, build_student_for(recipes.resolve("mae", [f"student.name={run_folder}"]), store)
+    )
     rec = recipes.resolve("mae", [*TINY, "student.name=enmap", f"student.init_from={run_folder}"])
     assert_same_outputs(model, build_student_for(rec, store))
     with pytest.raises(RecipeError, match="init_from 'enmap-mae-tiny' names an architecture"):
@@ -171,14 +191,18 @@ def test_finetune_resolves_students_through_the_factory(saved, run_folder, tmp_p
 
 
 # -- errors -------------------------------------------------------------------------------------
-def test_a_missing_repo_shaped_path_names_both_readings_and_the_prefixes(offline_cache, tmp_path, monkeypatch):
+def test_a_missing_repo_shaped_path_names_both_readings_and_the_prefixes(
+    offline_cache, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     spec = resolve_spec("runs/kd")
     assert spec.form == "hub" and not spec.source.explicit
     with pytest.raises(WeightsError) as info:
         create_model("runs/kd")
     msg = one_line(info)
-    assert "Hugging Face repo runs/kd" in msg and "no local file or folder named 'runs/kd' exists either" in msg
+    assert (
+        "Hugging Face repo runs/kd" in msg and "no local file or folder named 'runs/kd' exists either" in msg
+    )
     assert "local-dir:PATH" in msg and "hf-hub:ORG/NAME" in msg and "HF_HUB_OFFLINE" in msg
     with pytest.raises(WeightsError) as info:
         create_model("hf-hub:runs/kd")

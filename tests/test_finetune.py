@@ -15,8 +15,16 @@ from hyperkd.data.splits import split_chips
 from hyperkd.evaluation.finetune import evaluate, finetune
 from hyperkd.models.pixel import PixelModel
 
-TINY = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
-            decoder_num_heads=2, spectral_dim=16)
+TINY = dict(
+    patch_size=8,
+    embed_dim=64,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    spectral_dim=16,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,7 +40,9 @@ def one_thread():
 def store(tmp_path_factory):
     from hyperkd.synth import synthesize
 
-    return synthesize("enmap", tmp_path_factory.mktemp("ft") / "enmap", chips=16, size=32, seed=0, progress=False)
+    return synthesize(
+        "enmap", tmp_path_factory.mktemp("ft") / "enmap", chips=16, size=32, seed=0, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +89,7 @@ def test_feature_cache_encodes_only_uncached_chips_and_keeps_the_batch_order():
         def compute(pos):
             calls.append([keys[i] for i in pos])
             return [table[[keys[i] for i in pos]], -table[[keys[i] for i in pos]]]
+
         return compute
 
     cache = FeatureCache(max_mb=1)
@@ -100,10 +111,10 @@ def test_finetune_module_from_plain_arguments_trains_under_a_plain_lightning_tra
     from torch.utils.data import DataLoader
 
     from hyperkd.evaluation.datasets import TaskDataset
-    from hyperkd.evaluation.finetune_module import FinetuneModule
     from hyperkd.evaluation.labels import bind_labels
     from hyperkd.evaluation.tasks import get_task
     from hyperkd.models.mae import build_student
+    from hyperkd.training.finetune import FinetuneModule
 
     task, labels = bind_labels(get_task("landcover"), store)
     torch.manual_seed(0)
@@ -114,8 +125,14 @@ def test_finetune_module_from_plain_arguments_trains_under_a_plain_lightning_tra
     before = [p.detach().clone() for p in module.model.head.parameters()]
     train = DataLoader(TaskDataset(store, range(8), labels), batch_size=4)
     val = DataLoader(TaskDataset(store, range(8, 10), labels), batch_size=2)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train, val)
     assert trainer.global_step == 4
     assert any(not torch.equal(a, b) for a, b in zip(before, module.model.head.parameters(), strict=True))
@@ -147,8 +164,16 @@ def test_batchnorm_statistics_are_recomputed_exactly_over_the_given_batches():
 
 def test_frozen_protocol_beats_the_majority_class_and_reloads_exactly(store, student_dir, tmp_path):
     out = tmp_path / "frozen"
-    res = finetune(student=student_dir.parent, task="landcover", store=store, protocol="frozen", epochs=8,
-                   batch_size=4, seed=1, out=out)
+    res = finetune(
+        student=student_dir.parent,
+        task="landcover",
+        store=store,
+        protocol="frozen",
+        epochs=8,
+        batch_size=4,
+        seed=1,
+        out=out,
+    )
     s = res.settings
     test = s["test_chips"]
     assert not set(test) & set(s["train_chips"]) and len(test) == 3
@@ -179,13 +204,23 @@ def test_frozen_protocol_beats_the_majority_class_and_reloads_exactly(store, stu
 
 
 def test_soc_regression_gives_finite_r2_in_the_labels_unit(store, student_dir, tmp_path):
-    res = finetune(student=student_dir, task="soc", store=store, protocol="linear", epochs=3, batch_size=4,
-                   out=tmp_path / "soc", train_chips=6)
+    res = finetune(
+        student=student_dir,
+        task="soc",
+        store=store,
+        protocol="linear",
+        epochs=3,
+        batch_size=4,
+        out=tmp_path / "soc",
+        train_chips=6,
+    )
     m = res.metrics
     assert np.isfinite(m["r2"]) and m["rmse"] > 0 and m["mae"] <= m["rmse"] and m["unit"] == "g/kg"
     assert m["pixels"] > 0 and len(res.settings["train_chips"]) == 6 and res.settings["label_scarce"]
     # NaN targets (water, built-up) are not scored: pixel count = finite, valid target pixels
-    t = np.concatenate([np.where(store[i]["valid"], store[i]["soc"], np.nan).ravel() for i in res.settings["test_chips"]])
+    t = np.concatenate(
+        [np.where(store[i]["valid"], store[i]["soc"], np.nan).ravel() for i in res.settings["test_chips"]]
+    )
     assert m["pixels"] == int(np.isfinite(t).sum())
     assert (tmp_path / "soc" / "figures" / "scatter.png").exists()
     model = PixelModel.load(tmp_path / "soc")
@@ -203,13 +238,29 @@ def test_soc_regression_gives_finite_r2_in_the_labels_unit(store, student_dir, t
 
 
 def test_raw_spectra_baseline_and_untrained_encoder_controls(store, student_dir, tmp_path):
-    raw = finetune(student="raw", task="croptype", store=store, protocol="frozen", epochs=4, batch_size=4,
-                   out=tmp_path / "raw", figures=False)
+    raw = finetune(
+        student="raw",
+        task="croptype",
+        store=store,
+        protocol="frozen",
+        epochs=4,
+        batch_size=4,
+        out=tmp_path / "raw",
+        figures=False,
+    )
     assert PixelModel.load(tmp_path / "raw").encoder is None
     assert raw.settings["init"] == "none" and 0.0 <= raw.metrics["overall_accuracy"] <= 1.0
     assert len(raw.metrics["per_class"]) == len(store.labels["croptype"].classes)
-    rnd = finetune(student=student_dir, init="random", task="landcover", store=store, protocol="linear",
-                   epochs=1, out=tmp_path / "rnd", figures=False)
+    rnd = finetune(
+        student=student_dir,
+        init="random",
+        task="landcover",
+        store=store,
+        protocol="linear",
+        epochs=1,
+        out=tmp_path / "rnd",
+        figures=False,
+    )
     from safetensors.torch import load_file
 
     trained = PixelModel.load(tmp_path / "rnd").encoder.state_dict()
@@ -229,21 +280,39 @@ def test_raw_spectra_baseline_and_untrained_encoder_controls(store, student_dir,
 def test_full_protocol_trains_the_encoder_and_layers_are_concatenated(store, student_dir, tmp_path):
     from safetensors.torch import load_file
 
-    finetune(student=student_dir, task="landcover", store=store, protocol="full", layers=(0, -1), epochs=1,
-             batch_size=4, out=tmp_path / "full", figures=False)
+    finetune(
+        student=student_dir,
+        task="landcover",
+        store=store,
+        protocol="full",
+        layers=(0, -1),
+        epochs=1,
+        batch_size=4,
+        out=tmp_path / "full",
+        figures=False,
+    )
     model = PixelModel.load(tmp_path / "full")
     assert model.layers == (0, -1) and model.head.body[0].in_channels == 2 * 64
     original = load_file(str(student_dir / "model.safetensors"))
     w = "blocks.1.mlp.fc1.weight"
     assert not torch.equal(model.encoder.state_dict()[w], original[w])  # the encoder was fine-tuned
-    frozen = finetune(student=student_dir, task="landcover", store=store, protocol="frozen", epochs=1,
-                      out=tmp_path / "frozen", figures=False)
+    frozen = finetune(
+        student=student_dir,
+        task="landcover",
+        store=store,
+        protocol="frozen",
+        epochs=1,
+        out=tmp_path / "frozen",
+        figures=False,
+    )
     torch.testing.assert_close(PixelModel.load(frozen.run_dir).encoder.state_dict()[w], original[w])
 
 
 def test_evaluate_scores_the_test_split_of_the_training_store_unless_asked_for_all(store, tmp_path, capsys):
     run = tmp_path / "run"
-    finetune(student="raw", task="landcover", store=store, protocol="linear", epochs=1, out=run, figures=False)
+    finetune(
+        student="raw", task="landcover", store=store, protocol="linear", epochs=1, out=run, figures=False
+    )
     held = evaluate(run, store)
     assert held.chips == json.loads((run / "finetune.json").read_text())["test_chips"]
     every = evaluate(run, store, chips="all", out=tmp_path / "ev")
@@ -262,8 +331,16 @@ def test_a_separate_evaluation_store_is_checked_before_training(store, tmp_path)
     with pytest.raises(HyperKDError, match="other bands or chip size"):
         finetune(student="raw", task="landcover", store=store, eval_store=other, out=tmp_path / "x", epochs=1)
     assert not (tmp_path / "x" / "logs").exists()  # refused before any training
-    res = finetune(student="raw", task="landcover", store=store, eval_store=store, protocol="linear", epochs=1,
-                   out=tmp_path / "y", figures=False)
+    res = finetune(
+        student="raw",
+        task="landcover",
+        store=store,
+        eval_store=store,
+        protocol="linear",
+        epochs=1,
+        out=tmp_path / "y",
+        figures=False,
+    )
     labelled = sum(int(((store[i]["landcover"] >= 0) & store[i]["valid"]).sum()) for i in range(len(store)))
     assert res.settings["test_chips"] == [] and res.metrics["pixels"] == labelled  # every chip of the store
 
@@ -279,15 +356,35 @@ def test_a_separate_evaluation_store_is_checked_before_training(store, tmp_path)
     ],
 )
 def test_cli_reports_a_wrong_task_or_label_in_one_line(store, tmp_path, capsys, args, message):
-    rc = main(["finetune", "--student", "raw", "--data", str(store.root), "--out", str(tmp_path / "r"),
-               "--epochs", "1", *args])
+    rc = main(
+        [
+            "finetune",
+            "--student",
+            "raw",
+            "--data",
+            str(store.root),
+            "--out",
+            str(tmp_path / "r"),
+            "--epochs",
+            "1",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 1 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def test_same_seed_same_result_and_scalars_are_the_headline_metrics(store, tmp_path):
-    kw = dict(student="raw", task="soc", store=store, protocol="frozen", epochs=2, batch_size=4, seed=5,
-              figures=False)
+    kw = dict(
+        student="raw",
+        task="soc",
+        store=store,
+        protocol="frozen",
+        epochs=2,
+        batch_size=4,
+        seed=5,
+        figures=False,
+    )
     a = finetune(out=tmp_path / "a", **kw)
     b = finetune(out=tmp_path / "b", **kw)
     assert a.scalars == b.scalars and set(a.scalars) == {"rmse", "mae", "r2", "bias"}
@@ -295,8 +392,28 @@ def test_same_seed_same_result_and_scalars_are_the_headline_metrics(store, tmp_p
 
 def test_cli_finetune_runs_end_to_end(store, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["finetune", "--task", "landcover", "--student", "raw", "--data", str(store.root),
-               "--protocol", "linear", "--epochs", "1", "--train-chips", "4", "--seed", "3", "--out", str(out), "--json"])
+    rc = main(
+        [
+            "finetune",
+            "--task",
+            "landcover",
+            "--student",
+            "raw",
+            "--data",
+            str(store.root),
+            "--protocol",
+            "linear",
+            "--epochs",
+            "1",
+            "--train-chips",
+            "4",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert rc == 0
     got = _json_from(capsys.readouterr().out)
     assert 0.0 <= got["metrics"]["overall_accuracy"] <= 1.0
@@ -307,7 +424,7 @@ def test_cli_finetune_runs_end_to_end(store, tmp_path, capsys):
 def _json_from(stdout: str) -> dict:
     """The JSON document a ``--json`` command printed (Lightning may print lines before it)."""
     lines = stdout.splitlines()
-    return json.loads("\n".join(lines[lines.index("{"):]))
+    return json.loads("\n".join(lines[lines.index("{") :]))
 
 
 def test_labels_from_a_geotiff_are_reprojected_encoded_and_scored(tmp_path):
@@ -317,18 +434,29 @@ def test_labels_from_a_geotiff_are_reprojected_encoded_and_scored(tmp_path):
 
     geo = _geo_store(tmp_path / "geo", offsets=((0, 0), (4, 0), (0, 4), (4, 4)))
     codes = np.full((8, 8), 82, np.uint8)  # NLCD: cultivated crops
-    codes[:, :3] = 41                      # deciduous forest
-    codes[0, :] = 11                       # open water
-    codes[7, 7] = 0                        # nodata
+    codes[:, :3] = 41  # deciduous forest
+    codes[0, :] = 11  # open water
+    codes[7, 7] = 0  # nodata
     raster = _write_raster(tmp_path / "nlcd.tif", codes, Affine(30.0, 0, X0, 0, -30.0, Y0), nodata=0)
-    res = finetune(student="raw", task="landcover", store=geo, labels=raster, protocol="linear", epochs=1,
-                   batch_size=2, out=tmp_path / "run", figures=False, val_fraction=0.25, test_fraction=0.25)
+    res = finetune(
+        student="raw",
+        task="landcover",
+        store=geo,
+        labels=raster,
+        protocol="linear",
+        epochs=1,
+        batch_size=2,
+        out=tmp_path / "run",
+        figures=False,
+        val_fraction=0.25,
+        test_fraction=0.25,
+    )
     model = PixelModel.load(tmp_path / "run")
     assert model.task.codes == (11.0, 41.0, 82.0)
     assert model.task.classes == ("open water (11)", "deciduous forest (41)", "cultivated crops (82)")
     (test_chip,) = res.settings["test_chips"]
     col, row = geo.chips[test_chip]["window"][:2]
-    labelled = int((codes[row:row + 4, col:col + 4] != 0).sum())
+    labelled = int((codes[row : row + 4, col : col + 4] != 0).sum())
     assert res.metrics["pixels"] == labelled
     again = evaluate(tmp_path / "run", geo, labels=raster)
     assert again.metrics["confusion_matrix"] == res.metrics["confusion_matrix"]

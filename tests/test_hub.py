@@ -25,12 +25,32 @@ from hyperkd.models.mae import HyperspectralMAE, build_student
 
 from .helpers.toy import toy_store
 
-TINY_ARCH = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-                 decoder_depth=1, decoder_num_heads=2, spectral_dim=8)
-TINY = ["student.patch_size=4", "student.embed_dim=32", "student.depth=1", "student.num_heads=2",
-        "student.decoder_embed_dim=16", "student.decoder_depth=1", "student.decoder_num_heads=2",
-        "student.spectral_dim=8", "data.batch_size=8", "trainer.log_every_n_steps=1",
-        "trainer.checkpoint_every_n_steps=1000", "trainer.max_epochs=2", "trainer.figures=false"]
+TINY_ARCH = dict(
+    img_size=16,
+    patch_size=4,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+    decoder_embed_dim=16,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    spectral_dim=8,
+)
+TINY = [
+    "student.patch_size=4",
+    "student.embed_dim=32",
+    "student.depth=1",
+    "student.num_heads=2",
+    "student.decoder_embed_dim=16",
+    "student.decoder_depth=1",
+    "student.decoder_num_heads=2",
+    "student.spectral_dim=8",
+    "data.batch_size=8",
+    "trainer.log_every_n_steps=1",
+    "trainer.checkpoint_every_n_steps=1000",
+    "trainer.max_epochs=2",
+    "trainer.figures=false",
+]
 
 
 def outputs(model: HyperspectralMAE, seed: int = 0) -> list[torch.Tensor]:
@@ -49,8 +69,9 @@ def assert_same_outputs(a: HyperspectralMAE, b: HyperspectralMAE) -> None:
         assert torch.equal(ta, tb)
 
 
-def install_folder_in_cache(cache: Path, repo_id: str, folder: Path, revision: str = "main",
-                            commit: str = "a" * 40) -> None:
+def install_folder_in_cache(
+    cache: Path, repo_id: str, folder: Path, revision: str = "main", commit: str = "a" * 40
+) -> None:
     """Lay out every file of ``folder`` as one commit of ``repo_id`` in an HF cache."""
     from hyperkd_prithvi.testing import install_in_hf_cache
 
@@ -103,15 +124,23 @@ class FakeHub:
                 with op.as_file() as fh:
                     fake.files[op.path_in_repo] = fh.read()
             url = f"https://huggingface.co/{repo_id}/commit/{'b' * 40}"
-            return CommitInfo(commit_url=url, commit_message=kw.get("commit_message", ""),
-                              commit_description="", oid="b" * 40)
+            return CommitInfo(
+                commit_url=url,
+                commit_message=kw.get("commit_message", ""),
+                commit_description="",
+                oid="b" * 40,
+            )
 
         def upload_folder(self, repo_id, folder_path, **kw):
             fake.calls.append(("upload_folder", {"repo_id": repo_id, **kw}))
             for f in Path(folder_path).iterdir():
                 fake.files[f.name] = f.read_bytes()
-            return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{'c' * 40}",
-                              commit_message="", commit_description="", oid="c" * 40)
+            return CommitInfo(
+                commit_url=f"https://huggingface.co/{repo_id}/commit/{'c' * 40}",
+                commit_message="",
+                commit_description="",
+                oid="c" * 40,
+            )
 
         def no_network(self, *a, **kw):
             raise AssertionError("unexpected Hub call")
@@ -153,8 +182,12 @@ def test_hf_cache_round_trip_offline_with_revisions(saved, offline_cache):
     model, folder = saved
     install_folder_in_cache(offline_cache, "someone/enmap-mae", folder, revision="main", commit="c" * 40)
     install_folder_in_cache(offline_cache, "someone/enmap-mae", folder, revision="v1", commit="c" * 40)
-    for spec, rev in (("someone/enmap-mae", None), ("someone/enmap-mae@v1", None), ("someone/enmap-mae", "v1"),
-                      ("hf://someone/enmap-mae", "c" * 40)):
+    for spec, rev in (
+        ("someone/enmap-mae", None),
+        ("someone/enmap-mae@v1", None),
+        ("someone/enmap-mae", "v1"),
+        ("hf://someone/enmap-mae", "c" * 40),
+    ):
         loaded = hyperkd.from_pretrained(spec, revision=rev)
         assert type(loaded) is HyperspectralMAE
         assert_same_outputs(model, loaded)
@@ -173,8 +206,15 @@ def test_distilled_student_round_trips_through_push_and_pull(tmp_path, offline_c
     teacher = write_tiny_checkpoint(tmp_path / "prithvi_tiny.pt", seed=1)
     store = toy_store(tmp_path / "store", chips=16, size=16)
     run = tmp_path / "run"
-    distill("hyperkd", run, teacher="prithvi-eo-tiny", teacher_weights=str(teacher), student="enmap",
-            data=str(store.root), overrides=TINY)
+    distill(
+        "hyperkd",
+        run,
+        teacher="prithvi-eo-tiny",
+        teacher_weights=str(teacher),
+        student="enmap",
+        data=str(store.root),
+        overrides=TINY,
+    )
     trained = hyperkd.from_pretrained(run / "student")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and "val/loss" in metrics
@@ -197,7 +237,9 @@ def test_distilled_student_round_trips_through_push_and_pull(tmp_path, offline_c
     assert card.startswith("---\n") and "library_name: hyperkd" in card and "license: apache-2.0" in card
     for key in ("val/loss", "val/mse", "global_step"):
         value = metrics[key]
-        assert f"| {key} | {value:.4g} |" in card if isinstance(value, float) else f"| {key} | {value} |" in card
+        assert (
+            f"| {key} | {value:.4g} |" in card if isinstance(value, float) else f"| {key} | {value} |" in card
+        )
     sensor = trained.sensor
     first, last = sensor.bands[0], sensor.bands[-1]
     assert f"| 1 | {first.name} | {first.center_nm:.2f} | {first.fwhm_nm:.2f} |" in card
@@ -266,7 +308,9 @@ def test_refuses_a_pickle_only_repo_without_unpickling(saved, offline_cache, tmp
     install_folder_in_cache(offline_cache, "evil/pickled", bad)
     _no_unpickling(monkeypatch)
     for spec in ("evil/pickled", str(bad)):
-        with pytest.raises(WeightsError, match=r"no model\.safetensors, only pickle weights \(pytorch_model\.bin\)"):
+        with pytest.raises(
+            WeightsError, match=r"no model\.safetensors, only pickle weights \(pytorch_model\.bin\)"
+        ):
             hyperkd.from_pretrained(spec)
     with pytest.raises(WeightsError, match="never unpickles"):
         HyperspectralMAE.from_pretrained(str(bad))  # the class's own loader has no pickle fallback either
@@ -276,7 +320,9 @@ def test_refuses_a_pickle_only_repo_without_unpickling(saved, offline_cache, tmp
     from hyperkd_prithvi.testing import install_in_hf_cache
 
     install_in_hf_cache(offline_cache, "someone/config-only", "config.json", source=folder / "config.json")
-    with pytest.raises(WeightsError, match=r"model\.safetensors not found .*HF_HUB_OFFLINE is set and it is not in"):
+    with pytest.raises(
+        WeightsError, match=r"model\.safetensors not found .*HF_HUB_OFFLINE is set and it is not in"
+    ):
         hyperkd.from_pretrained("someone/config-only")
 
 
@@ -292,8 +338,11 @@ def _edited_copy(folder: Path, dest: Path, **changes: Any) -> Path:
 def test_refuses_a_config_from_a_newer_hyperkd(saved, tmp_path):
     _, folder = saved
     newer = _edited_copy(folder, tmp_path / "newer", hyperkd_version="9.1.0", min_hyperkd_version="9.0.0")
-    with pytest.raises(HyperKDError, match=r"saved by hyperkd 9\.1\.0.*needs hyperkd >= 9\.0\.0.*this is hyperkd "
-                                           r"0\.1\.0.*pip install -U 'hyperkd>=9\.0\.0'"):
+    with pytest.raises(
+        HyperKDError,
+        match=r"saved by hyperkd 9\.1\.0.*needs hyperkd >= 9\.0\.0.*this is hyperkd "
+        r"0\.1\.0.*pip install -U 'hyperkd>=9\.0\.0'",
+    ):
         hyperkd.from_pretrained(newer)
     fmt = _edited_copy(folder, tmp_path / "format", hyperkd_format=hub.FORMAT_VERSION + 1)
     with pytest.raises(HyperKDError, match=f"folder format {hub.FORMAT_VERSION + 1}"):
@@ -310,20 +359,39 @@ def test_refuses_unknown_sensor_or_model_type_naming_the_plugin(saved, tmp_path,
     _, folder = saved
     cfg = json.loads((folder / "config.json").read_text())
     sensor = {**cfg["sensor"], "name": "prisma"}
-    reqs = [r if r["kind"] != "sensor" else {**r, "name": "prisma", "plugin": "prisma",
-                                             "distribution": "hyperkd-prisma", "version": "0.2.0"}
-            for r in cfg["requires"]]
+    reqs = [
+        r
+        if r["kind"] != "sensor"
+        else {**r, "name": "prisma", "plugin": "prisma", "distribution": "hyperkd-prisma", "version": "0.2.0"}
+        for r in cfg["requires"]
+    ]
     prisma = _edited_copy(folder, tmp_path / "prisma", sensor=sensor, requires=reqs)
-    with pytest.raises(HyperKDError, match=r"sensor 'prisma', which no installed plugin provides; install the "
-                                           r"hyperkd plugin 'prisma' \(pip install 'hyperkd-prisma>=0\.2\.0'\)"):
+    with pytest.raises(
+        HyperKDError,
+        match=r"sensor 'prisma', which no installed plugin provides; install the "
+        r"hyperkd plugin 'prisma' \(pip install 'hyperkd-prisma>=0\.2\.0'\)",
+    ):
         hyperkd.from_pretrained(prisma)
-    reqs = [r if r["kind"] != "sensor" else {**r, "name": "my-lab-sensor", "plugin": "user",
-                                             "distribution": None, "version": None} for r in cfg["requires"]]
-    mine = _edited_copy(folder, tmp_path / "mine", sensor={**cfg["sensor"], "name": "my-lab-sensor"}, requires=reqs)
+    reqs = [
+        r
+        if r["kind"] != "sensor"
+        else {**r, "name": "my-lab-sensor", "plugin": "user", "distribution": None, "version": None}
+        for r in cfg["requires"]
+    ]
+    mine = _edited_copy(
+        folder, tmp_path / "mine", sensor={**cfg["sensor"], "name": "my-lab-sensor"}, requires=reqs
+    )
     with pytest.raises(HyperKDError, match="register the sensor 'my-lab-sensor' yourself"):
         hyperkd.from_pretrained(mine)
-    reqs = [{"kind": "model_type", "name": "crop-segmentation", "plugin": "tasks",
-             "distribution": "hyperkd-tasks", "version": "1.0"}]
+    reqs = [
+        {
+            "kind": "model_type",
+            "name": "crop-segmentation",
+            "plugin": "tasks",
+            "distribution": "hyperkd-tasks",
+            "version": "1.0",
+        }
+    ]
     seg = _edited_copy(folder, tmp_path / "seg", model_type="crop-segmentation", requires=reqs)
     assert main(["hub", "push", str(seg), "--repo-id", "me/seg"]) == 1
     err = capsys.readouterr().err
@@ -371,9 +439,13 @@ def test_card_says_synthetic_when_the_run_trained_on_synthetic_chips(saved, tmp_
     from hyperkd.core.io import atomic_write_json
     from hyperkd.data.store import ChipStoreWriter
 
-    model = copy.deepcopy(saved[0])  # saving with provenance records it on the model: keep the shared one clean
+    model = copy.deepcopy(
+        saved[0]
+    )  # saving with provenance records it on the model: keep the shared one clean
     note = "SYNTHETIC DATA made by a test; not real imagery"
-    w = ChipStoreWriter(tmp_path / "syn", model.sensor, 16, shard_size=4, synthetic=True, attrs={"synthetic": note})
+    w = ChipStoreWriter(
+        tmp_path / "syn", model.sensor, 16, shard_size=4, synthetic=True, attrs={"synthetic": note}
+    )
     for i in range(3):
         w.add(np.full((model.in_chans, 16, 16), 0.2, np.float32), source=f"s{i}")
     w.close()
@@ -384,8 +456,13 @@ def test_card_says_synthetic_when_the_run_trained_on_synthetic_chips(saved, tmp_
     (run / "recipe.yaml").write_text(recipes.dump(recipes.resolve("mae", [f"data.store={tmp_path / 'syn'}"])))
     atomic_write_json(run / "metrics.json", {"global_step": 7, "val/loss": 0.123456})
     prov = hub.run_provenance(run)
-    assert prov["training"]["data"] == {"store": str(tmp_path / "syn"), "synthetic": True, "num_chips": 3,
-                                        "chip_size": 16, "description": note}
+    assert prov["training"]["data"] == {
+        "store": str(tmp_path / "syn"),
+        "synthetic": True,
+        "num_chips": 3,
+        "chip_size": 16,
+        "description": note,
+    }
     model.save_pretrained(tmp_path / "out", provenance=prov, config={"license": "cc-by-4.0"})
     card = (tmp_path / "out" / "README.md").read_text()
     assert "**Synthetic data.** Trained on 3 chips of 16×16 px" in card and note in card
@@ -422,13 +499,20 @@ def test_a_student_saved_before_the_folder_format_still_loads(saved, tmp_path):
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     shutil.copyfile(folder / "model.safetensors", legacy / "model.safetensors")
-    (legacy / "config.json").write_text(json.dumps(model._hub_mixin_config, sort_keys=True))  # the old mixin config
+    (legacy / "config.json").write_text(
+        json.dumps(model._hub_mixin_config, sort_keys=True)
+    )  # the old mixin config
     assert hub.read_config(legacy)["hyperkd_format"] == 0
     assert_same_outputs(model, hyperkd.from_pretrained(legacy))
     assert_same_outputs(model, HyperspectralMAE.from_pretrained(str(legacy)))
-    (legacy / "config.json").write_text(json.dumps({**model._hub_mixin_config,
-                                                    "sensor": {**model._hub_mixin_config["sensor"], "name": "ghost"}}))
-    with pytest.raises(HyperKDError, match="sensor 'ghost', which no installed plugin provides; install the plugin"):
+    (legacy / "config.json").write_text(
+        json.dumps(
+            {**model._hub_mixin_config, "sensor": {**model._hub_mixin_config["sensor"], "name": "ghost"}}
+        )
+    )
+    with pytest.raises(
+        HyperKDError, match="sensor 'ghost', which no installed plugin provides; install the plugin"
+    ):
         hyperkd.from_pretrained(legacy)
 
 

@@ -84,8 +84,17 @@ def test_saved_model_folder_is_group_and_other_readable(tmp_path, umask):
     umask(0o022)
     load_plugins()
     torch.manual_seed(0)
-    model = build_student("enmap", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
-                          decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    model = build_student(
+        "enmap",
+        img_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     model.save_pretrained(tmp_path / "student")
     files = [p for p in (tmp_path / "student").rglob("*") if p.is_file()]
     assert any(p.suffix == ".safetensors" for p in files)

@@ -45,7 +45,9 @@ def test_notebook_api_is_exported_lazily():
         assert name in dir(hyperkd)
     out = subprocess.run(
         [sys.executable, "-c", "import sys, hyperkd; print('torch' in sys.modules)"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == "False", "importing hyperkd must not import torch"
     assert callable(hyperkd.finetune) and hyperkd.finetune.__module__.startswith("hyperkd.evaluation")

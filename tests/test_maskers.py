@@ -59,8 +59,11 @@ def test_spatial_feature_prefers_the_textured_half():
     low = create("masker", "spatial-feature", prefer="low")
     tex, flat = textured_fraction(low(img, GRID, 0.5, torch.Generator().manual_seed(0)))
     assert tex < 0.3 and flat > 0.9, (tex, flat)
-    tex, flat = textured_fraction(create("masker", "spatial-feature", strength=0.0)(
-        half_textured(256), GRID, 0.5, torch.Generator().manual_seed(0)))
+    tex, flat = textured_fraction(
+        create("masker", "spatial-feature", strength=0.0)(
+            half_textured(256), GRID, 0.5, torch.Generator().manual_seed(0)
+        )
+    )
     assert abs(tex - flat) < 0.05
 
 
@@ -77,7 +80,9 @@ def test_one_extreme_edge_does_not_erase_the_preference():
 def test_spatial_feature_ignores_brightness_and_contrast():
     masker = create("masker", "spatial-feature")
     img = half_textured()
-    torch.testing.assert_close(masker.logits(img, GRID), masker.logits(0.05 + 3 * img, GRID), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        masker.logits(img, GRID), masker.logits(0.05 + 3 * img, GRID), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_spatial_feature_is_deterministic_given_a_generator():

@@ -42,7 +42,8 @@ def test_every_third_party_import_is_declared_and_nothing_more():
     declared = {_norm(re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0]) for d in project["dependencies"]}
     dists = md.packages_distributions()
     third_party = {
-        mod: where for mod, where in _imported_modules().items()
+        mod: where
+        for mod, where in _imported_modules().items()
         if mod not in sys.stdlib_module_names and mod not in FIRST_PARTY and mod != "__future__"
     }
     used: set[str] = set()

@@ -43,7 +43,9 @@ def test_builtin_plugins_found_through_entry_points():
 
 
 def test_broken_plugins_are_reported_and_skipped(tmp_path, plugin_env):
-    make_dist(tmp_path, "hyperkd-broken", "broken", "hkd_broken", "raise ImportError('no module named foo')\n")
+    make_dist(
+        tmp_path, "hyperkd-broken", "broken", "hkd_broken", "raise ImportError('no module named foo')\n"
+    )
     make_dist(
         tmp_path,
         "hyperkd-dup",
@@ -109,8 +111,19 @@ def prisma_site(tmp_path_factory) -> Path:
     """The example plugin, installed for real by pip into a private site folder."""
     site = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(site), str(ROOT / "examples/hyperkd-prisma")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(ROOT / "examples/hyperkd-prisma"),
+        ],
         check=True,
     )
     return site
@@ -170,8 +183,9 @@ def test_plugin_components_are_declared_up_front_and_imported_on_first_use(tmp_p
             return [ComponentSpec("sensor", "lazy-sensor", "hkd_lazy_impl:lazy_sensor")]
         """,
     )
-    (tmp_path / "hkd_lazy_impl.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "hkd_lazy_impl.py").write_text(
+        textwrap.dedent(
+            """
         from hyperkd import Band, Sensor, register
 
         @register("sensor", "lazy-sensor")
@@ -179,9 +193,13 @@ def test_plugin_components_are_declared_up_front_and_imported_on_first_use(tmp_p
             \"\"\"A sensor whose module is imported on first use.\"\"\"
             return Sensor(name="lazy-sensor", bands=(Band("a", 500, 10),), gsd_m=10)
         """
-    ))
+        )
+    )
     make_dist(
-        tmp_path, "hyperkd-badrecord", "badrecord", "hkd_badrecord",
+        tmp_path,
+        "hyperkd-badrecord",
+        "badrecord",
+        "hkd_badrecord",
         """
         from hyperkd import hookimpl
 

@@ -47,8 +47,16 @@ def _masks() -> tuple[np.ndarray, np.ndarray]:
 def products(tmp_path: Path) -> list[Path]:
     pm, cloud = _masks()
     a = fx.write_l2a_product(tmp_path / "in", width=W, height=H, corner=12, pixelmask=pm, cloud=cloud)
-    b = fx.write_l2a_product(tmp_path / "in", product=fx.PRODUCT_B, width=W, height=H, seed=3, corner=30,
-                             as_zip=True, origin=(fx.ORIGIN[0], fx.ORIGIN[1] - 30.0 * H))
+    b = fx.write_l2a_product(
+        tmp_path / "in",
+        product=fx.PRODUCT_B,
+        width=W,
+        height=H,
+        seed=3,
+        corner=30,
+        as_zip=True,
+        origin=(fx.ORIGIN[0], fx.ORIGIN[1] - 30.0 * H),
+    )
     return [a, b]
 
 
@@ -91,7 +99,11 @@ def test_prepare_round_trip(products, tmp_path):
     out = tmp_path / "store"
     store = prepare(products, out, size=S, max_nodata=0.1, max_cloud=0.2, progress=False)
     assert isinstance(store, ChipStore) and store.chip_size == S
-    assert store.sensor.name == "enmap" and store.sensor.selection == "torchgeo-202" and store.sensor.num_bands == 202
+    assert (
+        store.sensor.name == "enmap"
+        and store.sensor.selection == "torchgeo-202"
+        and store.sensor.num_bands == 202
+    )
     want = [(fx.PRODUCT, c, r) for c, r in expected_chips(products[0], False, 0.1, 0.2)]
     want += [(fx.PRODUCT_B, c, r) for c, r in expected_chips(products[1], True, 0.1, 0.2)]
     got = [(m["source"], m["window"][0], m["window"][1]) for m in store.chips]
@@ -186,25 +198,36 @@ def _truncated(root: Path) -> tuple[Path, str]:
 
 
 def _missing_field(root: Path) -> tuple[Path, str]:
-    return fx.write_l2a_product(root, product=BAD, drop=(5, "FWHMOfBand")), "-METADATA.XML: bandCharacterisation/bandID number=5 has no <FWHMOfBand>"
+    return fx.write_l2a_product(
+        root, product=BAD, drop=(5, "FWHMOfBand")
+    ), "-METADATA.XML: bandCharacterisation/bandID number=5 has no <FWHMOfBand>"
 
 
 def _count_mismatch(root: Path) -> tuple[Path, str]:
-    return fx.write_l2a_product(root, product=BAD, xml_bands=226), "SPECTRAL_IMAGE.TIF: the image has 224 bands but its METADATA.XML describes 226"
+    return fx.write_l2a_product(
+        root, product=BAD, xml_bands=226
+    ), "SPECTRAL_IMAGE.TIF: the image has 224 bands but its METADATA.XML describes 226"
 
 
 def _all_nodata(root: Path) -> tuple[Path, str]:
     dn = np.full((224, H, W), -32768, dtype=np.int16)
-    return fx.write_l2a_product(root, product=BAD, dn=dn), "SPECTRAL_IMAGE.TIF: no pixel holds data in the selected bands"
+    return fx.write_l2a_product(
+        root, product=BAD, dn=dn
+    ), "SPECTRAL_IMAGE.TIF: no pixel holds data in the selected bands"
 
 
 def _unexpected_name(root: Path) -> tuple[Path, str]:
     folder = fx.write_l2a_product(root, product=BAD)
     next(folder.glob("*-SPECTRAL_IMAGE.TIF")).rename(folder / "ENMAP_spectral_image.tif")
-    return folder, f"{folder}: has a METADATA.XML but no ...-SPECTRAL_IMAGE.TIF (unexpected file names here: ENMAP_spectral_image.tif)"
+    return (
+        folder,
+        f"{folder}: has a METADATA.XML but no ...-SPECTRAL_IMAGE.TIF (unexpected file names here: ENMAP_spectral_image.tif)",
+    )
 
 
-@pytest.mark.parametrize("make_bad", [_truncated, _missing_field, _count_mismatch, _all_nodata, _unexpected_name])
+@pytest.mark.parametrize(
+    "make_bad", [_truncated, _missing_field, _count_mismatch, _all_nodata, _unexpected_name]
+)
 def test_bad_input_is_one_clear_error_and_writes_nothing(make_bad, products, tmp_path, capsys):
     bad, expected = make_bad(tmp_path / "bad")
     out = tmp_path / "store"
@@ -222,8 +245,17 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(make_bad, products, tmp
 
 def test_product_failing_half_way_is_rolled_back_and_resume_finishes(products, tmp_path):
     good = products[0]
-    broken = fx.write_l2a_product(tmp_path / "broken", product=fx.PRODUCT_B, width=W, height=H, corner=0,
-                                  compress="deflate", tiled=True, blockxsize=16, blockysize=16)
+    broken = fx.write_l2a_product(
+        tmp_path / "broken",
+        product=fx.PRODUCT_B,
+        width=W,
+        height=H,
+        corner=0,
+        compress="deflate",
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+    )
     img = next(broken.glob("*-SPECTRAL_IMAGE.TIF"))
     with rasterio.open(img) as src:  # corrupt the tile at (col 16, row 16): found only while tiling
         off = int(src.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
@@ -233,7 +265,9 @@ def test_product_failing_half_way_is_rolled_back_and_resume_finishes(products, t
     img.write_bytes(bytes(data))
 
     out = tmp_path / "store"
-    with pytest.raises(DataError, match=r"cannot read pixels at column 16, row 16 .*keeps the 1 product\(s\) finished"):
+    with pytest.raises(
+        DataError, match=r"cannot read pixels at column 16, row 16 .*keeps the 1 product\(s\) finished"
+    ):
         prepare([good, broken], out, size=S, shard_size=1, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"] and manifest["sources_done"] == [fx.PRODUCT]
@@ -250,7 +284,9 @@ def test_product_failing_half_way_is_rolled_back_and_resume_finishes(products, t
 def test_prelaunch_218_band_product_keeps_all_bands_or_a_named_subset(tmp_path):
     folder = fx.write_prelaunch_product(tmp_path / "in", width=40, height=36)
     store = prepare([folder], tmp_path / "all", size=S, progress=False)
-    assert store.sensor.name == "enmap-218" and store.sensor.num_bands == 218 and store.sensor.selection == "all"
+    assert (
+        store.sensor.name == "enmap-218" and store.sensor.num_bands == 218 and store.sensor.selection == "all"
+    )
     assert store.sensor.centers_nm[0] == 423.03 and store.chips[0]["source"] == fx.PRELAUNCH_NAME
     sub = prepare([folder], tmp_path / "sub", size=S, selection="B1-B10", progress=False)
     assert sub.sensor.band_names == [f"B{i}" for i in range(1, 11)] and sub.sensor.selection == "custom"
@@ -262,8 +298,24 @@ def test_prelaunch_218_band_product_keeps_all_bands_or_a_named_subset(tmp_path):
 
 def test_cli_prepare_json(products, tmp_path, capsys):
     out = tmp_path / "store"
-    code = main(["data", "prepare", "--sensor", "enmap", str(products[0].parent), "--out", str(out),
-                 "--size", str(S), "--stride", "12", "--max-nodata", "0.2", "--json"])
+    code = main(
+        [
+            "data",
+            "prepare",
+            "--sensor",
+            "enmap",
+            str(products[0].parent),
+            "--out",
+            str(out),
+            "--size",
+            str(S),
+            "--stride",
+            "12",
+            "--max-nodata",
+            "0.2",
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["chips"] == len(ChipStore(out)) > 0
     assert set(report["products"]) == {fx.PRODUCT, fx.PRODUCT_B}

@@ -15,8 +15,12 @@ from hyperkd.cli import main
 from hyperkd.cli.app import app
 
 NAMES = {
-    "prithvi-eo-1.0-100m", "prithvi-eo-2.0-300m", "prithvi-eo-2.0-300m-tl",
-    "prithvi-eo-2.0-600m", "prithvi-eo-2.0-600m-tl", "prithvi-eo-tiny",
+    "prithvi-eo-1.0-100m",
+    "prithvi-eo-2.0-300m",
+    "prithvi-eo-2.0-300m-tl",
+    "prithvi-eo-2.0-600m",
+    "prithvi-eo-2.0-600m-tl",
+    "prithvi-eo-tiny",
 }
 
 
@@ -42,7 +46,13 @@ def test_teachers_list_json(capsys):
     assert set(rows) >= NAMES
     v1 = rows["prithvi-eo-1.0-100m"]
     assert v1["aliases"] == ["prithvi"] and v1["plugin"] == "prithvi"
-    assert (v1["embed_dim"], v1["depth"], v1["num_heads"], v1["patch_size"], v1["num_frames"]) == (768, 12, 12, 16, 3)
+    assert (v1["embed_dim"], v1["depth"], v1["num_heads"], v1["patch_size"], v1["num_frames"]) == (
+        768,
+        12,
+        12,
+        16,
+        3,
+    )
     assert v1["encoder_parameters"] == 86_237_184
     assert rows["prithvi-eo-2.0-600m-tl"]["coords_encoding"] == ["time", "location"]
     assert rows["prithvi-eo-tiny"]["default_weights"] == "random init"
@@ -110,7 +120,9 @@ def test_convert_writes_safetensors_and_config_that_load_back(capsys, tmp_path, 
 def test_converted_folder_refuses_another_variant(capsys, tmp_path):
     src = write_tiny_checkpoint(tmp_path / "tiny.pt")
     assert run(capsys, "convert", "prithvi", str(src), str(tmp_path / "out"))[0] == 0
-    with pytest.raises(hyperkd.HyperKDError, match=r"holds weights for prithvi-eo-tiny, not prithvi-eo-2\.0-300m"):
+    with pytest.raises(
+        hyperkd.HyperKDError, match=r"holds weights for prithvi-eo-tiny, not prithvi-eo-2\.0-300m"
+    ):
         hyperkd.create("teacher", "prithvi-eo-2.0-300m", weights=str(tmp_path / "out"))
 
 
@@ -121,8 +133,12 @@ def test_convert_errors_are_one_line(capsys, tmp_path):
     assert code == 1 and err.startswith("error: weights file") and str(bad) in err.replace("\n", "")
     assert not (tmp_path / "out" / "model.safetensors").exists()
     src = write_tiny_checkpoint(tmp_path / "tiny.pt")
-    code, _, err = run(capsys, "convert", "prithvi", str(src), str(tmp_path / "out"), "--variant", "prithvi-eo-1.0-100m")
+    code, _, err = run(
+        capsys, "convert", "prithvi", str(src), str(tmp_path / "out"), "--variant", "prithvi-eo-1.0-100m"
+    )
     assert code == 1 and "do not match prithvi-eo-1.0-100m" in err and "shape mismatch" in err
-    code, _, err = run(capsys, "convert", "prithvi", str(src), str(tmp_path / "out"), "--variant", "prithvi-x")
+    code, _, err = run(
+        capsys, "convert", "prithvi", str(src), str(tmp_path / "out"), "--variant", "prithvi-x"
+    )
     assert code == 1 and "unknown Prithvi variant 'prithvi-x'" in err
     assert not Path(tmp_path / "out" / "config.json").exists()

@@ -25,8 +25,18 @@ import hyperkd
 REF = json.loads(resources.files("hyperkd_prithvi").joinpath("data/prithvi.json").read_text())
 
 BLOCK_PARAMS = (
-    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-    "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
 )
 
 
@@ -36,23 +46,36 @@ def official_v1_flat_shapes(frames: int = 3) -> dict[str, tuple[int, ...]]:
 
     def block(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
         shapes = {
-            "norm1.weight": (dim,), "norm1.bias": (dim,),
-            "attn.qkv.weight": (3 * dim, dim), "attn.qkv.bias": (3 * dim,),
-            "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
-            "norm2.weight": (dim,), "norm2.bias": (dim,),
-            "mlp.fc1.weight": (4 * dim, dim), "mlp.fc1.bias": (4 * dim,),
-            "mlp.fc2.weight": (dim, 4 * dim), "mlp.fc2.bias": (dim,),
+            "norm1.weight": (dim,),
+            "norm1.bias": (dim,),
+            "attn.qkv.weight": (3 * dim, dim),
+            "attn.qkv.bias": (3 * dim,),
+            "attn.proj.weight": (dim, dim),
+            "attn.proj.bias": (dim,),
+            "norm2.weight": (dim,),
+            "norm2.bias": (dim,),
+            "mlp.fc1.weight": (4 * dim, dim),
+            "mlp.fc1.bias": (4 * dim,),
+            "mlp.fc2.weight": (dim, 4 * dim),
+            "mlp.fc2.bias": (dim,),
         }
         return {f"{prefix}.{k}": v for k, v in shapes.items()}
 
     out: dict[str, tuple[int, ...]] = {
-        "cls_token": (1, 1, d), "pos_embed": (1, 1 + n, d),
-        "patch_embed.proj.weight": (d, 6, 1, 16, 16), "patch_embed.proj.bias": (d,),
-        "norm.weight": (d,), "norm.bias": (d,),
-        "decoder_embed.weight": (dd, d), "decoder_embed.bias": (dd,),
-        "mask_token": (1, 1, dd), "decoder_pos_embed": (1, 1 + n, dd),
-        "decoder_norm.weight": (dd,), "decoder_norm.bias": (dd,),
-        "decoder_pred.weight": (16 * 16 * 6, dd), "decoder_pred.bias": (16 * 16 * 6,),
+        "cls_token": (1, 1, d),
+        "pos_embed": (1, 1 + n, d),
+        "patch_embed.proj.weight": (d, 6, 1, 16, 16),
+        "patch_embed.proj.bias": (d,),
+        "norm.weight": (d,),
+        "norm.bias": (d,),
+        "decoder_embed.weight": (dd, d),
+        "decoder_embed.bias": (dd,),
+        "mask_token": (1, 1, dd),
+        "decoder_pos_embed": (1, 1 + n, dd),
+        "decoder_norm.weight": (dd,),
+        "decoder_norm.bias": (dd,),
+        "decoder_pred.weight": (16 * 16 * 6, dd),
+        "decoder_pred.bias": (16 * 16 * 6,),
     }
     for i in range(12):
         out.update(block(f"blocks.{i}", d))
@@ -108,18 +131,28 @@ def test_tl_variants_add_scaled_time_and_location_encoders():
     mae = build_mae(VARIANTS["prithvi-eo-2.0-300m-tl"].config, device="meta")
     keys = set(mae.state_dict())
     for k in (
-        "encoder.temporal_embed_enc.scale", "encoder.location_embed_enc.scale",
-        "decoder.temporal_embed_dec.scale", "decoder.location_embed_dec.scale",
+        "encoder.temporal_embed_enc.scale",
+        "encoder.location_embed_enc.scale",
+        "decoder.temporal_embed_dec.scale",
+        "decoder.location_embed_dec.scale",
     ):
         assert k in keys
     plain = set(build_mae(VARIANTS["prithvi-eo-2.0-300m"].config, device="meta").state_dict())
     assert keys - plain == {
-        "encoder.temporal_embed_enc.scale", "encoder.location_embed_enc.scale",
-        "decoder.temporal_embed_dec.scale", "decoder.location_embed_dec.scale",
+        "encoder.temporal_embed_enc.scale",
+        "encoder.location_embed_enc.scale",
+        "decoder.temporal_embed_dec.scale",
+        "decoder.location_embed_dec.scale",
     }
-    small = build_mae(VARIANTS["prithvi-eo-2.0-300m-tl"].config.replace(**{
-        k: v for k, v in tiny_overrides().items() if k not in ("coords_encoding", "coords_scale_learn")
-    }))
+    small = build_mae(
+        VARIANTS["prithvi-eo-2.0-300m-tl"].config.replace(
+            **{
+                k: v
+                for k, v in tiny_overrides().items()
+                if k not in ("coords_encoding", "coords_scale_learn")
+            }
+        )
+    )
     assert small.encoder.temporal_embed_enc.scale.item() == pytest.approx(0.1)  # learned, init 0.1
     assert isinstance(small.encoder.temporal_embed_enc.scale, torch.nn.Parameter)
 
@@ -190,13 +223,20 @@ def reference_sincos(dim: int, t: int, h: int, w: int) -> np.ndarray:
 @pytest.mark.parametrize("frames", [1, 3])
 def test_position_tables_match_the_reference_construction(frames):
     cfg = VARIANTS["prithvi-eo-1.0-100m"].config.replace(num_frames=frames)
-    mae = build_mae(cfg.replace(**{k: v for k, v in tiny_overrides().items() if k.startswith("decoder")},
-                                embed_dim=768, depth=1, num_heads=12))
+    mae = build_mae(
+        cfg.replace(
+            **{k: v for k, v in tiny_overrides().items() if k.startswith("decoder")},
+            embed_dim=768,
+            depth=1,
+            num_heads=12,
+        )
+    )
     want = reference_sincos(768, frames, 14, 14)
     assert mae.encoder.pos_embed.shape == (1, 1 + frames * 196, 768)
     np.testing.assert_allclose(mae.encoder.pos_embed.numpy(), want, atol=1e-6)
-    np.testing.assert_allclose(sincos_3d(512, (frames, 14, 14)).numpy(), reference_sincos(512, frames, 14, 14),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        sincos_3d(512, (frames, 14, 14)).numpy(), reference_sincos(512, frames, 14, 14), atol=1e-6
+    )
 
 
 def test_other_frame_counts_recompute_the_table():
@@ -209,7 +249,11 @@ def test_other_frame_counts_recompute_the_table():
 def test_other_image_sizes_interpolate_like_the_reference_or_recompute():
     base = torch.from_numpy(reference_sincos(64, 1, 14, 14)).float()
     grid = base[:, 1:].reshape(1, 14, 14, 64).permute(0, 3, 1, 2)
-    want = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=True).permute(0, 2, 3, 1).reshape(1, 36, 64)
+    want = (
+        F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=True)
+        .permute(0, 2, 3, 1)
+        .reshape(1, 36, 64)
+    )
     got = pos_embed_for_grid(64, (1, 14, 14), (1, 6, 6), mode="interpolate")
     torch.testing.assert_close(got[:, 1:], want, atol=1e-5, rtol=0)
     assert torch.all(got[:, 0] == 0)

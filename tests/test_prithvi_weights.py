@@ -101,7 +101,10 @@ def test_random_init_control_and_kwargs():
 def test_default_weights_load_from_hf_cache_offline(hub):
     """The tiny file sits at the official repo/file in an HF cache: the default path finds it."""
     snap = install_in_hf_cache(hub, V1_REPO, V1_FILE, layout="flat", seed=7)
-    assert snap.is_file() and (hub / "models--ibm-nasa-geospatial--Prithvi-EO-1.0-100M" / "refs" / "main").is_file()
+    assert (
+        snap.is_file()
+        and (hub / "models--ibm-nasa-geospatial--Prithvi-EO-1.0-100M" / "refs" / "main").is_file()
+    )
     teacher = hyperkd.create("teacher", "prithvi", weights="default", **tiny_overrides())
     assert teacher.variant.name == "prithvi-eo-1.0-100m"
     assert Path(teacher.weights_info["path"]).resolve() == snap.resolve()
@@ -240,7 +243,9 @@ def test_prefixes_say_whether_weights_are_local_or_on_the_hub(tmp_path, monkeypa
     with pytest.raises(WeightsError) as info:  # an unprefixed repo id that is in neither place says both
         tiny("someone/prithvi-ish")
     msg = str(info.value)
-    assert "someone/prithvi-ish" in msg and "no local file or folder named" in msg and "hf-hub:ORG/NAME" in msg
+    assert (
+        "someone/prithvi-ish" in msg and "no local file or folder named" in msg and "hf-hub:ORG/NAME" in msg
+    )
     with pytest.raises(WeightsError) as info:
         tiny("hf-hub:someone/prithvi-ish")
     assert "no local file or folder" not in str(info.value)

@@ -7,7 +7,9 @@ import pytest
 from hyperkd.core.progress import DISABLE_ENV, progress_enabled, rich_progress
 
 
-@pytest.mark.parametrize(("value", "on"), [(None, True), ("", True), ("0", True), ("1", False), ("yes", False)])
+@pytest.mark.parametrize(
+    ("value", "on"), [(None, True), ("", True), ("0", True), ("1", False), ("yes", False)]
+)
 def test_environment_switch(monkeypatch, value, on):
     if value is None:
         monkeypatch.delenv(DISABLE_ENV, raising=False)

@@ -8,8 +8,17 @@ from hyperkd.evaluation.quickstart import ROWS, QuickstartConfig, docs_from_repo
 
 
 def test_quickstart_runs_every_stage_and_reports_the_controls(tmp_path):
-    cfg = QuickstartConfig(seeds=(0, 1), size=32, teacher_chips=24, student_chips=12, eval_chips=20,
-                           teacher_epochs=1, student_epochs=1, finetune_epochs=1, train_chips=6)
+    cfg = QuickstartConfig(
+        seeds=(0, 1),
+        size=32,
+        teacher_chips=24,
+        student_chips=12,
+        eval_chips=20,
+        teacher_epochs=1,
+        student_epochs=1,
+        finetune_epochs=1,
+        train_chips=6,
+    )
     lines: list[str] = []
     report = quickstart(tmp_path / "demo", cfg, log=lines.append)
     out = tmp_path / "demo"
@@ -23,8 +32,14 @@ def test_quickstart_runs_every_stage_and_reports_the_controls(tmp_path):
     assert "recon PSNR" in rows["HyperKD"] and "recon PSNR" not in rows["raw spectra"]
     assert all(rows[r]["landcover acc"]["vs_reference"] for r in ROWS if r != "no-KD")
     assert "not NASA/IBM" in report["teacher"]["note"]
-    for f in ("report.md", "report.json", "figures/comparison.png", "teacher/teacher.safetensors",
-              "runs/HyperKD-s0/student/model.safetensors", "runs/random-teacher-KD-s1/distill.json"):
+    for f in (
+        "report.md",
+        "report.json",
+        "figures/comparison.png",
+        "teacher/teacher.safetensors",
+        "runs/HyperKD-s0/student/model.safetensors",
+        "runs/random-teacher-KD-s1/distill.json",
+    ):
         assert (out / f).exists(), f
     # the random-teacher control really distilled from an untrained teacher
     rnd = json.loads((out / "runs/random-teacher-KD-s0/distill.json").read_text())

@@ -19,7 +19,17 @@ from hyperkd.core.registry import (
 
 
 def test_every_kind_has_a_registry():
-    assert set(KINDS) == {"sensor", "teacher", "student", "aligner", "masker", "loss", "task", "dataset", "reader"}
+    assert set(KINDS) == {
+        "sensor",
+        "teacher",
+        "student",
+        "aligner",
+        "masker",
+        "loss",
+        "task",
+        "dataset",
+        "reader",
+    }
     for kind in KINDS:
         assert registry(kind).kind == kind
 
@@ -110,7 +120,8 @@ def test_declared_component_is_imported_on_first_build_and_its_decorator_fills_i
     import sys
 
     entry = declare(
-        ComponentSpec("loss", "test-lazy", "hkd_lazy_mod:make", metadata={"declared": 1}), provider="lazy-plugin"
+        ComponentSpec("loss", "test-lazy", "hkd_lazy_mod:make", metadata={"declared": 1}),
+        provider="lazy-plugin",
     )
     assert not entry.loaded and "hkd_lazy_mod" not in sys.modules
     assert "test-lazy" in registry("loss")
@@ -128,8 +139,10 @@ def test_declared_component_is_imported_on_first_build_and_its_decorator_fills_i
 def test_declared_description_is_listed_without_importing(lazy_module):
     import sys
 
-    entry = declare(ComponentSpec("loss", "test-lazy", "hkd_lazy_mod", description="declared text"),
-                    provider="lazy-plugin")
+    entry = declare(
+        ComponentSpec("loss", "test-lazy", "hkd_lazy_mod", description="declared text"),
+        provider="lazy-plugin",
+    )
     assert entry.to_dict()["description"] == "declared text"
     assert "hkd_lazy_mod" not in sys.modules
     assert create("loss", "test-lazy") == {"scale": 1.0}  # module-only target: the decorator fills it
@@ -144,7 +157,9 @@ def test_declarations_that_cannot_be_built_say_why(lazy_module):
     declare(ComponentSpec("loss", "test-noattr", "hkd_lazy_none:nope"), provider="p")
     with pytest.raises(PluginError, match=r"importing hkd_lazy_none registered no loss named 'test-nothing'"):
         create("loss", "test-nothing")
-    with pytest.raises(PluginError, match=r"plugin 'p'.*importing hkd_no_such_module_xyz failed with ModuleNotFoundError"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'p'.*importing hkd_no_such_module_xyz failed with ModuleNotFoundError"
+    ):
         create("loss", "test-missing")
     with pytest.raises(PluginError, match="module hkd_lazy_none has no attribute 'nope'"):
         create("loss", "test-noattr")
@@ -170,7 +185,9 @@ def test_declaring_what_the_same_plugin_already_registered_merges():
 
     with provider("plugin-a"):
         first = reg.add("early", thing)
-    entry = reg.declare(ComponentSpec("loss", "early", "mod:thing", description="declared", aliases=("e",)),
-                        provider="plugin-a")
+    entry = reg.declare(
+        ComponentSpec("loss", "early", "mod:thing", description="declared", aliases=("e",)),
+        provider="plugin-a",
+    )
     assert entry is first and entry.obj is thing
     assert entry.description == "declared" and reg._lookup("e") is entry

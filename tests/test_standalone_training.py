@@ -22,14 +22,33 @@ from hyperkd.training.teacher import TeacherMAEModule
 
 from .helpers.toy import toy_store
 
-STUDENT = {"name": "enmap-mae-tiny", "img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2,
-           "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2, "spectral_dim": 8}
+STUDENT = {
+    "name": "enmap-mae-tiny",
+    "img_size": 32,
+    "patch_size": 4,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 16,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+    "spectral_dim": 8,
+}
 
 
 def plain_trainer(tmp_path, **kw) -> L.Trainer:
-    return L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
-                     default_root_dir=str(tmp_path), **kw)
+    return L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        default_root_dir=str(tmp_path),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +63,17 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def test_mae_module_from_names_trains_under_a_plain_trainer_and_reloads(store, tmp_path):
-    module = MAEModule(student=STUDENT, masker={"name": "random", "ratio": 0.5},
-                       losses={"mse": {"weight": 1.0}, "sam": {"weight": 0.1}},
-                       optim={"lr": 2e-3, "warmup_steps": 1})
+    module = MAEModule(
+        student=STUDENT,
+        masker={"name": "random", "ratio": 0.5},
+        losses={"mse": {"weight": 1.0}, "sam": {"weight": 0.1}},
+        optim={"lr": 2e-3, "warmup_steps": 1},
+    )
     init = {k: v.clone() for k, v in module.student.state_dict().items()}
     run = tmp_path / "run"
-    trainer = plain_trainer(tmp_path, callbacks=[MetricsReport(run / "metrics.json"),
-                                                 ExportStudent(run / "student")])
+    trainer = plain_trainer(
+        tmp_path, callbacks=[MetricsReport(run / "metrics.json"), ExportStudent(run / "student")]
+    )
     trainer.fit(module, datamodule=ChipDataModule(store, batch_size=4))
     assert trainer.global_step == 2
     assert any(not torch.equal(init[k], v) for k, v in module.student.state_dict().items())
@@ -76,10 +99,15 @@ def test_distill_module_from_names_trains_under_a_plain_trainer_and_reloads(stor
     from hyperkd_prithvi.testing import write_tiny_checkpoint
 
     weights = write_tiny_checkpoint(tmp_path / "prithvi_tiny.pt", seed=1)
-    module = DistillModule(student=STUDENT, teacher={"name": "prithvi-eo-tiny", "weights": str(weights)},
-                           aligner="spectral-range", masker="random",
-                           losses={"mse": {"weight": 1.0}, "kld": {"weight": 1.0}},
-                           pairs=[[-1, -1]], optim={"lr": 1e-3})
+    module = DistillModule(
+        student=STUDENT,
+        teacher={"name": "prithvi-eo-tiny", "weights": str(weights)},
+        aligner="spectral-range",
+        masker="random",
+        losses={"mse": {"weight": 1.0}, "kld": {"weight": 1.0}},
+        pairs=[[-1, -1]],
+        optim={"lr": 1e-3},
+    )
     teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     trainer = plain_trainer(tmp_path)
     trainer.fit(module, datamodule=ChipDataModule(store, batch_size=4))
@@ -101,8 +129,15 @@ def test_distill_module_from_names_trains_under_a_plain_trainer_and_reloads(stor
 def test_teacher_module_from_a_name_trains_under_a_plain_trainer(tmp_path):
     hls = toy_store(tmp_path / "hls", sensor="hls", chips=8, size=32)
     load_plugins()
-    arch = {"patch_size": [1, 8, 8], "embed_dim": 32, "depth": 1, "num_heads": 2,
-            "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
+    arch = {
+        "patch_size": [1, 8, 8],
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "decoder_embed_dim": 16,
+        "decoder_depth": 1,
+        "decoder_num_heads": 2,
+    }
     module = TeacherMAEModule({"name": "prithvi-eo-tiny", "img_size": 32, **arch}, optim={"lr": 1e-3})
     trainer = plain_trainer(tmp_path)
     trainer.fit(module, datamodule=ChipDataModule(hls, batch_size=4))
@@ -151,8 +186,9 @@ def test_synthetic_data_module_generates_in_prepare_data_once(tmp_path):
     again.prepare_data()  # a sealed store is reused (resume)
     assert (tmp_path / "syn" / "manifest.json").stat().st_mtime_ns == stamp
     again.setup("fit")
-    assert len(again.train_idx) + len(again.val_idx) == 3 and next(iter(again.train_dataloader()))["image"].shape[1:] == (
-        sensor.num_bands, 16, 16)
+    assert len(again.train_idx) + len(again.val_idx) == 3 and next(iter(again.train_dataloader()))[
+        "image"
+    ].shape[1:] == (sensor.num_bands, 16, 16)
 
 
 def test_unnamed_parts_are_the_built_in_recipes():

@@ -37,9 +37,7 @@ def test_round_trip_and_stats_match_numpy(tmp_path):
         assert (item["valid"] == valid).all()
         assert (item["lc"] == lab["lc"]).all()
         np.testing.assert_allclose(item["soc"], lab["soc"].astype(np.float32))
-    pix = np.concatenate(
-        [img.astype(np.float16).astype(np.float64)[:, v] for img, v, _, _ in data], axis=1
-    )
+    pix = np.concatenate([img.astype(np.float16).astype(np.float64)[:, v] for img, v, _, _ in data], axis=1)
     np.testing.assert_allclose(store.stats["mean"], pix.mean(axis=1), rtol=1e-9)
     np.testing.assert_allclose(store.stats["std"], pix.std(axis=1, ddof=1), rtol=1e-9)
     assert store.stats["count"] == pix.shape[1]

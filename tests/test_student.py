@@ -32,7 +32,8 @@ def test_factorised_embedding_is_the_documented_size():
     # factorised: 1x1 (202 -> 32, no bias) then Conv2d(32, 768, 16, 16)
     assert fact.num_parameters("embedding") == 202 * 32 + 32 * 256 * 768 + 768
     assert plain.num_parameters() - fact.num_parameters() == (
-        plain.num_parameters("embedding") - fact.num_parameters("embedding"))
+        plain.num_parameters("embedding") - fact.num_parameters("embedding")
+    )
 
 
 def test_any_sensor_gets_a_student_and_bad_inputs_are_named():

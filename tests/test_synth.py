@@ -94,7 +94,9 @@ def test_a_band_rendered_alone_equals_that_band_among_all():
     full = get_sensor("enmap", "all")
     rf = render(sc, full)
     for name in full.band_names[::11]:
-        np.testing.assert_array_equal(render(sc, full.select([name]))[0], rf[full.band_index(name)], err_msg=name)
+        np.testing.assert_array_equal(
+            render(sc, full.select([name]))[0], rf[full.band_index(name)], err_msg=name
+        )
 
 
 # -- physics and cross-sensor consistency -------------------------------------------------------
@@ -198,7 +200,8 @@ def test_any_band_count_works(tmp_path):
     rng = np.random.default_rng(0)
     centres = np.sort(rng.uniform(420, 2400, 37))
     sensor = Sensor(
-        name="adhoc-37", gsd_m=30.0,
+        name="adhoc-37",
+        gsd_m=30.0,
         bands=tuple(Band(f"c{i}", float(c), float(rng.uniform(4, 40))) for i, c in enumerate(centres)),
     )
     store = synthesize(sensor, tmp_path / "adhoc", chips=2, size=16, seed=1, progress=False)
@@ -216,14 +219,30 @@ def test_any_band_count_works(tmp_path):
 
 def test_cli_synth_round_trip_and_stats_match_numpy(tmp_path, capsys):
     a, b = tmp_path / "enmap", tmp_path / "hls"
-    rc = main(["data", "synth", "--out", str(a), "--chips", "3", "--size", "16", "--seed", "4",
-               "--also", f"hls={b}"])
+    rc = main(
+        [
+            "data",
+            "synth",
+            "--out",
+            str(a),
+            "--chips",
+            "3",
+            "--size",
+            "16",
+            "--seed",
+            "4",
+            "--also",
+            f"hls={b}",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     store, teacher = ChipStore(a), ChipStore(b)
     assert len(store) == len(teacher) == 3 and store.synthetic and teacher.synthetic
     assert store.sensor.name == "enmap" and store.sensor.num_bands == get_sensor("enmap").num_bands
     assert teacher.sensor.num_bands == 6
-    assert store.manifest["attrs"]["synth"]["seed"] == 4 and "SYNTHETIC" in store.manifest["attrs"]["synthetic"]
+    assert (
+        store.manifest["attrs"]["synth"]["seed"] == 4 and "SYNTHETIC" in store.manifest["attrs"]["synthetic"]
+    )
     assert store.manifest["attrs"]["command"].startswith("hyperkd data synth --sensor enmap --out")
     # same scenes in both stores, and the same as generating them directly
     direct = generate_scene(CFG, 16, seed=4, index=2)
@@ -244,7 +263,9 @@ def test_cli_synth_round_trip_and_stats_match_numpy(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     lc = np.stack([store[i]["landcover"] for i in range(3)])
     counts = np.bincount(lc.ravel(), minlength=len(LANDCOVER_CLASSES))
-    assert info["labels"]["landcover"]["classes"] == dict(zip(LANDCOVER_CLASSES, counts.tolist(), strict=True))
+    assert info["labels"]["landcover"]["classes"] == dict(
+        zip(LANDCOVER_CLASSES, counts.tolist(), strict=True)
+    )
     soc = np.stack([store[i]["soc"] for i in range(3)])
     assert info["labels"]["soc"]["nan_fraction"] == pytest.approx(np.isnan(soc).mean())
     assert info["labels"]["soc"]["mean"] == pytest.approx(np.nanmean(soc.astype(np.float64)))
@@ -274,14 +295,18 @@ def test_chip_does_not_depend_on_count_shards_or_interruption(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        synthesize(hls, tmp_path / "resumed", chips=5, size=16, seed=9, shard_size=2, progress=stop_after_three)
+        synthesize(
+            hls, tmp_path / "resumed", chips=5, size=16, seed=9, shard_size=2, progress=stop_after_three
+        )
     with pytest.raises(DataError, match="--resume"):
         synthesize(hls, tmp_path / "resumed", chips=5, size=16, seed=9, shard_size=2, progress=False)
     with pytest.raises(DataError, match="other synth settings"):
-        synthesize(hls, tmp_path / "resumed", chips=5, size=16, seed=10, shard_size=2, progress=False,
-                   resume=True)
-    resumed = synthesize(hls, tmp_path / "resumed", chips=5, size=16, seed=9, shard_size=2, progress=False,
-                         resume=True)
+        synthesize(
+            hls, tmp_path / "resumed", chips=5, size=16, seed=10, shard_size=2, progress=False, resume=True
+        )
+    resumed = synthesize(
+        hls, tmp_path / "resumed", chips=5, size=16, seed=9, shard_size=2, progress=False, resume=True
+    )
     short = synthesize(hls, tmp_path / "short", chips=2, size=16, seed=9, progress=False)
     assert len(resumed) == 5
     for i in range(5):
@@ -335,17 +360,27 @@ def test_scene_config_round_trip_partial_files_and_weights(tmp_path):
         ({"urban": {"colour": 1}}, "scene config.urban: unknown field 'colour'; known fields: roofs,"),
         ({"urban": {"roofs": "metal"}}, "scene config.urban.roofs: expected a list, got str"),
         ({"water": [1, 2]}, "scene config.water: expected a mapping, got list"),
-        ({"water": {"river_px": [4, 1]}}, "scene config.water.river_px: range [4.0, 1.0] must be (low, high)"),
+        (
+            {"water": {"river_px": [4, 1]}},
+            "scene config.water.river_px: range [4.0, 1.0] must be (low, high)",
+        ),
         ({"crops": [3]}, "scene config.crops[0]: expected a mapping, got int"),
         ({"crops": [{"name": "rice", "chl": [1, 2]}]}, "scene config.crops[0]: missing field 'lai'"),
-        ({"crops": [{"name": "rice", "lai": [1, 2, 3], "chl": [1, 2]}]},
-         "scene config.crops[0].lai: expected a list of 2 numbers, got [1, 2, 3]"),
+        (
+            {"crops": [{"name": "rice", "lai": [1, 2, 3], "chl": [1, 2]}]},
+            "scene config.crops[0].lai: expected a list of 2 numbers, got [1, 2, 3]",
+        ),
         ({"grassland": {"lai": [3, 1]}}, "scene config.grassland.lai: range [3.0, 1.0]"),
         ({"soc": {"clip": [150, 1]}}, "scene config.soc.clip: range [150.0, 1.0]"),
-        ({"soc": {"cover_factor": {"forest": "x"}}}, "scene config.soc.cover_factor.forest: expected a number"),
+        (
+            {"soc": {"cover_factor": {"forest": "x"}}},
+            "scene config.soc.cover_factor.forest: expected a number",
+        ),
         ({"cover_weights": 3}, "scene config.cover_weights: expected a mapping of name: number, got int"),
-        ({"regions": [{"name": "x", "soil_boxes": [[1, 2, 3]]}]},
-         "scene config.regions[0].soil_boxes[0]: expected a list of 4 numbers, got [1, 2, 3]"),
+        (
+            {"regions": [{"name": "x", "soil_boxes": [[1, 2, 3]]}]},
+            "scene config.regions[0].soil_boxes[0]: expected a list of 4 numbers, got [1, 2, 3]",
+        ),
     ],
 )
 def test_a_bad_scene_config_gets_one_line_naming_the_field(bad, message):
@@ -384,7 +419,9 @@ def test_info_summarises_any_store_over_valid_pixels(tmp_path):
     from hyperkd.data.info import store_info
     from hyperkd.data.store import ChipStoreWriter, LabelSpec
 
-    sensor = Sensor(name="toy", gsd_m=10.0, bands=tuple(Band(f"b{i}", 500.0 + 100 * i, 20.0) for i in range(3)))
+    sensor = Sensor(
+        name="toy", gsd_m=10.0, bands=tuple(Band(f"b{i}", 500.0 + 100 * i, 20.0) for i in range(3))
+    )
     labels = {"lc": LabelSpec("class", classes=("a", "b")), "y": LabelSpec("continuous", unit="m")}
     w = ChipStoreWriter(tmp_path / "s", sensor, 4, labels=labels, shard_size=2)
     rng = np.random.default_rng(0)
@@ -418,8 +455,17 @@ def test_patchy_twin_crops_need_spatial_context_to_be_told_apart():
     per-pixel score scatters around chance by +-0.1 from the draw of parcel levels alone).
     Across seeds 1-6 and 11 this measured per-pixel 0.43-0.51, context 0.93-0.98."""
     cfg = crop_config(["even-stand", "patchy-stand", "maize", "wheat"])
-    chips = features(cfg, get_sensor("hls"), seed=11, n=64, size=32, instrument=Instrument(), radius=2,
-                     with_std=True, interior=True)
+    chips = features(
+        cfg,
+        get_sensor("hls"),
+        seed=11,
+        n=64,
+        size=32,
+        instrument=Instrument(),
+        radius=2,
+        with_std=True,
+        interior=True,
+    )
 
     def scores(a: str, b: str) -> tuple[float, float]:
         res = pair_scores(chips, cfg.crop_classes, a, b, lam=1e-2)
@@ -468,8 +514,14 @@ def test_presets_share_class_ids_and_the_student_set_lacks_teacher_variety():
     with pytest.raises(DataError, match=r"unknown scene preset 'kd-nope'.*kd-teacher"):
         SceneConfig.preset("kd-nope")
     with pytest.raises(DataError, match="'maize' patchiness must be within"):
-        SceneConfig.from_dict({"crops": [dict(c, patchiness=1.5) if c["name"] == "maize" else c
-                                         for c in SceneConfig().to_dict()["crops"]]})
+        SceneConfig.from_dict(
+            {
+                "crops": [
+                    dict(c, patchiness=1.5) if c["name"] == "maize" else c
+                    for c in SceneConfig().to_dict()["crops"]
+                ]
+            }
+        )
 
     absent_crops = [cfgs["kd-student"].crop_classes.index(c) for c in KD_STUDENT_ABSENT["crops"]]
 
@@ -493,8 +545,26 @@ def test_cli_preset_with_config_override_and_snr_scale(tmp_path, capsys):
     over = tmp_path / "dry.yaml"
     over.write_text("p_water: 0.0\n")
     out = tmp_path / "student"
-    rc = main(["data", "synth", "--out", str(out), "--chips", "2", "--size", "16", "--preset", "kd-student",
-               "--config", str(over), "--snr-scale", "0.25", "--also", f"hls={tmp_path / 'hls'}"])
+    rc = main(
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--chips",
+            "2",
+            "--size",
+            "16",
+            "--preset",
+            "kd-student",
+            "--config",
+            str(over),
+            "--snr-scale",
+            "0.25",
+            "--also",
+            f"hls={tmp_path / 'hls'}",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     store = ChipStore(out)
     attrs = store.manifest["attrs"]
@@ -505,7 +575,9 @@ def test_cli_preset_with_config_override_and_snr_scale(tmp_path, capsys):
     assert store.labels["croptype"].classes == SceneConfig.preset("kd-eval").crop_classes
     assert attrs["instrument"]["snr_scale"] == 0.25
     assert "--preset kd-student" in attrs["command"] and "--snr-scale 0.25" in attrs["command"]
-    np.testing.assert_array_equal(store[1]["croptype"], generate_scene(expected, 16, seed=0, index=1).labels["croptype"])
+    np.testing.assert_array_equal(
+        store[1]["croptype"], generate_scene(expected, 16, seed=0, index=1).labels["croptype"]
+    )
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--preset", "nope"]) == 1
     err = capsys.readouterr().err
     assert "unknown scene preset 'nope'" in err and "kd-eval" in err
@@ -515,13 +587,22 @@ def test_cli_preset_with_config_override_and_snr_scale(tmp_path, capsys):
 def test_kd_stores_write_the_three_sets_with_their_presets(tmp_path):
     stores = kd_stores(tmp_path / "kd", teacher_chips=4, student_chips=2, eval_chips=3, size=16, seed=5)
     assert set(stores) == {"teacher", "student", "eval", "eval_hls"}
-    want = {"teacher": ("hls", "kd-teacher", 15, 4, 1.0), "student": ("enmap", "kd-student", 16, 2, 0.25),
-            "eval": ("enmap", "kd-eval", 17, 3, 0.25), "eval_hls": ("hls", "kd-eval", 17, 3, 1.0)}
+    want = {
+        "teacher": ("hls", "kd-teacher", 15, 4, 1.0),
+        "student": ("enmap", "kd-student", 16, 2, 0.25),
+        "eval": ("enmap", "kd-eval", 17, 3, 0.25),
+        "eval_hls": ("hls", "kd-eval", 17, 3, 1.0),
+    }
     for role, (sensor, preset, seed, n, snr) in want.items():
         s = stores[role]
         a = s.manifest["attrs"]
         assert (s.sensor.name, a["preset"], a["synth"]["seed"], len(s), a["instrument"]["snr_scale"]) == (
-            sensor, preset, seed, n, snr), role
+            sensor,
+            preset,
+            seed,
+            n,
+            snr,
+        ), role
         assert s.synthetic and s.chip_size == 16
         assert s.labels["croptype"].classes == SceneConfig.preset("kd-eval").crop_classes
     for i in range(3):  # the eval scenes in both sensors

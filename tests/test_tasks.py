@@ -71,7 +71,7 @@ def test_accumulated_metrics_equal_whole_set_metrics_not_a_mean_of_batches():
     p = rng.integers(0, 3, size=(6, 5, 5))
     acc = ConfusionAccumulator(["x", "y", "z"])
     for i in range(0, 6, 4):  # uneven batches
-        acc.update(torch.from_numpy(p[i:i + 4]), torch.from_numpy(t[i:i + 4]))
+        acc.update(torch.from_numpy(p[i : i + 4]), torch.from_numpy(t[i : i + 4]))
     whole = classification_metrics(confusion_matrix(p, t, 3))
     got = acc.compute()
     assert got["overall_accuracy"] == pytest.approx(whole["overall_accuracy"])
@@ -115,10 +115,14 @@ def test_accumulator_states_merged_as_ddp_ranks_sync_them_give_the_whole_set_met
     merged.moments = torch.stack([ranks[0].moments, ranks[1].moments])
     got, whole = merged.compute(), regression_metrics(p, t)
     assert got["pixels"] == 300 and got["r2"] == pytest.approx(whole["r2"], abs=1e-12)
-    assert got["target_std"] == pytest.approx(whole["target_std"]) and got["rmse"] == pytest.approx(whole["rmse"])
+    assert got["target_std"] == pytest.approx(whole["target_std"]) and got["rmse"] == pytest.approx(
+        whole["rmse"]
+    )
     from torchmetrics.regression import R2Score
 
-    assert got["r2"] == pytest.approx(float(R2Score().set_dtype(torch.float64)(torch.from_numpy(p), torch.from_numpy(t))), abs=1e-9)
+    assert got["r2"] == pytest.approx(
+        float(R2Score().set_dtype(torch.float64)(torch.from_numpy(p), torch.from_numpy(t))), abs=1e-9
+    )
     cls = [ConfusionAccumulator(["x", "y"]) for _ in range(2)]
     cls[0].update(np.array([0, 1]), np.array([0, 0]))
     cls[1].update(np.array([1, 1]), np.array([1, -1]))
@@ -148,7 +152,7 @@ def test_regression_accumulator_matches_one_pass_and_predicting_the_mean_scores_
     p = t + rng.normal(scale=0.1, size=1000)
     acc = RegressionAccumulator(sample_size=100)
     for i in range(0, 1000, 333):
-        acc.update(p[i:i + 333], t[i:i + 333])
+        acc.update(p[i : i + 333], t[i : i + 333])
     one = regression_metrics(p, t)
     got = acc.compute()
     assert got["r2"] == pytest.approx(one["r2"], abs=1e-9) and got["rmse"] == pytest.approx(one["rmse"])
@@ -205,16 +209,31 @@ def _geo_store(root, offsets=((0, 0), (4, 2)), size=4):
     w = ChipStoreWriter(root, sensor, size)
     for k, (col, row) in enumerate(offsets):
         tf = Affine(30.0, 0.0, X0 + 30.0 * col, 0.0, -30.0, Y0 - 30.0 * row)
-        w.add(np.full((sensor.num_bands, size, size), 0.1, np.float32), source=f"p{k}",
-              window=[col, row, size, size], crs="EPSG:32633", transform=list(tf)[:6])
+        w.add(
+            np.full((sensor.num_bands, size, size), 0.1, np.float32),
+            source=f"p{k}",
+            window=[col, row, size, size],
+            crs="EPSG:32633",
+            transform=list(tf)[:6],
+        )
     return w.close()
 
 
 def _write_raster(path, data, transform, crs="EPSG:32633", nodata=None):
     import rasterio
 
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    ) as dst:
         dst.write(data, 1)
     return path
 
@@ -255,9 +274,9 @@ def test_finer_raster_is_resampled_by_mode_for_classes_and_area_average_for_valu
     store = _geo_store(tmp_path / "s", offsets=((0, 0),))
     fine = np.zeros((12, 12), np.float32)  # 10 m: each 30 m chip pixel is a 3x3 block
     fine[:, :] = 1
-    fine[0:3, 0:3] = [[2, 2, 1], [2, 2, 1], [1, 1, 1]]   # block (0,0): four 2s, five 1s -> mode 1
+    fine[0:3, 0:3] = [[2, 2, 1], [2, 2, 1], [1, 1, 1]]  # block (0,0): four 2s, five 1s -> mode 1
     fine[0:3, 3:6] = [[2, 2, 2], [2, 2, 2], [-9, -9, -9]]  # block (0,1): nodata row ignored -> 2
-    fine[3:6, 0:3] = -9                                  # block (1,0): all nodata -> no label
+    fine[3:6, 0:3] = -9  # block (1,0): all nodata -> no label
     tf = Affine(10.0, 0, X0, 0, -10.0, Y0)
     path = _write_raster(tmp_path / "fine.tif", fine, tf, nodata=-9)
     cls = align_label_raster(path, store, "class")[0]

@@ -12,8 +12,15 @@ from hyperkd.core.errors import HyperKDError
 from hyperkd.synth import synthesize
 from hyperkd.training.teacher import pretrain_teacher
 
-ARCH = {"patch_size": [1, 8, 8], "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
+ARCH = {
+    "patch_size": [1, 8, 8],
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "decoder_embed_dim": 16,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+}
 
 
 def test_teacher_mae_learns_and_weights_load_back(tmp_path):
@@ -24,7 +31,9 @@ def test_teacher_mae_learns_and_weights_load_back(tmp_path):
     torch.manual_seed(123)
     loss_before = before.mae_loss(x).item()
     weights = pretrain_teacher(store, tmp_path / "teacher", epochs=6, batch_size=8, lr=2e-3, **ARCH)
-    trained = create("teacher", "prithvi-eo-tiny", weights=str(weights), keep_decoder=True, img_size=32, **ARCH)
+    trained = create(
+        "teacher", "prithvi-eo-tiny", weights=str(weights), keep_decoder=True, img_size=32, **ARCH
+    )
     torch.manual_seed(123)
     assert trained.mae_loss(x).item() < 0.8 * loss_before
     info = json.loads((tmp_path / "teacher" / "teacher.json").read_text())

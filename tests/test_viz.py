@@ -35,9 +35,17 @@ def test_every_figure_is_written_without_pyplot(tmp_path):
         loss_curves(tmp_path / "metrics.csv", tmp_path / "loss.png"),
         confusion_figure(np.array([[3, 1], [0, 2]]), ["a", "b"], tmp_path / "cm.png"),
         scatter_figure(rng.normal(size=(50, 2)), tmp_path / "sc.png", unit="g/kg", metrics={"rmse": 0.1}),
-        maps_figure(SENSOR, [img], [rng.integers(0, 2, (8, 8))], [rng.integers(0, 2, (8, 8))],
-                    tmp_path / "maps.png", classes=["a", "b"]),
-        maps_figure(SENSOR, [img], [rng.normal(size=(8, 8))], [rng.normal(size=(8, 8))], tmp_path / "mapsr.png"),
+        maps_figure(
+            SENSOR,
+            [img],
+            [rng.integers(0, 2, (8, 8))],
+            [rng.integers(0, 2, (8, 8))],
+            tmp_path / "maps.png",
+            classes=["a", "b"],
+        ),
+        maps_figure(
+            SENSOR, [img], [rng.normal(size=(8, 8))], [rng.normal(size=(8, 8))], tmp_path / "mapsr.png"
+        ),
     ]
     for p in paths:
         assert p is not None and p.read_bytes().startswith(b"\x89PNG"), p

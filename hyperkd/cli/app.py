@@ -101,13 +101,16 @@ def plugins_list(
     for col in ("name", "status", "distribution", "builtin", "provides / error"):
         table.add_column(col)
     for i in infos:
-        what = i.error if i.status == "failed" else ", ".join(
-            f"{c['kind']}:{c['name']}" for c in i.components
+        what = (
+            i.error if i.status == "failed" else ", ".join(f"{c['kind']}:{c['name']}" for c in i.components)
         )
         style = {"failed": "red", "disabled": "dim"}.get(i.status, "")
         table.add_row(
-            i.name, f"[{style}]{i.status}[/]" if style else i.status,
-            f"{i.distribution} {i.version}", "yes" if i.builtin else "no", what,
+            i.name,
+            f"[{style}]{i.status}[/]" if style else i.status,
+            f"{i.distribution} {i.version}",
+            "yes" if i.builtin else "no",
+            what,
         )
     console.print(table)
 
@@ -161,8 +164,12 @@ def sensors_list(
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["name"], str(r["num_bands"]), f"{r['min_nm']:.0f}-{r['max_nm']:.0f}",
-            f"{r['gsd_m']:g}", str(r["default_selection"] or "all"), r["plugin"],
+            r["name"],
+            str(r["num_bands"]),
+            f"{r['min_nm']:.0f}-{r['max_nm']:.0f}",
+            f"{r['gsd_m']:g}",
+            str(r["default_selection"] or "all"),
+            r["plugin"],
         )
     console.print(table)
 
@@ -198,9 +205,15 @@ def sensors_show(
     for i, b in enumerate(sensor.bands, start=1):
         lo, hi = b.range
         table.add_row(
-            str(i), b.name, f"{b.center_nm:.2f}", f"{b.fwhm_nm:.2f}", f"{lo:.1f}-{hi:.1f}",
-            f"{b.gain:g}", "" if b.mean is None else f"{b.mean:.4f}",
-            "" if b.std is None else f"{b.std:.4f}", "yes" if b.name in default else "no",
+            str(i),
+            b.name,
+            f"{b.center_nm:.2f}",
+            f"{b.fwhm_nm:.2f}",
+            f"{lo:.1f}-{hi:.1f}",
+            f"{b.gain:g}",
+            "" if b.mean is None else f"{b.mean:.4f}",
+            "" if b.std is None else f"{b.std:.4f}",
+            "yes" if b.name in default else "no",
         )
     console.print(table)
 

@@ -20,21 +20,46 @@ from hyperkd.cli.data import data_app
 def prepare_cmd(
     inputs: Annotated[
         list[Path],
-        typer.Argument(help="Products (EnMAP L2A folders or zips) or folders holding them.", show_default=False),
+        typer.Argument(
+            help="Products (EnMAP L2A folders or zips) or folders holding them.", show_default=False
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Chip store folder to create.", show_default=False)],
-    sensor: Annotated[str, typer.Option(help="Sensor whose product reader to use (enmap reads 224- and 218-band L2A).")] = "enmap",
-    size: Annotated[int, typer.Option(help="Chip size in pixels (224 as in the paper; 64 or 96 for CPU work).")] = 224,
-    stride: Annotated[int | None, typer.Option(help="Step between chips in pixels (default: --size, i.e. no overlap).")] = None,
-    max_nodata: Annotated[float, typer.Option(help="Drop chips with more than this share of no-data pixels.")] = 0.1,
-    max_cloud: Annotated[float, typer.Option(help="Drop chips with more than this share of cloudy data pixels.")] = 0.1,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Chip store folder to create.", show_default=False)
+    ],
+    sensor: Annotated[
+        str, typer.Option(help="Sensor whose product reader to use (enmap reads 224- and 218-band L2A).")
+    ] = "enmap",
+    size: Annotated[
+        int, typer.Option(help="Chip size in pixels (224 as in the paper; 64 or 96 for CPU work).")
+    ] = 224,
+    stride: Annotated[
+        int | None, typer.Option(help="Step between chips in pixels (default: --size, i.e. no overlap).")
+    ] = None,
+    max_nodata: Annotated[
+        float, typer.Option(help="Drop chips with more than this share of no-data pixels.")
+    ] = 0.1,
+    max_cloud: Annotated[
+        float, typer.Option(help="Drop chips with more than this share of cloudy data pixels.")
+    ] = 0.1,
     selection: Annotated[
-        str, typer.Option(help="Bands: default (sensor's), all, a selection name, or names/ranges like B1-B126,B142-B160.")
+        str,
+        typer.Option(
+            help="Bands: default (sensor's), all, a selection name, or names/ranges like B1-B126,B142-B160."
+        ),
     ] = "default",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run; finished products are skipped.")] = False,
-    shard_size: Annotated[int | None, typer.Option(help="Chips per shard file (default: about 256 MB per shard).")] = None,
-    reader: Annotated[str | None, typer.Option(help="Product reader name, when several read --sensor.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the store's per-product summary as JSON.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run; finished products are skipped.")
+    ] = False,
+    shard_size: Annotated[
+        int | None, typer.Option(help="Chips per shard file (default: about 256 MB per shard).")
+    ] = None,
+    reader: Annotated[
+        str | None, typer.Option(help="Product reader name, when several read --sensor.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the store's per-product summary as JSON.")
+    ] = False,
 ) -> None:
     """Tile products into a chip store: windows, no-data/cloud filtering, per-band statistics.
 
@@ -45,22 +70,40 @@ def prepare_cmd(
     err = Console(stderr=True)
     try:
         store = prepare(
-            inputs, out, sensor=sensor, size=size, stride=stride, max_nodata=max_nodata, max_cloud=max_cloud,
-            selection=selection, resume=resume, shard_size=shard_size, reader=reader, progress=not as_json,
+            inputs,
+            out,
+            sensor=sensor,
+            size=size,
+            stride=stride,
+            max_nodata=max_nodata,
+            max_cloud=max_cloud,
+            selection=selection,
+            resume=resume,
+            shard_size=shard_size,
+            reader=reader,
+            progress=not as_json,
         )
     except KeyboardInterrupt:
         err.print(f"interrupted: finished products are safe in {out}; rerun the same command with --resume")
         raise typer.Exit(130) from None
     products = store_products(store)
     if as_json:
-        sys.stdout.write(json.dumps({"store": str(store.root), "chips": len(store), "products": products}, indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps({"store": str(store.root), "chips": len(store), "products": products}, indent=2) + "\n"
+        )
         return
     table = Table(title="products")
     for col in ("product", "bands", "chips", "dropped: no data", "dropped: cloud", "nodata"):
         table.add_column(col)
     for name, p in products.items():
-        table.add_row(short_product_name(name), str(p.get("num_bands")), str(p.get("chips")), str(p.get("dropped_nodata")),
-                      str(p.get("dropped_cloud")), f"{p.get('nodata')} ({p.get('nodata_source')})")
+        table.add_row(
+            short_product_name(name),
+            str(p.get("num_bands")),
+            str(p.get("chips")),
+            str(p.get("dropped_nodata")),
+            str(p.get("dropped_cloud")),
+            f"{p.get('nodata')} ({p.get('nodata_source')})",
+        )
     console = Console()
     console.print(table)
     console.print(store.summary(), highlight=False)

@@ -24,20 +24,34 @@ def parse_also(values: list[str] | None) -> list[tuple[str, Path]]:
     for v in values or []:
         spec, sep, path = v.partition("=")
         if not sep or not spec.strip() or not path.strip():
-            raise DataError(
-                f"--also {v!r}: expected SENSOR[:SELECTION]=STORE, e.g. --also hls=teacher-store"
-            )
+            raise DataError(f"--also {v!r}: expected SENSOR[:SELECTION]=STORE, e.g. --also hls=teacher-store")
         pairs.append((spec.strip(), Path(path.strip())))
     return pairs
 
 
 def _command_line(
-    out: Path, sensor: str, chips: int, size: int, seed: int, selection: str, also: list[str] | None,
-    config: Path | None, noise: bool, preset: str | None = None, snr_scale: float = 1.0,
+    out: Path,
+    sensor: str,
+    chips: int,
+    size: int,
+    seed: int,
+    selection: str,
+    also: list[str] | None,
+    config: Path | None,
+    noise: bool,
+    preset: str | None = None,
+    snr_scale: float = 1.0,
 ) -> str:
     """The command that reproduces a store (recorded in its manifest); --workers/--resume omitted."""
-    parts = ["hyperkd data synth", f"--sensor {sensor}", f"--out {out}", f"--chips {chips}", f"--size {size}",
-             f"--seed {seed}", f"--selection {selection}"]
+    parts = [
+        "hyperkd data synth",
+        f"--sensor {sensor}",
+        f"--out {out}",
+        f"--chips {chips}",
+        f"--size {size}",
+        f"--seed {seed}",
+        f"--selection {selection}",
+    ]
     parts += [f"--also {a}" for a in also or []]
     if preset is not None:
         parts.append(f"--preset {preset}")
@@ -52,38 +66,53 @@ def _command_line(
 
 @data_app.command("synth")
 def synth_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Chip store folder to create.", show_default=False)],
-    sensor: Annotated[str, typer.Option("--sensor", "-s", help="Registered sensor to render for: NAME or NAME:SELECTION.")] = "enmap",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Chip store folder to create.", show_default=False)
+    ],
+    sensor: Annotated[
+        str, typer.Option("--sensor", "-s", help="Registered sensor to render for: NAME or NAME:SELECTION.")
+    ] = "enmap",
     chips: Annotated[int, typer.Option("--chips", "-n", help="Number of scenes (chips).")] = 32,
     size: Annotated[int, typer.Option(help="Chip size in pixels (30 m pixels; 224 as in the paper).")] = 64,
     seed: Annotated[int, typer.Option(help="Scene-set seed: same seed, same scenes.")] = 0,
     selection: Annotated[
-        str, typer.Option(help="Bands: default (sensor's), all, a selection name, or names/ranges like B1-B126.")
+        str,
+        typer.Option(help="Bands: default (sensor's), all, a selection name, or names/ranges like B1-B126."),
     ] = "default",
     also: Annotated[
         list[str] | None,
         typer.Option(
-            "--also", help="Render the same scenes for another sensor: SENSOR[:SELECTION]=STORE (repeatable).",
+            "--also",
+            help="Render the same scenes for another sensor: SENSOR[:SELECTION]=STORE (repeatable).",
             show_default=False,
         ),
     ] = None,
     preset: Annotated[
         str | None,
-        typer.Option(help="Named scene config: default, kd-teacher, kd-student, kd-eval (see docs/synthetic-data.md).",
-                     show_default=False),
+        typer.Option(
+            help="Named scene config: default, kd-teacher, kd-student, kd-eval (see docs/synthetic-data.md).",
+            show_default=False,
+        ),
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option(help="Scene config (YAML/JSON): crops, regions, water, urban, soil carbon knobs; "
-                     "fields it gives override the --preset's.", show_default=False),
+        typer.Option(
+            help="Scene config (YAML/JSON): crops, regions, water, urban, soil carbon knobs; "
+            "fields it gives override the --preset's.",
+            show_default=False,
+        ),
     ] = None,
     noise: Annotated[bool, typer.Option("--noise/--no-noise", help="Add sensor noise.")] = True,
     snr_scale: Annotated[
         float, typer.Option("--snr-scale", help="Multiply every sensor's SNR (0.25: a noisier instrument).")
     ] = 1.0,
-    workers: Annotated[int, typer.Option(help="Processes rendering chips (output does not depend on it).")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Processes rendering chips (output does not depend on it).")
+    ] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the written stores.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary of the written stores.")
+    ] = False,
 ) -> None:
     """Write SYNTHETIC scenes (fields, towns, roads, water from real earthlib spectra) as a chip store.
 
@@ -99,17 +128,30 @@ def synth_cmd(
     if snr_scale <= 0:
         raise DataError(f"--snr-scale must be > 0, got {snr_scale}")
     targets = parse_also(also)
-    attrs: dict[str, Any] = {"command": _command_line(out, sensor, chips, size, seed, selection, also, config,
-                                                      noise, preset, snr_scale)}
+    attrs: dict[str, Any] = {
+        "command": _command_line(
+            out, sensor, chips, size, seed, selection, also, config, noise, preset, snr_scale
+        )
+    }
     if preset is not None:
         attrs["preset"] = preset
     t0 = time.perf_counter()
     err = Console(stderr=True)
     try:
         store = synthesize(
-            sensor, out, chips=chips, size=size, seed=seed, selection=parse_selection(selection),
-            also=targets, config=cfg, instrument=Instrument(noise=noise, snr_scale=snr_scale), workers=workers,
-            resume=resume, progress=not as_json, attrs=attrs,
+            sensor,
+            out,
+            chips=chips,
+            size=size,
+            seed=seed,
+            selection=parse_selection(selection),
+            also=targets,
+            config=cfg,
+            instrument=Instrument(noise=noise, snr_scale=snr_scale),
+            workers=workers,
+            resume=resume,
+            progress=not as_json,
+            attrs=attrs,
         )
     except KeyboardInterrupt:
         err.print(f"interrupted: finished shards are safe in {out}; rerun the same command with --resume")
@@ -119,11 +161,26 @@ def synth_cmd(
 
     stores = [store] + [ChipStore(p) for _, p in targets]
     if as_json:
-        sys.stdout.write(json.dumps(
-            {"seconds": round(seconds, 3),
-             "stores": [{"path": str(s.root), "sensor": s.sensor.name, "bands": s.sensor.num_bands,
-                         "chips": len(s), "chip_size": s.chip_size, "synthetic": s.synthetic} for s in stores]},
-            indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "seconds": round(seconds, 3),
+                    "stores": [
+                        {
+                            "path": str(s.root),
+                            "sensor": s.sensor.name,
+                            "bands": s.sensor.num_bands,
+                            "chips": len(s),
+                            "chip_size": s.chip_size,
+                            "synthetic": s.synthetic,
+                        }
+                        for s in stores
+                    ],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return
     console = Console()
     for s in stores:

@@ -26,12 +26,19 @@ from hyperkd.cli.train import (
 
 @app.command("distill")
 def distill_cmd(
-    teacher: Annotated[str | None, typer.Option("--teacher", help="Registered teacher (e.g. prithvi).")] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Registered teacher (e.g. prithvi).")
+    ] = None,
     student: StudentOpt = None,
     data: DataOpt = None,
-    teacher_weights: Annotated[str | None, typer.Option(
-        "--teacher-weights", help="Teacher checkpoint: a .pt/.safetensors file, a folder, a Hub repo org/name (optionally "
-        "org/name/file.pt), or 'none' for random init.")] = None,
+    teacher_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--teacher-weights",
+            help="Teacher checkpoint: a .pt/.safetensors file, a folder, a Hub repo org/name (optionally "
+            "org/name/file.pt), or 'none' for random init.",
+        ),
+    ] = None,
     recipe: RecipeOpt = "hyperkd",
     out: OutOpt = Path("runs/distill"),
     overrides: SetOpt = None,
@@ -46,8 +53,14 @@ def distill_cmd(
     from hyperkd.training.distill import distill
 
     result = distill(
-        recipe, out, teacher=teacher, teacher_weights=teacher_weights, student=student, data=data,
-        overrides=overrides or [], resume=resume,
+        recipe,
+        out,
+        teacher=teacher,
+        teacher_weights=teacher_weights,
+        student=student,
+        data=data,
+        overrides=overrides or [],
+        resume=resume,
         **trainer_fields(devices, accelerator, strategy, precision, num_nodes),
     )
     _report(result)

@@ -18,28 +18,61 @@ def _per_class(metrics: dict[str, Any]) -> None:
     for name, c in (metrics.get("per_class") or {}).items():
         iou = "-" if c["iou"] is None else f"{c['iou']:.3f}"
         f1 = "-" if c["f1"] is None else f"{c['f1']:.3f}"
-        console.print(f"  {name:<28} IoU {iou:>5}  F1 {f1:>5}  pixels {c['support']}", highlight=False, markup=False)
+        console.print(
+            f"  {name:<28} IoU {iou:>5}  F1 {f1:>5}  pixels {c['support']}", highlight=False, markup=False
+        )
 
 
 @app.command("finetune")
 def finetune_cmd(
-    task: Annotated[str, typer.Option("--task", help="landcover, croptype, soc (or segmentation / regression).")],
-    student: Annotated[str, typer.Option("--student", help="Run folder, saved student, HF repo id, "
-                                         "architecture name (with --init random), or 'raw' (pixel spectra).")],
-    data: Annotated[Path, typer.Option("--data", help="Chip-store folder to train (and, without --eval-data, test) on.")],
-    labels: Annotated[Path | None, typer.Option("--labels", help="GeoTIFF of labels, reprojected onto the chips "
-                                                "(else the store's own label layer).")] = None,
-    label: Annotated[str | None, typer.Option("--label", help="Label layer to use instead of the task's default.")] = None,
-    protocol: Annotated[str, typer.Option("--protocol", help="frozen (CNN head), linear (probe) or full.")] = "frozen",
-    init: Annotated[str, typer.Option("--init", help="pretrained, or random: the untrained-encoder control.")] = "pretrained",
-    train_chips: Annotated[int | None, typer.Option("--train-chips", help="Label-scarce: train on N chips only.")] = None,
+    task: Annotated[
+        str, typer.Option("--task", help="landcover, croptype, soc (or segmentation / regression).")
+    ],
+    student: Annotated[
+        str,
+        typer.Option(
+            "--student",
+            help="Run folder, saved student, HF repo id, "
+            "architecture name (with --init random), or 'raw' (pixel spectra).",
+        ),
+    ],
+    data: Annotated[
+        Path, typer.Option("--data", help="Chip-store folder to train (and, without --eval-data, test) on.")
+    ],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="GeoTIFF of labels, reprojected onto the chips (else the store's own label layer).",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Label layer to use instead of the task's default.")
+    ] = None,
+    protocol: Annotated[
+        str, typer.Option("--protocol", help="frozen (CNN head), linear (probe) or full.")
+    ] = "frozen",
+    init: Annotated[
+        str, typer.Option("--init", help="pretrained, or random: the untrained-encoder control.")
+    ] = "pretrained",
+    train_chips: Annotated[
+        int | None, typer.Option("--train-chips", help="Label-scarce: train on N chips only.")
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 20,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
-    lr: Annotated[float, typer.Option("--lr", help="Head learning rate (encoder: x0.1 with --protocol full).")] = 1e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Initialisation, batch order, --train-chips subset.")] = 0,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Head learning rate (encoder: x0.1 with --protocol full).")
+    ] = 1e-3,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Initialisation, batch order, --train-chips subset.")
+    ] = 0,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Train/val/test split of the chips.")] = 0,
-    eval_data: Annotated[Path | None, typer.Option("--eval-data", help="Test on this store instead of a held-out split.")] = None,
-    eval_labels: Annotated[Path | None, typer.Option("--eval-labels", help="Label raster for --eval-data (default: --labels).")] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option("--eval-data", help="Test on this store instead of a held-out split.")
+    ] = None,
+    eval_labels: Annotated[
+        Path | None, typer.Option("--eval-labels", help="Label raster for --eval-data (default: --labels).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/finetune"),
     accelerator: Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="32-true, bf16-mixed, ...")] = None,
@@ -51,9 +84,24 @@ def finetune_cmd(
 
     trainer = {k: v for k, v in {"accelerator": accelerator, "precision": precision}.items() if v is not None}
     res = finetune(
-        student=student, task=task, store=data, out=out, protocol=protocol, init=init, seed=seed,
-        labels=labels, label=label, train_chips=train_chips, epochs=epochs, batch_size=batch_size, lr=lr,
-        split_seed=split_seed, eval_store=eval_data, eval_labels=eval_labels, trainer=trainer, overwrite=overwrite,
+        student=student,
+        task=task,
+        store=data,
+        out=out,
+        protocol=protocol,
+        init=init,
+        seed=seed,
+        labels=labels,
+        label=label,
+        train_chips=train_chips,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        split_seed=split_seed,
+        eval_store=eval_data,
+        eval_labels=eval_labels,
+        trainer=trainer,
+        overwrite=overwrite,
     )
     if as_json:
         print_json({"run_dir": str(res.run_dir), "metrics": res.metrics, "val": res.val_metrics})
@@ -67,8 +115,12 @@ def finetune_cmd(
 def evaluate_cmd(
     model: Annotated[Path, typer.Option("--model", help="A `hyperkd finetune` run folder (or its model/).")],
     data: Annotated[Path, typer.Option("--data", help="Chip store to evaluate on.")],
-    labels: Annotated[Path | None, typer.Option("--labels", help="GeoTIFF of labels (else the store's layer).")] = None,
-    all_chips: Annotated[bool, typer.Option("--all-chips", help="Score every chip, even on the training store.")] = False,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="GeoTIFF of labels (else the store's layer).")
+    ] = None,
+    all_chips: Annotated[
+        bool, typer.Option("--all-chips", help="Score every chip, even on the training store.")
+    ] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for metrics.json and figures.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:

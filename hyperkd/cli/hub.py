@@ -17,15 +17,25 @@ def push_cmd(
     path: Annotated[Path, typer.Argument(help="A run folder (its student/ is pushed) or a model folder.")],
     repo_id: Annotated[str, typer.Option("--repo-id", help="Target repo, org/name (created if missing).")],
     private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
-    revision: Annotated[str | None, typer.Option("--revision", help="Branch to push to (created if missing).")] = None,
-    token: Annotated[str | None, typer.Option("--token", help="HF token (default: the logged-in one / HF_TOKEN).")] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch to push to (created if missing).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="HF token (default: the logged-in one / HF_TOKEN).")
+    ] = None,
     message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
 ) -> None:
     """Upload model.safetensors, config.json and README.md of a model folder in one commit."""
     from hyperkd.hub import push
 
-    res = push(path, repo_id, private=True if private else None, revision=revision, token=token,
-               commit_message=message)
+    res = push(
+        path,
+        repo_id,
+        private=True if private else None,
+        revision=revision,
+        token=token,
+        commit_message=message,
+    )
     where = res.repo_id + (f"@{res.revision}" if res.revision else "")
     console.print(f"[green]pushed[/] {', '.join(res.files)} to {where}: {res.commit_url}", highlight=False)
     console.print(f'load it with: hyperkd.from_pretrained("{where}")', highlight=False, markup=False)
@@ -46,5 +56,8 @@ def pull_cmd(
     model = from_pretrained(folder)  # proves the files load (safetensors only, strict)
     sensor = (cfg.get("sensor") or {}).get("name", "?")
     params = sum(p.numel() for p in model.parameters())
-    console.print(f"[green]pulled[/] {repo_id} ({cfg['model_type']} for {sensor}, {params:,} parameters, "
-                  f"hyperkd {cfg.get('hyperkd_version')}) -> {folder}", highlight=False)
+    console.print(
+        f"[green]pulled[/] {repo_id} ({cfg['model_type']} for {sensor}, {params:,} parameters, "
+        f"hyperkd {cfg.get('hyperkd_version')}) -> {folder}",
+        highlight=False,
+    )

@@ -24,7 +24,14 @@ def recipes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     rows = []
     for name, path in recipes.available().items():
         r = recipes.load_recipe(path)
-        rows.append({"name": name, "path": str(path), "mode": r.get("mode", ""), "description": r.get("description", "")})
+        rows.append(
+            {
+                "name": name,
+                "path": str(path),
+                "mode": r.get("mode", ""),
+                "description": r.get("description", ""),
+            }
+        )
     if as_json:
         print_json(rows)
         return
@@ -43,13 +50,20 @@ def recipes_show(
     typer.echo(recipes.dump(recipes.resolve(name, overrides or [])), nl=False)
 
 
-StudentOpt = Annotated[str | None, typer.Option(
-    "--student", help="Sensor name, <sensor>-mae-<size>, a saved student or run folder, or a Hub repo id "
-    "(prefix local-dir: or hf-hub: to say which).")]
+StudentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--student",
+        help="Sensor name, <sensor>-mae-<size>, a saved student or run folder, or a Hub repo id "
+        "(prefix local-dir: or hf-hub: to say which).",
+    ),
+]
 DataOpt = Annotated[str | None, typer.Option("--data", help="Chip-store folder, or 'synthetic'.")]
 RecipeOpt = Annotated[str, typer.Option("--recipe", help="Recipe name or .yaml file.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+]
 DevicesOpt = Annotated[str | None, typer.Option("--devices", help="Lightning devices (e.g. 1, 4, auto).")]
 AcceleratorOpt = Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")]
 StrategyOpt = Annotated[str | None, typer.Option("--strategy", help="auto, ddp, fsdp, ...")]
@@ -57,11 +71,21 @@ PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="32-true, 
 NumNodesOpt = Annotated[int | None, typer.Option("--num-nodes")]
 
 
-def trainer_fields(devices: str | None, accelerator: str | None, strategy: str | None,
-                   precision: str | None, num_nodes: int | None) -> dict[str, object]:
+def trainer_fields(
+    devices: str | None,
+    accelerator: str | None,
+    strategy: str | None,
+    precision: str | None,
+    num_nodes: int | None,
+) -> dict[str, object]:
     """The Lightning flags shared by pretrain and distill, as dotted recipe fields (``__`` for ``.``)."""
-    return {"trainer__devices": _devices(devices), "trainer__accelerator": accelerator,
-            "trainer__strategy": strategy, "trainer__precision": precision, "trainer__num_nodes": num_nodes}
+    return {
+        "trainer__devices": _devices(devices),
+        "trainer__accelerator": accelerator,
+        "trainer__strategy": strategy,
+        "trainer__precision": precision,
+        "trainer__num_nodes": num_nodes,
+    }
 
 
 @app.command("pretrain")
@@ -82,7 +106,12 @@ def pretrain_cmd(
     from hyperkd.training.runner import pretrain
 
     result = pretrain(
-        recipe, out, overrides=overrides or [], resume=resume, student__name=student, data__store=data,
+        recipe,
+        out,
+        overrides=overrides or [],
+        resume=resume,
+        student__name=student,
+        data__store=data,
         **trainer_fields(devices, accelerator, strategy, precision, num_nodes),
     )
     _report(result)
@@ -111,13 +140,24 @@ def _report(result) -> None:
 def quickstart_cmd(
     out: Annotated[Path, typer.Option("--out", help="Report folder (replaced).")] = Path("demo"),
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
-    teacher: Annotated[str, typer.Option("--teacher", help="'tiny' (trained here) or a registered teacher, e.g. prithvi.")] = "tiny",
-    teacher_weights: Annotated[str | None, typer.Option("--teacher-weights", help="Weights for --teacher (file, folder or repo).")] = None,
+    teacher: Annotated[
+        str, typer.Option("--teacher", help="'tiny' (trained here) or a registered teacher, e.g. prithvi.")
+    ] = "tiny",
+    teacher_weights: Annotated[
+        str | None, typer.Option("--teacher-weights", help="Weights for --teacher (file, folder or repo).")
+    ] = None,
     student_epochs: Annotated[int | None, typer.Option("--student-epochs")] = None,
     finetune_epochs: Annotated[int | None, typer.Option("--finetune-epochs")] = None,
-    docs: Annotated[Path | None, typer.Option("--docs", help="Also regenerate this docs page (docs/quickstart.md).")] = None,
-    from_report: Annotated[Path | None, typer.Option(
-        "--from-report", help="With --docs: regenerate the page from this finished quickstart folder, no rerun.")] = None,
+    docs: Annotated[
+        Path | None, typer.Option("--docs", help="Also regenerate this docs page (docs/quickstart.md).")
+    ] = None,
+    from_report: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-report",
+            help="With --docs: regenerate the page from this finished quickstart folder, no rerun.",
+        ),
+    ] = None,
 ) -> None:
     """The whole story on synthetic data, nothing downloaded (what `make demo` runs)."""
     from dataclasses import replace
@@ -130,8 +170,11 @@ def quickstart_cmd(
         console.print(f"wrote {docs_from_report(from_report, docs)}", highlight=False)
         return
 
-    cfg = QuickstartConfig(seeds=tuple(int(s) for s in seeds.split(",") if s.strip()), teacher=teacher,
-                           teacher_weights=teacher_weights)
+    cfg = QuickstartConfig(
+        seeds=tuple(int(s) for s in seeds.split(",") if s.strip()),
+        teacher=teacher,
+        teacher_weights=teacher_weights,
+    )
     if student_epochs is not None:
         cfg = replace(cfg, student_epochs=student_epochs)
     if finetune_epochs is not None:
@@ -141,9 +184,16 @@ def quickstart_cmd(
 
 @app.command("compare")
 def compare_cmd(
-    files: Annotated[list[Path], typer.Argument(help="Result records (JSON: {row, seed, metrics}) or quickstart report.json files.")],
-    reference: Annotated[str, typer.Option("--reference", help="Row the others are compared with.")] = "no-KD",
-    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Result records (JSON: {row, seed, metrics}) or quickstart report.json files."),
+    ],
+    reference: Annotated[
+        str, typer.Option("--reference", help="Row the others are compared with.")
+    ] = "no-KD",
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", help="Comma-separated metric names (default: all).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """One table over runs and seeds: mean ± std, and which differences exceed the seed spread."""
@@ -154,8 +204,9 @@ def compare_cmd(
     records = []
     for rec in load_records(files):
         records.extend(rec["records"] if isinstance(rec, dict) and "records" in rec else [rec])
-    table = compare(records, reference=reference,
-                    metrics=[m.strip() for m in metrics.split(",")] if metrics else None)
+    table = compare(
+        records, reference=reference, metrics=[m.strip() for m in metrics.split(",")] if metrics else None
+    )
     if as_json:
         typer.echo(_json.dumps(table.to_dict(), indent=2))
     else:

@@ -172,5 +172,8 @@ class CosineLoss(LossTerm):
     needs_teacher = True
 
     def __call__(self, out: Any, ctx: dict[str, Any]) -> Tensor:
-        vals = [1.0 - F.cosine_similarity(s.float(), t.float(), dim=-1).mean() for s, t in _kd_pairs(ctx, "cosine")]
+        vals = [
+            1.0 - F.cosine_similarity(s.float(), t.float(), dim=-1).mean()
+            for s, t in _kd_pairs(ctx, "cosine")
+        ]
         return torch.stack(vals).mean()

@@ -116,7 +116,9 @@ class SpatialFeatureMasker(Masker):
 
     def __init__(self, strength: float = 2.0, prefer: str = "high", clip: float = 3.0) -> None:
         if not (strength >= 0 and math.isfinite(strength)):
-            raise HyperKDError(f"spatial-feature masker: strength must be a finite number >= 0, got {strength}")
+            raise HyperKDError(
+                f"spatial-feature masker: strength must be a finite number >= 0, got {strength}"
+            )
         if prefer not in ("high", "low"):
             raise HyperKDError(f"spatial-feature masker: prefer must be 'high' or 'low', got {prefer!r}")
         if not clip > 0:

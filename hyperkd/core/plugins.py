@@ -222,9 +222,7 @@ def load_plugins(*, force: bool = False) -> pluggy.PluginManager:
         try:
             _declare_core()
             autoload = not _truthy(os.environ.get(DISABLE_ENV))
-            wanted = {
-                s.strip() for s in os.environ.get(ENABLE_ENV, "").split(",") if s.strip()
-            }
+            wanted = {s.strip() for s in os.environ.get(ENABLE_ENV, "").split(",") if s.strip()}
             for ep in _entry_points():
                 builtin = _is_builtin(ep)
                 dist = getattr(ep, "dist", None)

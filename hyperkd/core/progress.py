@@ -32,5 +32,12 @@ def rich_progress(*columns: Any) -> Any:
 
     head = [TextColumn(c) if isinstance(c, str) else c for c in columns[:1]]
     tail = [TextColumn(c) if isinstance(c, str) else c for c in columns[1:]]
-    return Progress(*head, BarColumn(), MofNCompleteColumn(), *tail, TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=False)
+    return Progress(
+        *head,
+        BarColumn(),
+        MofNCompleteColumn(),
+        *tail,
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )

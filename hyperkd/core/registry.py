@@ -56,9 +56,7 @@ KINDS: tuple[str, ...] = (
 
 T = TypeVar("T")
 
-_current_provider: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "hyperkd_provider", default="user"
-)
+_current_provider: contextvars.ContextVar[str] = contextvars.ContextVar("hyperkd_provider", default="user")
 
 
 @contextlib.contextmanager
@@ -230,7 +228,9 @@ class Entry:
         self.resolve()
         return self._metadata
 
-    def fill(self, obj: Any, *, description: str | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+    def fill(
+        self, obj: Any, *, description: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> None:
         """Give a declared entry its object (its module's decorator fired, or the attribute was read)."""
         self._obj = obj
         if self._description is None:
@@ -304,7 +304,9 @@ class Entry:
         }
 
 
-_resolving: contextvars.ContextVar[tuple[Entry, ...]] = contextvars.ContextVar("hyperkd_resolving", default=())
+_resolving: contextvars.ContextVar[tuple[Entry, ...]] = contextvars.ContextVar(
+    "hyperkd_resolving", default=()
+)
 """Declared entries whose module is being imported right now (their decorators fill them)."""
 
 
@@ -324,9 +326,7 @@ def _fills(entry: Entry, obj: Any, prov: str) -> bool:
         return False
     module = entry.target.partition(":")[0]
     return (
-        prov == entry.provider
-        or _defining_module(obj) == module
-        or any(e is entry for e in _resolving.get())
+        prov == entry.provider or _defining_module(obj) == module or any(e is entry for e in _resolving.get())
     )
 
 
@@ -366,7 +366,12 @@ class Registry:
             return declared
         self._check_free(name, [name, *aliases], prov)
         entry = Entry(
-            self.kind, name, obj, description=description, provider=prov, aliases=tuple(aliases),
+            self.kind,
+            name,
+            obj,
+            description=description,
+            provider=prov,
+            aliases=tuple(aliases),
             metadata=metadata,
         )
         return self.restore(entry)
@@ -385,8 +390,13 @@ class Registry:
             return existing
         self._check_free(spec.name, [spec.name, *spec.aliases], prov)
         entry = Entry(
-            self.kind, spec.name, description=spec.description, provider=prov, aliases=spec.aliases,
-            metadata=spec.metadata, target=spec.target,
+            self.kind,
+            spec.name,
+            description=spec.description,
+            provider=prov,
+            aliases=spec.aliases,
+            metadata=spec.metadata,
+            target=spec.target,
         )
         return self.restore(entry)
 

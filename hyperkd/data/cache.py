@@ -52,8 +52,12 @@ class FeatureCache:
             self.store[int(k)] = rows
             self.bytes += size
 
-    def fetch(self, keys: Sequence[int], compute: Callable[[list[int]], Sequence[Tensor]],
-              device: torch.device | str) -> list[Tensor]:
+    def fetch(
+        self,
+        keys: Sequence[int],
+        compute: Callable[[list[int]], Sequence[Tensor]],
+        device: torch.device | str,
+    ) -> list[Tensor]:
         """The batch's features, one ``(len(keys), ...)`` tensor per feature, on ``device``.
 
         ``compute(positions)`` encodes the chips at those positions of ``keys`` (the ones
@@ -72,7 +76,9 @@ class FeatureCache:
             for j, i in enumerate(missing):
                 cached[i] = [f[j] for f in fresh]
         rows: list[list[Tensor]] = cached  # type: ignore[assignment]  # every entry filled above
-        return [torch.stack([row[j].to(device, non_blocking=True) for row in rows]) for j in range(len(rows[0]))]
+        return [
+            torch.stack([row[j].to(device, non_blocking=True) for row in rows]) for j in range(len(rows[0]))
+        ]
 
 
 __all__ = ["FeatureCache"]

@@ -32,11 +32,26 @@ from hyperkd.core.errors import DataError
 from hyperkd.data.store import ChipStore
 
 NLCD_CLASSES: dict[int, str] = {
-    11: "open water", 12: "perennial ice/snow", 21: "developed, open space", 22: "developed, low intensity",
-    23: "developed, medium intensity", 24: "developed, high intensity", 31: "barren land",
-    41: "deciduous forest", 42: "evergreen forest", 43: "mixed forest", 51: "dwarf scrub", 52: "shrub/scrub",
-    71: "grassland/herbaceous", 72: "sedge/herbaceous", 73: "lichens", 74: "moss", 81: "pasture/hay",
-    82: "cultivated crops", 90: "woody wetlands", 95: "emergent herbaceous wetlands",
+    11: "open water",
+    12: "perennial ice/snow",
+    21: "developed, open space",
+    22: "developed, low intensity",
+    23: "developed, medium intensity",
+    24: "developed, high intensity",
+    31: "barren land",
+    41: "deciduous forest",
+    42: "evergreen forest",
+    43: "mixed forest",
+    51: "dwarf scrub",
+    52: "shrub/scrub",
+    71: "grassland/herbaceous",
+    72: "sedge/herbaceous",
+    73: "lichens",
+    74: "moss",
+    81: "pasture/hay",
+    82: "cultivated crops",
+    90: "woody wetlands",
+    95: "emergent herbaceous wetlands",
 }
 """NLCD (2001-2021) legend: code -> class name, used to name classes of an NLCD raster."""
 
@@ -100,9 +115,14 @@ def align_label_raster(
             crs, transform = chip_grid(store, i)
             dst = np.full((s, s), np.nan, dtype=np.float32)
             reproject(
-                source=rasterio.band(src, 1), destination=dst,
-                src_transform=src.transform, src_crs=src.crs, src_nodata=nodata,
-                dst_transform=transform, dst_crs=crs, dst_nodata=np.nan,
+                source=rasterio.band(src, 1),
+                destination=dst,
+                src_transform=src.transform,
+                src_crs=src.crs,
+                src_nodata=nodata,
+                dst_transform=transform,
+                dst_crs=crs,
+                dst_nodata=np.nan,
                 resampling=resampling,
             )
             if nodata is not None and not np.isnan(nodata):
@@ -118,12 +138,16 @@ def class_codes(values: np.ndarray) -> list[int]:
     v = np.asarray(values)
     finite = np.unique(v[np.isfinite(v)])
     if finite.size and not np.all(finite == np.round(finite)):
-        raise DataError("a class label raster must hold integer codes; it holds fractional values "
-                        "(is it a continuous layer? use a regression task)")
+        raise DataError(
+            "a class label raster must hold integer codes; it holds fractional values "
+            "(is it a continuous layer? use a regression task)"
+        )
     return [int(c) for c in finite]
 
 
-def encode_classes(values: np.ndarray, codes: Sequence[float], ignore_index: int = -1) -> tuple[np.ndarray, int]:
+def encode_classes(
+    values: np.ndarray, codes: Sequence[float], ignore_index: int = -1
+) -> tuple[np.ndarray, int]:
     """Map raster codes to class ids ``0..K-1`` (int64); NaN and unknown codes -> ``ignore_index``.
 
     Returns the ids and the number of labelled pixels whose code is not in ``codes``.

@@ -52,8 +52,14 @@ class ChipDataModule(L.LightningDataModule):
     ``root`` describe the chips before any loader is made (what a student is built for).
     """
 
-    def __init__(self, store: ChipStore | str | Path, batch_size: int = 8, val_fraction: float = 0.125,
-                 num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        store: ChipStore | str | Path,
+        batch_size: int = 8,
+        val_fraction: float = 0.125,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self._store = store if isinstance(store, ChipStore) else None
         self.root = store.root if isinstance(store, ChipStore) else Path(store)
@@ -127,8 +133,16 @@ class SyntheticChipDataModule(ChipDataModule):
     replaced. ``sensor`` is the nominal band table until the store exists, then the store's.
     """
 
-    def __init__(self, root: str | Path, sensor: Sensor, *, chips: int = 64, size: int = 64,
-                 synth_seed: int = 0, **loader: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        sensor: Sensor,
+        *,
+        chips: int = 64,
+        size: int = 64,
+        synth_seed: int = 0,
+        **loader: Any,
+    ) -> None:
         super().__init__(root, **loader)
         self.prepare_data_per_node = False  # one generator for all nodes: the run folder is shared
         self.nominal_sensor = sensor
@@ -162,5 +176,6 @@ class SyntheticChipDataModule(ChipDataModule):
         from hyperkd.synth import synthesize
 
         log.info("generating %d synthetic %s chips in %s", self.chips, self.nominal_sensor.name, self.root)
-        self._store = synthesize(self.nominal_sensor, self.root, chips=self.chips, size=self.size,
-                                 seed=self.synth_seed)
+        self._store = synthesize(
+            self.nominal_sensor, self.root, chips=self.chips, size=self.size, seed=self.synth_seed
+        )

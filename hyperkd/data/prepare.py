@@ -211,7 +211,9 @@ def prepare(
     progress: show a progress bar (also off when ``HYPERKD_DISABLE_PROGRESS=1``).
     """
     if not 0.0 <= max_nodata <= 1.0 or not 0.0 <= max_cloud <= 1.0:
-        raise DataError(f"--max-nodata and --max-cloud are fractions in [0, 1], got {max_nodata}, {max_cloud}")
+        raise DataError(
+            f"--max-nodata and --max-cloud are fractions in [0, 1], got {max_nodata}, {max_cloud}"
+        )
     stride = stride or size
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
@@ -245,7 +247,11 @@ def prepare(
         # -- write -----------------------------------------------------------------------------
         created_dir = not out.exists()
         writer = ChipStoreWriter(
-            out, selected, size, shard_size=shard_size, resume=resume,
+            out,
+            selected,
+            size,
+            shard_size=shard_size,
+            resume=resume,
             attrs={
                 "created_by": "hyperkd data prepare",
                 "hyperkd_version": hyperkd.__version__,
@@ -268,7 +274,9 @@ def prepare(
                     bar.update(task, completed=len(windows[p.name]), kept="(done before)")
                     continue
                 try:
-                    counts = _tile_product(p, windows[p.name], bands, writer, max_nodata, max_cloud, bar, task)
+                    counts = _tile_product(
+                        p, windows[p.name], bands, writer, max_nodata, max_cloud, bar, task
+                    )
                 except DataError as exc:
                     writer.discard_unfinished()
                     if not writer.sources_done:
@@ -280,21 +288,31 @@ def prepare(
                     ) from None
                 info = p.info()
                 writer.attrs["products"][p.name] = {
-                    **info, **counts, "windows": len(windows[p.name]), "max_center_shift_nm": shifts[p.name],
+                    **info,
+                    **counts,
+                    "windows": len(windows[p.name]),
+                    "max_center_shift_nm": shifts[p.name],
                 }
                 for note in info.get("warnings") or ():
                     logger.warning("%s: %s", p.name, note)
-                logger.info("%s: %d of %d windows kept as chips (%d dropped for no data, %d for cloud)",
-                            p.name, counts["chips"], len(windows[p.name]), counts["dropped_nodata"],
-                            counts["dropped_cloud"])
+                logger.info(
+                    "%s: %d of %d windows kept as chips (%d dropped for no data, %d for cloud)",
+                    p.name,
+                    counts["chips"],
+                    len(windows[p.name]),
+                    counts["dropped_nodata"],
+                    counts["dropped_cloud"],
+                )
                 writer.mark_source_done(p.name)
         if len(writer) == 0:
             tried = sum(len(w) for w in windows.values())
             if not any(windows.values()):
                 why = f"every product is smaller than the {size} px chip size"
             else:
-                why = (f"all {tried} windows had more than {max_nodata:.0%} no data or {max_cloud:.0%} cloud; "
-                       "raise --max-nodata / --max-cloud or use a smaller --size")
+                why = (
+                    f"all {tried} windows had more than {max_nodata:.0%} no data or {max_cloud:.0%} cloud; "
+                    "raise --max-nodata / --max-cloud or use a smaller --size"
+                )
             _remove_store(out, created_dir)
             raise DataError(f"no chips to store in {out}: {why}")
         return writer.close()

@@ -177,11 +177,14 @@ def product_format_for(sensor: str, reader: str | None = None) -> ProductFormat:
         readers = registry("reader")
         if reader not in readers:
             known = ", ".join(readers.names()) or "(none)"
-            raise DataError(f"no product reader named {reader!r}; installed readers: {known} "
-                            "(`hyperkd list reader`)")
+            raise DataError(
+                f"no product reader named {reader!r}; installed readers: {known} (`hyperkd list reader`)"
+            )
         fmt = _format_of(readers.get(reader))
         if sensor not in fmt.sensors:
-            raise DataError(f"product reader {reader!r} reads {', '.join(fmt.sensors)} products, not {sensor!r}")
+            raise DataError(
+                f"product reader {reader!r} reads {', '.join(fmt.sensors)} products, not {sensor!r}"
+            )
         return fmt
     formats = product_formats()
     matching = [f for f in formats if sensor in f.sensors]

@@ -32,7 +32,9 @@ def split_chips(
     """
     parts = 1 + (val_fraction > 0) + (test_fraction > 0)
     if strict and n < parts:
-        names = "/".join(p for p, f in (("train", 1), ("validation", val_fraction), ("test", test_fraction)) if f > 0)
+        names = "/".join(
+            p for p, f in (("train", 1), ("validation", val_fraction), ("test", test_fraction)) if f > 0
+        )
         raise DataError(f"{n} chips are too few to split into {names}; use a larger store")
     perm = np.random.default_rng(seed).permutation(max(n, 0)).tolist()
     n_test = max(round(test_fraction * n), 1) if test_fraction > 0 else 0
@@ -42,7 +44,7 @@ def split_chips(
             n_test -= 1
         else:
             n_val -= 1
-    test, val, train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
+    test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
     return sorted(train), sorted(val), sorted(test)
 
 

@@ -423,5 +423,3 @@ class ChipStore(Sequence[dict[str, Any]]):
 def nbytes_per_chip(bands: int, size: int) -> int:
     """Bytes one chip occupies in a store (image + valid mask, labels excluded)."""
     return bands * size * size * 2 + size * size
-
-

@@ -39,8 +39,19 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
 
 
-HIGHER_IS_BETTER = {"accuracy": True, "miou": True, "macro_f1": True, "psnr": True, "ssim": True,
-                    "r2": True, "rmse": False, "mae": False, "mse": False, "sam_deg": False, "loss": False}
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "miou": True,
+    "macro_f1": True,
+    "psnr": True,
+    "ssim": True,
+    "r2": True,
+    "rmse": False,
+    "mae": False,
+    "mse": False,
+    "sam_deg": False,
+    "loss": False,
+}
 
 
 def better_direction(metric: str) -> bool:
@@ -86,9 +97,16 @@ class Comparison:
             "rule": "a difference 'exceeds the seed spread' when |mean - mean_ref| > std + std_ref",
             "metrics": self.metrics,
             "rows": {
-                r: {m: {"mean": c.mean, "std": c.std, "n": c.n, "values": c.values,
-                        "vs_reference": self.verdicts.get(r, {}).get(m, "")}
-                    for m, c in cells.items()}
+                r: {
+                    m: {
+                        "mean": c.mean,
+                        "std": c.std,
+                        "n": c.n,
+                        "values": c.values,
+                        "vs_reference": self.verdicts.get(r, {}).get(m, ""),
+                    }
+                    for m, c in cells.items()
+                }
                 for r, cells in self.rows.items()
             },
         }
@@ -106,9 +124,12 @@ class Comparison:
                     parts.append("")
                     continue
                 mark = {"better": " ↑", "worse": " ↓", "within spread": " ≈"}.get(
-                    self.verdicts.get(r, {}).get(m, ""), "")
+                    self.verdicts.get(r, {}).get(m, ""), ""
+                )
                 parts.append(f"{c.mean:.{digits}g} ± {c.std:.{digits - 1}g}{mark}")
-            lines.append(f"| {r} (n={max((c.n for c in cells.values()), default=0)}) | " + " | ".join(parts) + " |")
+            lines.append(
+                f"| {r} (n={max((c.n for c in cells.values()), default=0)}) | " + " | ".join(parts) + " |"
+            )
         return "\n".join(lines)
 
 

@@ -32,8 +32,11 @@ class TaskDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         idx = self.indices[i]
         item = self.store[idx]
-        return {"image": torch.from_numpy(item["image"]),
-                "target": torch.from_numpy(self.labels.target(idx, item)), "index": idx}
+        return {
+            "image": torch.from_numpy(item["image"]),
+            "target": torch.from_numpy(self.labels.target(idx, item)),
+            "index": idx,
+        }
 
 
 __all__ = ["TaskDataset", "open_store"]

@@ -29,7 +29,7 @@ store instead of the test split (``eval_labels=`` defaults to ``labels=``: one n
 usually covers both).
 
 Training uses Lightning (:func:`hyperkd.training.runner.make_trainer`: CSV/TensorBoard logs,
-safetensors checkpoints) with :class:`~hyperkd.evaluation.finetune_module.FinetuneModule`,
+safetensors checkpoints) with :class:`~hyperkd.training.finetune.FinetuneModule`,
 which also trains under a plain ``lightning.Trainer``. With a fixed encoder (``frozen``,
 ``linear``) the encoder's output for a chip never changes (no augmentation), so it is
 computed once and cached on the CPU (up to ``cache_mb``): later epochs only train the head.
@@ -65,13 +65,13 @@ from hyperkd.data.splits import split_chips
 from hyperkd.data.store import ChipStore
 from hyperkd.evaluation.compare import headline
 from hyperkd.evaluation.datasets import TaskDataset, open_store
-from hyperkd.evaluation.finetune_module import FinetuneModule
 from hyperkd.evaluation.labels import TaskLabels, bind_labels, target_stats
 from hyperkd.evaluation.metrics import RegressionAccumulator
 from hyperkd.evaluation.results import EvalResult, FinetuneResult
 from hyperkd.evaluation.tasks import RegressionTask, SegmentationTask, Task, get_task
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.models.pixel import PROTOCOLS, PixelModel, encoder_config, layers_tuple, recompute_batchnorm
+from hyperkd.training.finetune import FinetuneModule
 
 RAW = "raw"
 INITS = ("pretrained", "random")
@@ -82,8 +82,9 @@ INITS = ("pretrained", "random")
 # ----------------------------------------------------------------------------------------------
 
 
-def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, init: str = "pretrained"
-                    ) -> HyperspectralMAE | None:
+def resolve_student(
+    student: str | Path | HyperspectralMAE, store: ChipStore, init: str = "pretrained"
+) -> HyperspectralMAE | None:
     """The encoder to fine-tune (``None`` for ``"raw"``), checked against the store's bands and chip size.
 
     ``init="random"`` rebuilds the same architecture with fresh weights (call after seeding).
@@ -101,17 +102,21 @@ def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, in
         if spec.trained:
             loaded = create_model(spec)  # the class comes from the saved config's model_type
             if not isinstance(loaded, HyperspectralMAE):
-                raise HyperKDError(f"student {spec.spec!r} is a {type(loaded).__name__}, not a hyperspectral MAE "
-                                   "student")
+                raise HyperKDError(
+                    f"student {spec.spec!r} is a {type(loaded).__name__}, not a hyperspectral MAE student"
+                )
             model = loaded
         else:
             if init != "random":
                 raise HyperKDError(
                     f"student {spec.spec!r} is an architecture, not trained weights; pass init='random' "
-                    "(--init random) for an untrained-encoder control, or a trained run folder")
+                    "(--init random) for an untrained-encoder control, or a trained run folder"
+                )
             if spec.sensor is not None and spec.sensor != store.sensor.name:
-                raise HyperKDError(f"student {spec.spec!r} is for sensor {spec.sensor!r} but {store.root} holds "
-                                   f"{store.sensor.name!r} chips")
+                raise HyperKDError(
+                    f"student {spec.spec!r} is for sensor {spec.sensor!r} but {store.root} holds "
+                    f"{store.sensor.name!r} chips"
+                )
             # the store's band table carries its statistics: the encoder standardises with them
             return create_model(spec, sensor=store.sensor, img_size=store.chip_size)
     if model.in_chans != store.sensor.num_bands or model.img_size != store.chip_size:
@@ -121,8 +126,10 @@ def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, in
             "band selection and chip size"
         )
     if list(model.sensor.band_names) != list(store.sensor.band_names):
-        raise HyperKDError(f"the student's bands differ from those of {store.root} (same count, other bands); "
-                           "use a store with the student's band selection")
+        raise HyperKDError(
+            f"the student's bands differ from those of {store.root} (same count, other bands); "
+            "use a store with the student's band selection"
+        )
     if init == "random":
         return HyperspectralMAE(**encoder_config(model))  # same architecture and standardisation, new weights
     return model
@@ -136,12 +143,16 @@ def resolve_student(student: str | Path | HyperspectralMAE, store: ChipStore, in
 def _check_eval_store(train: ChipStore, other: ChipStore, task: Task, eval_labels: str | Path | None) -> None:
     """Refuse, before any training, a test store the model could not be scored on."""
     if other.sensor.band_names != train.sensor.band_names or other.chip_size != train.chip_size:
-        raise HyperKDError(f"the evaluation store {other.root} has other bands or chip size than {train.root}; "
-                           "evaluate on a store made with the same band selection and --size")
+        raise HyperKDError(
+            f"the evaluation store {other.root} has other bands or chip size than {train.root}; "
+            "evaluate on a store made with the same band selection and --size"
+        )
     if eval_labels is None and task.label not in other.labels:
         have = ", ".join(other.labels) or "none"
-        raise DataError(f"the evaluation store {other.root} has no label layer {task.label!r} (it has: {have}); "
-                        "pass --eval-labels RASTER")
+        raise DataError(
+            f"the evaluation store {other.root} has no label layer {task.label!r} (it has: {have}); "
+            "pass --eval-labels RASTER"
+        )
     if eval_labels is not None and not Path(eval_labels).exists():
         raise DataError(f"label raster {eval_labels} does not exist")
 
@@ -195,19 +206,25 @@ def finetune(
         raise HyperKDError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if (out / "metrics.json").exists() or (out / "finetune.json").exists():
         if not overwrite:
-            raise HyperKDError(f"{out} already holds a fine-tune run; choose another --out (or overwrite=True)")
+            raise HyperKDError(
+                f"{out} already holds a fine-tune run; choose another --out (or overwrite=True)"
+            )
         shutil.rmtree(out)
     base_task = get_task(task, label=label)
     train_store = open_store(store)
-    bound, task_labels = bind_labels(base_task, train_store, labels, cache=out / "labels" / "train.npy" if labels else None)
+    bound, task_labels = bind_labels(
+        base_task, train_store, labels, cache=out / "labels" / "train.npy" if labels else None
+    )
 
     tf = 0.0 if eval_store is not None else test_fraction
     train_idx, val_idx, test_idx = split_chips(len(train_store), val_fraction, tf, split_seed)
     if train_chips is not None:
         if train_chips < 1 or train_chips > len(train_idx):
-            raise HyperKDError(f"--train-chips {train_chips}: the training split of {train_store.root} has "
-                               f"{len(train_idx)} chips (after holding out {len(val_idx)} validation and "
-                               f"{len(test_idx)} test chips)")
+            raise HyperKDError(
+                f"--train-chips {train_chips}: the training split of {train_store.root} has "
+                f"{len(train_idx)} chips (after holding out {len(val_idx)} validation and "
+                f"{len(test_idx)} test chips)"
+            )
         train_idx = sorted(np.random.default_rng(seed).permutation(train_idx)[:train_chips].tolist())
     if isinstance(bound, RegressionTask):
         bound = bound.with_target_stats(*target_stats(task_labels, train_idx))
@@ -223,76 +240,144 @@ def finetune(
     encoder = resolve_student(student, train_store, init)
     torch.manual_seed(seed)  # the same head initialisation for every student of one architecture at this seed
     init_name = "none" if encoder is None else init
-    model = PixelModel.build(bound, encoder=encoder, sensor=train_store.sensor, img_size=train_store.chip_size,
-                             protocol=protocol, layers=layers, hidden=hidden, student=_student_name(student),
-                             init=init_name)
+    model = PixelModel.build(
+        bound,
+        encoder=encoder,
+        sensor=train_store.sensor,
+        img_size=train_store.chip_size,
+        protocol=protocol,
+        layers=layers,
+        hidden=hidden,
+        student=_student_name(student),
+        init=init_name,
+    )
 
     settings = {
-        "student": _student_name(student), "init": init_name, "task": bound.name, "label": bound.label,
-        "kind": bound.kind, "protocol": protocol, "seed": seed, "split_seed": split_seed,
-        "store": str(train_store.root.resolve()), "synthetic": train_store.synthetic,
-        "labels": str(labels) if labels else None, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "encoder_lr_scale": encoder_lr_scale, "weight_decay": weight_decay, "hidden": hidden,
-        "layers": list(layers_tuple(layers)), "train_chips": train_idx, "val_chips": val_idx,
-        "test_chips": test_idx, "eval_store": str(eval_st.root.resolve()) if eval_st is not None else None,
+        "student": _student_name(student),
+        "init": init_name,
+        "task": bound.name,
+        "label": bound.label,
+        "kind": bound.kind,
+        "protocol": protocol,
+        "seed": seed,
+        "split_seed": split_seed,
+        "store": str(train_store.root.resolve()),
+        "synthetic": train_store.synthetic,
+        "labels": str(labels) if labels else None,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "encoder_lr_scale": encoder_lr_scale,
+        "weight_decay": weight_decay,
+        "hidden": hidden,
+        "layers": list(layers_tuple(layers)),
+        "train_chips": train_idx,
+        "val_chips": val_idx,
+        "test_chips": test_idx,
+        "eval_store": str(eval_st.root.resolve()) if eval_st is not None else None,
         "eval_labels": str(eval_labels) if eval_labels else None,
         "label_scarce": train_chips is not None,
     }
-    model.config["trained_on"] = {"store": settings["store"], "train_chips": train_idx, "val_chips": val_idx,
-                                  "test_chips": test_idx, "labels": settings["labels"]}
+    model.config["trained_on"] = {
+        "store": settings["store"],
+        "train_chips": train_idx,
+        "val_chips": val_idx,
+        "test_chips": test_idx,
+        "labels": settings["labels"],
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "finetune.json", settings)
 
     gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(TaskDataset(train_store, train_idx, task_labels), batch_size=min(batch_size, len(train_idx)),
-                              shuffle=True, generator=gen, num_workers=num_workers)
-    val_loader = DataLoader(TaskDataset(train_store, val_idx, task_labels), batch_size=batch_size,
-                            num_workers=num_workers) if val_idx else None
-    module = FinetuneModule(model, lr=lr, encoder_lr_scale=encoder_lr_scale, weight_decay=weight_decay,
-                            cache_mb=cache_mb)
+    train_loader = DataLoader(
+        TaskDataset(train_store, train_idx, task_labels),
+        batch_size=min(batch_size, len(train_idx)),
+        shuffle=True,
+        generator=gen,
+        num_workers=num_workers,
+    )
+    val_loader = (
+        DataLoader(
+            TaskDataset(train_store, val_idx, task_labels), batch_size=batch_size, num_workers=num_workers
+        )
+        if val_idx
+        else None
+    )
+    module = FinetuneModule(
+        model, lr=lr, encoder_lr_scale=encoder_lr_scale, weight_decay=weight_decay, cache_mb=cache_mb
+    )
     from hyperkd.training.runner import make_trainer
 
-    tcfg = {"max_epochs": epochs, "accelerator": "auto", "devices": 1, "log_every_n_steps": 1,
-            "checkpoint_every_n_steps": 10**9, **dict(trainer or {})}
+    tcfg = {
+        "max_epochs": epochs,
+        "accelerator": "auto",
+        "devices": 1,
+        "log_every_n_steps": 1,
+        "checkpoint_every_n_steps": 10**9,
+        **dict(trainer or {}),
+    }
     if val_loader is None:
         tcfg["limit_val_batches"] = 0
     lt = make_trainer({"trainer": tcfg}, out)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the fixed encoder, on purpose
+        warnings.filterwarnings(
+            "ignore", message=".*module\\(s\\) in eval mode.*"
+        )  # the fixed encoder, on purpose
         lt.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     # model/ is the artefact; Lightning's last.ckpt would duplicate the (possibly large) encoder
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     # exact BatchNorm statistics of the final weights over the training chips (see recompute_batchnorm)
     dev = next(module.model.parameters()).device
-    stats_loader = DataLoader(TaskDataset(train_store, train_idx, task_labels), batch_size=batch_size,
-                              num_workers=num_workers)
-    recompute_batchnorm(module.model, (
-        {k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in stats_loader),
-        lambda b: module.model.head_forward(module._features(b)))
+    stats_loader = DataLoader(
+        TaskDataset(train_store, train_idx, task_labels), batch_size=batch_size, num_workers=num_workers
+    )
+    recompute_batchnorm(
+        module.model,
+        ({k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in stats_loader),
+        lambda b: module.model.head_forward(module._features(b)),
+    )
 
     model = module.model.cpu().eval()
     model_dir = model.save(out / "model")
     # validation metrics of the final model (Lightning's per-epoch ones in logs/ used moving BN statistics)
-    val_metrics = evaluate(model, train_store, chips=val_idx, figures=False,
-                           task_labels=task_labels).metrics if val_idx else {}
+    val_metrics = (
+        evaluate(model, train_store, chips=val_idx, figures=False, task_labels=task_labels).metrics
+        if val_idx
+        else {}
+    )
     if eval_st is not None:
         ev = evaluate(model, eval_st, labels=eval_labels, out=out, figures=figures, settings=settings)
     else:
         # chips=None: the model's recorded test split of its training store
-        ev = evaluate(model, train_store, labels=labels, out=out, figures=figures,
-                      settings=settings, task_labels=task_labels if labels else None)
+        ev = evaluate(
+            model,
+            train_store,
+            labels=labels,
+            out=out,
+            figures=figures,
+            settings=settings,
+            task_labels=task_labels if labels else None,
+        )
     if figures:
         from hyperkd.viz.figures import loss_curves
 
-        p = loss_curves(out / "logs" / "metrics.csv", out / "figures" / "loss.png", keys=["train/loss", "val/loss"])
+        p = loss_curves(
+            out / "logs" / "metrics.csv", out / "figures" / "loss.png", keys=["train/loss", "val/loss"]
+        )
         if p is not None:
             ev.figures.append(p)
     summary = json.loads((out / "metrics.json").read_text())
     summary["val"] = headline(val_metrics)
     summary["time_s"] = round(time.time() - t0, 2)
     atomic_write_json(out / "metrics.json", summary)
-    return FinetuneResult(run_dir=out, model_dir=model_dir, metrics=ev.metrics, val_metrics=val_metrics,
-                          settings=settings, figures=ev.figures)
+    return FinetuneResult(
+        run_dir=out,
+        model_dir=model_dir,
+        metrics=ev.metrics,
+        val_metrics=val_metrics,
+        settings=settings,
+        figures=ev.figures,
+    )
 
 
 def _test_chips_for(model: PixelModel, store: ChipStore) -> list[int] | None:
@@ -346,9 +431,15 @@ def evaluate(
     if len(idx) == len(st) and _test_chips_for(pm, st) is not None:
         which = "all chips (including the chips the model was trained on)"
     if pm.in_chans != st.sensor.num_bands or pm.img_size != st.chip_size:
-        raise HyperKDError(f"the model expects {pm.in_chans} bands of {pm.img_size} px but {st.root} holds "
-                           f"{st.sensor.num_bands} bands of {st.chip_size} px")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        raise HyperKDError(
+            f"the model expects {pm.in_chans} bands of {pm.img_size} px but {st.root} holds "
+            f"{st.sensor.num_bands} bands of {st.chip_size} px"
+        )
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     pm = pm.to(dev).eval()
     acc = pm.task.accumulator()
     maps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -358,8 +449,14 @@ def evaluate(
         acc.update(pred, batch["target"])
         for j in range(pred.shape[0]):
             if len(maps) < n_maps:
-                maps.append((int(batch["index"][j]), batch["image"][j].numpy(), batch["target"][j].numpy(),
-                             pred[j].numpy()))
+                maps.append(
+                    (
+                        int(batch["index"][j]),
+                        batch["image"][j].numpy(),
+                        batch["target"][j].numpy(),
+                        pred[j].numpy(),
+                    )
+                )
     metrics = acc.compute()
     if isinstance(pm.task, SegmentationTask) and task_labels.unknown_pixels:
         metrics["pixels_unknown_class"] = task_labels.unknown_pixels
@@ -368,10 +465,18 @@ def evaluate(
         return result
     out = Path(out)
     record = {
-        "task": pm.task.name, "kind": pm.task.kind, "label": pm.task.label, "protocol": pm.protocol,
-        "student": pm.config.get("student"), "init": pm.config.get("init"),
-        "store": str(st.root.resolve()), "synthetic": st.synthetic, "labels": str(labels) if labels else None,
-        "chips": which, "num_chips": len(idx), **({"settings": dict(settings)} if settings else {}),
+        "task": pm.task.name,
+        "kind": pm.task.kind,
+        "label": pm.task.label,
+        "protocol": pm.protocol,
+        "student": pm.config.get("student"),
+        "init": pm.config.get("init"),
+        "store": str(st.root.resolve()),
+        "synthetic": st.synthetic,
+        "labels": str(labels) if labels else None,
+        "chips": which,
+        "num_chips": len(idx),
+        **({"settings": dict(settings)} if settings else {}),
         "metrics": metrics,
     }
     atomic_write_json(out / "metrics.json", record)
@@ -381,20 +486,48 @@ def evaluate(
         figs = out / "figures"
         title = f"{pm.task.name} ({pm.protocol}, {pm.config.get('student')})"
         if isinstance(pm.task, SegmentationTask):
-            result.figures.append(confusion_figure(np.asarray(metrics["confusion_matrix"]), pm.task.classes,
-                                                   figs / "confusion.png", title=title))
+            result.figures.append(
+                confusion_figure(
+                    np.asarray(metrics["confusion_matrix"]),
+                    pm.task.classes,
+                    figs / "confusion.png",
+                    title=title,
+                )
+            )
         elif isinstance(acc, RegressionAccumulator):
-            result.figures.append(scatter_figure(acc.sample, figs / "scatter.png", unit=pm.task.unit,
-                                                 title=title, metrics=metrics))
+            result.figures.append(
+                scatter_figure(
+                    acc.sample, figs / "scatter.png", unit=pm.task.unit, title=title, metrics=metrics
+                )
+            )
         if maps:
             seg = isinstance(pm.task, SegmentationTask)
-            result.figures.append(maps_figure(
-                pm.sensor, [m[1] for m in maps], [m[2] for m in maps], [m[3] for m in maps], figs / "maps.png",
-                classes=pm.task.classes if seg else None, unit=getattr(pm.task, "unit", ""),
-                titles=[f"chip {m[0]}" for m in maps],
-                ignore_index=pm.task.ignore_index if seg else -1))
+            result.figures.append(
+                maps_figure(
+                    pm.sensor,
+                    [m[1] for m in maps],
+                    [m[2] for m in maps],
+                    [m[3] for m in maps],
+                    figs / "maps.png",
+                    classes=pm.task.classes if seg else None,
+                    unit=getattr(pm.task, "unit", ""),
+                    titles=[f"chip {m[0]}" for m in maps],
+                    ignore_index=pm.task.ignore_index if seg else -1,
+                )
+            )
     return result
 
 
-__all__ = ["RAW", "EvalResult", "FinetuneModule", "FinetuneResult", "TaskDataset", "TaskLabels", "bind_labels",
-           "evaluate", "finetune", "resolve_student", "split_chips"]
+__all__ = [
+    "RAW",
+    "EvalResult",
+    "FinetuneModule",
+    "FinetuneResult",
+    "TaskDataset",
+    "TaskLabels",
+    "bind_labels",
+    "evaluate",
+    "finetune",
+    "resolve_student",
+    "split_chips",
+]

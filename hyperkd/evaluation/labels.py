@@ -27,8 +27,9 @@ class TaskLabels:
     label); pixels the chip marks invalid (no image data) are never labelled.
     """
 
-    def __init__(self, store: ChipStore, task: Task, raster_values: np.ndarray | None = None,
-                 unknown_pixels: int = 0) -> None:
+    def __init__(
+        self, store: ChipStore, task: Task, raster_values: np.ndarray | None = None, unknown_pixels: int = 0
+    ) -> None:
         self.store = store
         self.task = task
         self.raster_values = raster_values
@@ -47,8 +48,10 @@ class TaskLabels:
             ign = self.task.ignore_index
             bad = (t != ign) & ((t < 0) | (t >= len(self.task.classes)))
             if bad.any():
-                raise DataError(f"{self.store.root}: chip {index} has class ids outside 0..{len(self.task.classes) - 1} "
-                                f"in label {self.task.label!r} (e.g. {int(t[bad][0])})")
+                raise DataError(
+                    f"{self.store.root}: chip {index} has class ids outside 0..{len(self.task.classes) - 1} "
+                    f"in label {self.task.label!r} (e.g. {int(t[bad][0])})"
+                )
             return np.where(valid, t, ign)
         t = t.astype(np.float32)
         return np.where(valid, t, np.float32(np.nan))
@@ -74,8 +77,10 @@ def bind_labels(
             )
         bound = task.bind(store.labels[task.label])
         if isinstance(task, SegmentationTask) and task.classes and tuple(task.classes) != bound.classes:
-            raise DataError(f"label {task.label!r} of {store.root} has classes {list(bound.classes)}, but the "
-                            f"model was trained on {list(task.classes)}")
+            raise DataError(
+                f"label {task.label!r} of {store.root} has classes {list(bound.classes)}, but the "
+                f"model was trained on {list(task.classes)}"
+            )
         return bound, TaskLabels(store, bound)
 
     from hyperkd.data.labels import NLCD_CLASSES, align_label_raster, class_codes, class_names, encode_classes
@@ -86,10 +91,19 @@ def bind_labels(
         codes = list(task.codes) or class_codes(values)
         if not codes:
             raise DataError(f"label raster {labels} has no labelled pixel over the chips of {store.root}")
-        names = list(task.classes) if task.codes else class_names(codes, NLCD_CLASSES if task.name == "landcover" else None)
+        names = (
+            list(task.classes)
+            if task.codes
+            else class_names(codes, NLCD_CLASSES if task.name == "landcover" else None)
+        )
         spec = LabelSpec("class", classes=tuple(names), ignore_index=task.ignore_index)
-        bound_seg = SegmentationTask(label=task.label, name=task.name, classes=tuple(names),
-                                     ignore_index=task.ignore_index, codes=tuple(float(c) for c in codes))
+        bound_seg = SegmentationTask(
+            label=task.label,
+            name=task.name,
+            classes=tuple(names),
+            ignore_index=task.ignore_index,
+            codes=tuple(float(c) for c in codes),
+        )
         bound_seg.bind(spec)
         ids, unknown = encode_classes(values, codes, task.ignore_index)
         return bound_seg, TaskLabels(store, bound_seg, ids, unknown)

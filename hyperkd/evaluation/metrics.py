@@ -76,10 +76,14 @@ class ConfusionAccumulator(MulticlassConfusionMatrix):
         keep = t != self.ignore_index
         p, t = p[keep], t[keep]
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
-            raise DataError(f"target class ids must be in 0..{k - 1} or {self.ignore_index} (ignore), "
-                            f"found {int(t.min())}..{int(t.max())}")
+            raise DataError(
+                f"target class ids must be in 0..{k - 1} or {self.ignore_index} (ignore), "
+                f"found {int(t.min())}..{int(t.max())}"
+            )
         if p.numel() and (int(p.min()) < 0 or int(p.max()) >= k):
-            raise HyperKDError(f"predicted class ids must be in 0..{k - 1}, found {int(p.min())}..{int(p.max())}")
+            raise HyperKDError(
+                f"predicted class ids must be in 0..{k - 1}, found {int(p.min())}..{int(p.max())}"
+            )
         self.confmat += multiclass_confusion_matrix(p, t, k, validate_args=False)
 
     def compute(self) -> dict[str, Any]:  # type: ignore[override]
@@ -87,7 +91,9 @@ class ConfusionAccumulator(MulticlassConfusionMatrix):
         return classification_metrics(self.confmat.cpu().numpy(), self.classes)
 
 
-def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = -1) -> np.ndarray:
+def confusion_matrix(
+    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = -1
+) -> np.ndarray:
     """``(K, K)`` int64 counts, rows = true class, columns = predicted class.
 
     Pixels whose target is ``ignore_index`` are skipped. A target or prediction outside
@@ -211,8 +217,12 @@ class RegressionAccumulator(Metric):
         e = p - t
         self.sums += torch.stack([(e**2).sum(), e.abs().sum(), e.sum()])
         mb = t.mean()
-        batch = torch.stack([torch.tensor(float(t.numel()), dtype=torch.float64, device=dev), mb, ((t - mb) ** 2).sum()])
-        self.moments = torch.tensor(_merge_moments(torch.stack([self.moments, batch])), dtype=torch.float64, device=dev)
+        batch = torch.stack(
+            [torch.tensor(float(t.numel()), dtype=torch.float64, device=dev), mb, ((t - mb) ** 2).sum()]
+        )
+        self.moments = torch.tensor(
+            _merge_moments(torch.stack([self.moments, batch])), dtype=torch.float64, device=dev
+        )
         if self.sample_size:
             keys = np.concatenate([self._keys, self._rng.random(t.numel())])
             pairs = np.concatenate([self._pairs, torch.stack([t, p], dim=1).cpu().numpy()])
@@ -230,8 +240,16 @@ class RegressionAccumulator(Metric):
         """RMSE, MAE, R2, bias, pixel count, target mean and std, and the unit."""
         n, mean_t, m2_t = _merge_moments(self.moments)
         if n == 0:
-            return {"rmse": None, "mae": None, "r2": None, "bias": None, "pixels": 0, "target_mean": None,
-                    "target_std": None, "unit": self.unit}
+            return {
+                "rmse": None,
+                "mae": None,
+                "r2": None,
+                "bias": None,
+                "pixels": 0,
+                "target_mean": None,
+                "target_std": None,
+                "unit": self.unit,
+            }
         sse, sae, se = self.sums.tolist()
         return {
             "rmse": math.sqrt(sse / n),
@@ -252,5 +270,10 @@ def regression_metrics(pred: ArrayLike, target: ArrayLike, unit: str = "") -> di
     return acc.compute()
 
 
-__all__ = ["ConfusionAccumulator", "RegressionAccumulator", "classification_metrics", "confusion_matrix",
-           "regression_metrics"]
+__all__ = [
+    "ConfusionAccumulator",
+    "RegressionAccumulator",
+    "classification_metrics",
+    "confusion_matrix",
+    "regression_metrics",
+]

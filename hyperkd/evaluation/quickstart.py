@@ -44,8 +44,15 @@ from hyperkd.core.progress import DISABLE_ENV
 logger = logging.getLogger(__name__)
 
 ROWS = ("no-KD", "HyperKD", "random-teacher KD", "untrained encoder", "raw spectra")
-TINY_TEACHER = {"patch_size": [1, 8, 8], "embed_dim": 64, "depth": 4, "num_heads": 4,
-                "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 4}
+TINY_TEACHER = {
+    "patch_size": [1, 8, 8],
+    "embed_dim": 64,
+    "depth": 4,
+    "num_heads": 4,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 4,
+}
 """Architecture of the quickstart's tiny Prithvi-architecture teacher (64 px chips)."""
 
 
@@ -63,7 +70,7 @@ class QuickstartConfig:
     finetune_epochs: int = 15
     train_chips: int = 12
     tasks: tuple[str, ...] = ("landcover", "croptype")
-    teacher: str = "tiny"          # "tiny" (trained here) or a registered teacher with weights, e.g. prithvi
+    teacher: str = "tiny"  # "tiny" (trained here) or a registered teacher with weights, e.g. prithvi
     teacher_weights: str | None = None
     data_seed: int = 0
     extra_sets: tuple[str, ...] = field(default_factory=tuple)
@@ -154,19 +161,38 @@ def _run(
 
     # 1. data -------------------------------------------------------------------------------
     t = time.time()
-    log(f"[1/5] synthesising SYNTHETIC stores: {cfg.teacher_chips} HLS chips (teacher), "
-        f"{cfg.student_chips} EnMAP chips (student), {cfg.eval_chips} labelled EnMAP chips (evaluation)")
-    stores = kd_stores(out / "data", teacher_chips=cfg.teacher_chips, student_chips=cfg.student_chips,
-                       eval_chips=cfg.eval_chips, size=cfg.size, seed=cfg.data_seed)
+    log(
+        f"[1/5] synthesising SYNTHETIC stores: {cfg.teacher_chips} HLS chips (teacher), "
+        f"{cfg.student_chips} EnMAP chips (student), {cfg.eval_chips} labelled EnMAP chips (evaluation)"
+    )
+    stores = kd_stores(
+        out / "data",
+        teacher_chips=cfg.teacher_chips,
+        student_chips=cfg.student_chips,
+        eval_chips=cfg.eval_chips,
+        size=cfg.size,
+        seed=cfg.data_seed,
+    )
     stage("data", t)
 
     # 2. teacher ----------------------------------------------------------------------------
     t = time.time()
     if cfg.teacher == "tiny":
-        log(f"[2/5] pretraining a tiny Prithvi-architecture teacher on the HLS set ({cfg.teacher_epochs} "
-            "epochs; NOT NASA/IBM's Prithvi-EO)")
-        weights = str(pretrain_teacher(stores["teacher"], out / "teacher", epochs=cfg.teacher_epochs,
-                                       batch_size=16, lr=1e-3, seed=cfg.data_seed, **TINY_TEACHER))
+        log(
+            f"[2/5] pretraining a tiny Prithvi-architecture teacher on the HLS set ({cfg.teacher_epochs} "
+            "epochs; NOT NASA/IBM's Prithvi-EO)"
+        )
+        weights = str(
+            pretrain_teacher(
+                stores["teacher"],
+                out / "teacher",
+                epochs=cfg.teacher_epochs,
+                batch_size=16,
+                lr=1e-3,
+                seed=cfg.data_seed,
+                **TINY_TEACHER,
+            )
+        )
         teacher_name = "prithvi-eo-tiny"
         teacher_sets = [f"teacher.{k}={json.dumps(v)}" for k, v in TINY_TEACHER.items()]
         teacher_sets.append(f"teacher.img_size={cfg.size}")
@@ -179,18 +205,29 @@ def _run(
 
     # 3. students ---------------------------------------------------------------------------
     t = time.time()
-    common = [f"data.store={stores['student'].root}", f"trainer.max_epochs={cfg.student_epochs}",
-              "trainer.figures=true", "data.batch_size=8"]
+    common = [
+        f"data.store={stores['student'].root}",
+        f"trainer.max_epochs={cfg.student_epochs}",
+        "trainer.figures=true",
+        "data.batch_size=8",
+    ]
     runs: dict[tuple[str, int], Path] = {}
     recon: dict[tuple[str, int], dict[str, float]] = {}
     for seed in cfg.seeds:
-        log(f"[3/5] seed {seed}: students no-KD, HyperKD, random-teacher KD ({cfg.student_epochs} epochs each)")
+        log(
+            f"[3/5] seed {seed}: students no-KD, HyperKD, random-teacher KD ({cfg.student_epochs} epochs each)"
+        )
         sets = [*common, f"seed={seed}"]
         r = pretrain("mae", out / "runs" / f"no-KD-s{seed}", overrides=sets)
         runs[("no-KD", seed)], recon[("no-KD", seed)] = r.run_dir, r.metrics
         for row, w in (("HyperKD", weights), ("random-teacher KD", "none")):
-            r = distill("hyperkd", out / "runs" / f"{row.replace(' ', '-')}-s{seed}", teacher=teacher_name,
-                        teacher_weights=w, overrides=[*sets, *teacher_sets])
+            r = distill(
+                "hyperkd",
+                out / "runs" / f"{row.replace(' ', '-')}-s{seed}",
+                teacher=teacher_name,
+                teacher_weights=w,
+                overrides=[*sets, *teacher_sets],
+            )
             runs[(row, seed)], recon[(row, seed)] = r.run_dir, r.metrics
     stage("students", t)
 
@@ -198,8 +235,10 @@ def _run(
     t = time.time()
     records: list[dict[str, Any]] = []
     for seed in cfg.seeds:
-        log(f"[4/5] seed {seed}: frozen encoder + CNN head on {', '.join(cfg.tasks)} "
-            f"({cfg.train_chips} labelled chips) for {len(ROWS)} rows")
+        log(
+            f"[4/5] seed {seed}: frozen encoder + CNN head on {', '.join(cfg.tasks)} "
+            f"({cfg.train_chips} labelled chips) for {len(ROWS)} rows"
+        )
         for row in ROWS:
             metrics: dict[str, float] = {}
             if (row, seed) in recon:
@@ -213,10 +252,18 @@ def _run(
                     student, init = str(runs[("no-KD", seed)]), "random"
                 else:
                     student, init = str(runs[(row, seed)]), "pretrained"
-                res = finetune(student=student, init=init, task=task, store=stores["eval"],
-                               out=out / "finetune" / f"{row.replace(' ', '-')}-{task}-s{seed}",
-                               protocol="frozen", seed=seed, train_chips=cfg.train_chips,
-                               epochs=cfg.finetune_epochs, figures=(seed == cfg.seeds[0]))
+                res = finetune(
+                    student=student,
+                    init=init,
+                    task=task,
+                    store=stores["eval"],
+                    out=out / "finetune" / f"{row.replace(' ', '-')}-{task}-s{seed}",
+                    protocol="frozen",
+                    seed=seed,
+                    train_chips=cfg.train_chips,
+                    epochs=cfg.finetune_epochs,
+                    figures=(seed == cfg.seeds[0]),
+                )
                 s = res.scalars
                 metrics[f"{task} acc"] = s.get("overall_accuracy", float("nan"))
                 metrics[f"{task} mIoU"] = s.get("miou", float("nan"))
@@ -241,9 +288,14 @@ def _run(
     report = {
         "synthetic": True,
         "config": asdict(cfg),
-        "teacher": {"name": teacher_name, "weights": weights,
-                    "note": "tiny Prithvi-architecture teacher trained here on synthetic HLS chips; "
-                            "not NASA/IBM's weights" if cfg.teacher == "tiny" else ""},
+        "teacher": {
+            "name": teacher_name,
+            "weights": weights,
+            "note": "tiny Prithvi-architecture teacher trained here on synthetic HLS chips; "
+            "not NASA/IBM's weights"
+            if cfg.teacher == "tiny"
+            else "",
+        },
         "table": table.to_dict(),
         "records": records,
         "timings_s": timings,
@@ -273,15 +325,22 @@ def reading(table: Any) -> str:
     hk = table.rows.get("HyperKD", {})
     rt = table.rows.get("random-teacher KD", {})
     lines.append(
-        "HyperKD vs no-KD: " + (f"better beyond the seed spread on {', '.join(kd_better)}" if kd_better
-                                else "no difference beyond the seed spread")
-        + (f"; worse on {', '.join(kd_worse)}" if kd_worse else "") + "."
+        "HyperKD vs no-KD: "
+        + (
+            f"better beyond the seed spread on {', '.join(kd_better)}"
+            if kd_better
+            else "no difference beyond the seed spread"
+        )
+        + (f"; worse on {', '.join(kd_worse)}" if kd_worse else "")
+        + "."
     )
     if kd_better:
         shared = [m for m in kd_better if m in rnd_better]
         if shared:
-            lines.append(f"The random-teacher control also beats no-KD on {', '.join(shared)}: "
-                         "there, the gain is not evidence of knowledge transfer.")
+            lines.append(
+                f"The random-teacher control also beats no-KD on {', '.join(shared)}: "
+                "there, the gain is not evidence of knowledge transfer."
+            )
     beats_rt, trails_rt = [], []
     for m in table.metrics:
         a, b = hk.get(m), rt.get(m)
@@ -289,24 +348,35 @@ def reading(table: Any) -> str:
             (beats_rt if (a.mean > b.mean) == _up(m) else trails_rt).append(m)
     lines.append(
         "HyperKD vs the random-teacher control: "
-        + (f"better beyond the seed spread on {', '.join(beats_rt)}" if beats_rt
-           else "no difference beyond the seed spread")
-        + (f"; worse on {', '.join(trails_rt)}" if trails_rt else "") + "."
+        + (
+            f"better beyond the seed spread on {', '.join(beats_rt)}"
+            if beats_rt
+            else "no difference beyond the seed spread"
+        )
+        + (f"; worse on {', '.join(trails_rt)}" if trails_rt else "")
+        + "."
     )
     verdict = [m for m in kd_better if m in beats_rt]
-    lines.append("Evidence of knowledge transfer (HyperKD beats both no-KD and the random teacher): "
-                 + (", ".join(verdict) if verdict else "none in this run") + ".")
+    lines.append(
+        "Evidence of knowledge transfer (HyperKD beats both no-KD and the random teacher): "
+        + (", ".join(verdict) if verdict else "none in this run")
+        + "."
+    )
     for ctrl in ("untrained encoder", "raw spectra"):
         better = [m for m, x in v.get(ctrl, {}).items() if x == "better"]
         if better:
-            lines.append(f"The {ctrl} control beats no-KD on {', '.join(better)}: pretraining did not help there.")
+            lines.append(
+                f"The {ctrl} control beats no-KD on {', '.join(better)}: pretraining did not help there."
+            )
     return "\n".join(lines)
 
 
 def _up(metric: str) -> bool:
     from hyperkd.evaluation.compare import better_direction
 
-    return better_direction(metric.replace("recon ", "").replace(" acc", "/accuracy").replace(" mIoU", "/miou"))
+    return better_direction(
+        metric.replace("recon ", "").replace(" acc", "/accuracy").replace(" mIoU", "/miou")
+    )
 
 
 def _bar_figure(table: Any, path: Path) -> None:
@@ -320,8 +390,13 @@ def _bar_figure(table: Any, path: Path) -> None:
     for ax, m in zip(axes[0], metrics, strict=True):
         means = [table.rows[r][m].mean if m in table.rows[r] else np.nan for r in rows]
         stds = [table.rows[r][m].std if m in table.rows[r] else 0 for r in rows]
-        ax.bar(range(len(rows)), means, yerr=stds, capsize=3,
-               color=["#777", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"][: len(rows)])
+        ax.bar(
+            range(len(rows)),
+            means,
+            yerr=stds,
+            capsize=3,
+            color=["#777", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"][: len(rows)],
+        )
         ax.set_xticks(range(len(rows)), rows, rotation=35, ha="right", fontsize=8)
         ax.set_title(m, fontsize=9)
         lo = np.nanmin(np.array(means) - np.array(stds))
@@ -339,17 +414,17 @@ def render_markdown(report: dict[str, Any], table_md: str, figure_prefix: str) -
     reading_text = report.get("reading", "")
     return f"""# hyperkd quickstart report
 
-Generated by `hyperkd quickstart` in {report['seconds']} s. **All data are synthetic**
+Generated by `hyperkd quickstart` in {report["seconds"]} s. **All data are synthetic**
 (scenes built from real earthlib spectra, see docs/synthetic-data.md): nothing here says how
 a model does on real EnMAP imagery.
 
-- data: {c['teacher_chips']} HLS chips for the teacher; {c['student_chips']} EnMAP chips for the
-  students (some crops and soils absent, lower SNR); {c['eval_chips']} labelled EnMAP chips for
-  evaluation; {c['size']} px.
-- teacher: {report['teacher']['name']} ({report['teacher']['note'] or report['teacher']['weights']}).
-- students: tiny MAEs, {c['student_epochs']} epochs each; seeds {seeds}.
-- downstream: frozen encoder + CNN head, {c['train_chips']} labelled training chips,
-  {c['finetune_epochs']} epochs; metrics on held-out evaluation chips.
+- data: {c["teacher_chips"]} HLS chips for the teacher; {c["student_chips"]} EnMAP chips for the
+  students (some crops and soils absent, lower SNR); {c["eval_chips"]} labelled EnMAP chips for
+  evaluation; {c["size"]} px.
+- teacher: {report["teacher"]["name"]} ({report["teacher"]["note"] or report["teacher"]["weights"]}).
+- students: tiny MAEs, {c["student_epochs"]} epochs each; seeds {seeds}.
+- downstream: frozen encoder + CNN head, {c["train_chips"]} labelled training chips,
+  {c["finetune_epochs"]} epochs; metrics on held-out evaluation chips.
 
 Mean ± std over seeds. ↑ / ↓: better / worse than no-KD beyond the seed spread ({rule});
 ≈: within it. "recon" = masked reconstruction on the students' validation chips (PSNR dB,
@@ -376,7 +451,7 @@ pretrained encoders, the pretraining is not what the task needed at this scale.
 
 ![HyperKD reconstruction]({figure_prefix}reconstruction_HyperKD.png)
 
-Stage timings (s): {', '.join(f'{k} {v}' for k, v in report['timings_s'].items())}.
+Stage timings (s): {", ".join(f"{k} {v}" for k, v in report["timings_s"].items())}.
 """
 
 
@@ -404,6 +479,8 @@ def write_docs(out: Path, docs: Path, report: dict[str, Any], table_md: str) -> 
     for f in (out / "figures").glob("*.png"):
         shutil.copy(f, fig_dir / f.name)
     body = render_markdown(report, table_md, figure_prefix="figures/quickstart/")
-    header = ("<!-- generated by `hyperkd quickstart --docs docs/quickstart.md`; do not edit by hand -->\n\n"
-              "Run it yourself with `make demo` (or `hyperkd quickstart --out demo`).\n\n")
+    header = (
+        "<!-- generated by `hyperkd quickstart --docs docs/quickstart.md`; do not edit by hand -->\n\n"
+        "Run it yourself with `make demo` (or `hyperkd quickstart --out demo`).\n\n"
+    )
     atomic_write_text(docs, header + body)

@@ -192,8 +192,12 @@ class _Preset:
 
 
 PRESETS: dict[str, _Preset] = {
-    "landcover": _Preset("segmentation", "landcover", "Land cover (NLCD-style classes), pixel-wise segmentation."),
-    "croptype": _Preset("segmentation", "croptype", "Crop type (CDL-style classes), pixel-wise segmentation."),
+    "landcover": _Preset(
+        "segmentation", "landcover", "Land cover (NLCD-style classes), pixel-wise segmentation."
+    ),
+    "croptype": _Preset(
+        "segmentation", "croptype", "Crop type (CDL-style classes), pixel-wise segmentation."
+    ),
     "soc": _Preset("regression", "soc", "Soil organic carbon (gNATSGO-style, g/kg), pixel-wise regression."),
 }
 """The named tasks of the paper's evaluation: kind, default label layer, description."""
@@ -202,8 +206,11 @@ PRESETS: dict[str, _Preset] = {
 def _preset_factory(name: str, preset: _Preset):
     def make(label: str | None = None, **params: Any) -> Task:
         # Entry.build, not create(): the tasks' own ``name`` field would clash with create's
-        return registry("task").get(preset.kind).build(label=label or preset.label, name=name,
-                                                       **{**preset.params, **params})
+        return (
+            registry("task")
+            .get(preset.kind)
+            .build(label=label or preset.label, name=name, **{**preset.params, **params})
+        )
 
     make.__name__ = f"{name}_task"
     make.__doc__ = preset.description
@@ -231,7 +238,9 @@ def get_task(task: str | Task, label: str | None = None) -> Task:
     kwargs: dict[str, Any] = {"label": label} if label else {}
     built = registry("task").get(task).build(**kwargs)
     if not isinstance(built, Task):
-        raise HyperKDError(f"task {task!r} did not build a hyperkd.evaluation.tasks.Task (got {type(built).__name__})")
+        raise HyperKDError(
+            f"task {task!r} did not build a hyperkd.evaluation.tasks.Task (got {type(built).__name__})"
+        )
     return built
 
 

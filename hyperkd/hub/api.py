@@ -47,16 +47,23 @@ def from_pretrained(
     """
     source = parse_source(name_or_path, revision)
     if source.repo_id is not None and Path(source.repo_id).is_dir():
-        raise HyperKDError(f"{source.spec!r}: a local folder {source.repo_id} shadows the Hugging Face repo of the "
-                           "same name in the loader; load it from another working directory")
+        raise HyperKDError(
+            f"{source.spec!r}: a local folder {source.repo_id} shadows the Hugging Face repo of the "
+            "same name in the loader; load it from another working directory"
+        )
     config = read_config(source, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
     cls = model_type_class(config["model_type"])
     offline = hub_offline() if local_files_only is None else (local_files_only or hub_offline())
     model_id = str(source.folder) if source.folder is not None else str(source.repo_id)
-    return cls.from_pretrained(model_id, revision=source.revision, token=token,
-                               cache_dir=cache_dir or (None if source.folder else hub_cache_dir()),
-                               local_files_only=offline, force_download=force_download,
-                               map_location=map_location)
+    return cls.from_pretrained(
+        model_id,
+        revision=source.revision,
+        token=token,
+        cache_dir=cache_dir or (None if source.folder else hub_cache_dir()),
+        local_files_only=offline,
+        force_download=force_download,
+        map_location=map_location,
+    )
 
 
 def pull(
@@ -76,7 +83,9 @@ def pull(
 
     source = parse_source(repo_id, revision)
     if source.folder is not None:
-        raise HyperKDError(f"{repo_id!r} is a local folder; pull takes a Hugging Face repo id (org/name[@rev])")
+        raise HyperKDError(
+            f"{repo_id!r} is a local folder; pull takes a Hugging Face repo id (org/name[@rev])"
+        )
     read_config(source, token=token, cache_dir=cache_dir)
     weights = fetch_weights(source, token=token, cache_dir=cache_dir)
     files = {name: fetch_file(source, name, token=token, cache_dir=cache_dir) for name in SHARED_FILES}
@@ -147,13 +156,18 @@ def push(
         if revision:
             api.create_branch(repo_id=real_id, branch=revision, repo_type="model", exist_ok=True)
         info = api.create_commit(
-            repo_id=real_id, repo_type="model", operations=ops, revision=revision,
+            repo_id=real_id,
+            repo_type="model",
+            operations=ops,
+            revision=revision,
             commit_message=commit_message
             or f"hyperkd {config.get('hyperkd_version')}: {config['model_type']} for {sensor}",
         )
     except (OSError, ValueError) as exc:  # HTTP errors, offline mode, invalid ids, missing login
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
-        raise HyperKDError(f"could not push {folder} to {repo_id}{offline}: {type(exc).__name__}: {first}") from exc
+        raise HyperKDError(
+            f"could not push {folder} to {repo_id}{offline}: {type(exc).__name__}: {first}"
+        ) from exc
     url = getattr(info, "commit_url", None) or str(info)
     return PushResult(real_id, revision, [op.path_in_repo for op in ops], str(url), rendered)

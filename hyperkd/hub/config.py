@@ -31,12 +31,24 @@ FORMAT_VERSION = 1
 MIN_READER_VERSION = "0.1.0"
 """The oldest hyperkd that reads what this hyperkd writes (``min_hyperkd_version``)."""
 
-BUILTIN_MODEL_TYPES: dict[str, str] = {"hyperspectral-mae": "hyperkd.models.mae",
-                                        "hyperkd-pixel": "hyperkd.models.pixel"}
+BUILTIN_MODEL_TYPES: dict[str, str] = {
+    "hyperspectral-mae": "hyperkd.models.mae",
+    "hyperkd-pixel": "hyperkd.models.pixel",
+}
 """Core model types -> the module whose import registers them (imported on first use)."""
 
-HUB_FIELDS = frozenset({"model_type", "architecture", "hyperkd_version", "hyperkd_format",
-                        "min_hyperkd_version", "requires", "recipe", "training"})
+HUB_FIELDS = frozenset(
+    {
+        "model_type",
+        "architecture",
+        "hyperkd_version",
+        "hyperkd_format",
+        "min_hyperkd_version",
+        "requires",
+        "recipe",
+        "training",
+    }
+)
 """config.json fields hyperkd adds around a model's own constructor arguments."""
 
 LEGACY_STUDENT_KEYS = frozenset({"sensor", "embed_dim", "patch_size", "decoder_embed_dim", "img_size"})
@@ -70,7 +82,9 @@ def read_config(
 ) -> dict[str, Any]:
     """Read and check ``config.json`` of a folder or repo (see :func:`check_config`)."""
     source = parse_source(spec, revision)
-    path = fetch_file(source, CONFIG_NAME, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
+    path = fetch_file(
+        source, CONFIG_NAME, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+    )
     if path is None:
         raise HyperKDError(f"{source.describe()} has no {CONFIG_NAME}; it is not a model saved by hyperkd")
     try:
@@ -140,11 +154,17 @@ def _requirement_text(req: Mapping[str, Any]) -> str:
     if plugin is None:
         return f"install the plugin that provides {req.get('kind', 'component')} {req.get('name')!r}"
     if plugin in ("user", "unknown"):
-        return (f"register the {req.get('kind', 'component')} {req.get('name')!r} yourself (it came from "
-                "user code, not from a plugin, when the model was saved)")
+        return (
+            f"register the {req.get('kind', 'component')} {req.get('name')!r} yourself (it came from "
+            "user code, not from a plugin, when the model was saved)"
+        )
     dist = req.get("distribution")
     version = req.get("version")
-    pkg = f" (pip install '{dist}>={version}')" if dist and version else (f" (pip install {dist})" if dist else "")
+    pkg = (
+        f" (pip install '{dist}>={version}')"
+        if dist and version
+        else (f" (pip install {dist})" if dist else "")
+    )
     return f"install the hyperkd plugin {plugin!r}{pkg}"
 
 
@@ -164,8 +184,9 @@ def register_model_type(name: str, cls: type[HyperKDHubMixin]) -> None:
     MODEL_TYPES[name] = cls
 
 
-def model_type_class(name: str, *, requirement: Mapping[str, Any] | None = None,
-                     where: str = "this model") -> type[HyperKDHubMixin]:
+def model_type_class(
+    name: str, *, requirement: Mapping[str, Any] | None = None, where: str = "this model"
+) -> type[HyperKDHubMixin]:
     """The installed class for ``model_type`` ``name``; an unknown one names the plugin to install."""
     if name not in MODEL_TYPES and name in BUILTIN_MODEL_TYPES:
         importlib.import_module(BUILTIN_MODEL_TYPES[name])

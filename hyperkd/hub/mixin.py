@@ -115,8 +115,14 @@ class HyperKDHubMixin(
             kwargs.setdefault("load_id", repo_id)
         self._hyperkd_saving = cfg
         try:
-            return super().save_pretrained(save_directory, config=cfg, repo_id=repo_id, push_to_hub=push_to_hub,
-                                           model_card_kwargs=kwargs, **push_to_hub_kwargs)
+            return super().save_pretrained(
+                save_directory,
+                config=cfg,
+                repo_id=repo_id,
+                push_to_hub=push_to_hub,
+                model_card_kwargs=kwargs,
+                **push_to_hub_kwargs,
+            )
         finally:
             self._hyperkd_saving = None
 
@@ -127,16 +133,28 @@ class HyperKDHubMixin(
 
         super()._save_pretrained(save_directory)
         apply_umask(Path(save_directory) / WEIGHTS_NAME)  # safetensors writes it 0600
-        atomic_write_json(Path(save_directory) / CONFIG_NAME, getattr(self, "_hyperkd_saving", None) or self.hub_config())
+        atomic_write_json(
+            Path(save_directory) / CONFIG_NAME, getattr(self, "_hyperkd_saving", None) or self.hub_config()
+        )
 
-    def generate_model_card(self, *args: Any, config: Mapping[str, Any] | None = None,
-                            load_id: str | None = None, **kwargs: Any) -> ModelCard:
+    def generate_model_card(
+        self, *args: Any, config: Mapping[str, Any] | None = None, load_id: str | None = None, **kwargs: Any
+    ) -> ModelCard:
         """The README.md card, rendered from the config with the mixin's ``model_card_template``."""
-        return render_card(config if config is not None else self.hub_config(), load_id=load_id,
-                           template=self._hub_mixin_info.model_card_template, **kwargs)
+        return render_card(
+            config if config is not None else self.hub_config(),
+            load_id=load_id,
+            template=self._hub_mixin_info.model_card_template,
+            **kwargs,
+        )
 
-    def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None,  # type: ignore[override]
-                    **kwargs: Any) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        model_card_kwargs: dict[str, Any] | None = None,  # type: ignore[override]
+        **kwargs: Any,
+    ) -> str:
         """The mixin's push (save to a temporary folder, upload it), with the repo id in the card."""
         card_kwargs = dict(model_card_kwargs or {})
         card_kwargs.setdefault("load_id", repo_id)
@@ -168,10 +186,17 @@ class HyperKDHubMixin(
         config = normalize_config(config)
         found = check_config(config, where=where)
         if not issubclass(cls, found):
-            raise HyperKDError(f"{where} is a {config.get('model_type')!r} model ({found.__name__}), "
-                               f"not a {cls.__name__}; load it with hyperkd.from_pretrained")
-        weights = fetch_weights(source, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
-                                force_download=force_download)
+            raise HyperKDError(
+                f"{where} is a {config.get('model_type')!r} model ({found.__name__}), "
+                f"not a {cls.__name__}; load it with hyperkd.from_pretrained"
+            )
+        weights = fetch_weights(
+            source,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            force_download=force_download,
+        )
         if "config" in cls._hub_mixin_init_parameters and "config" not in model_kwargs:
             # models built from one config mapping (e.g. fine-tuned PixelModel) get it back
             # without hyperkd's identity and provenance fields
@@ -180,7 +205,9 @@ class HyperKDHubMixin(
         try:
             cls._load_as_safetensor(model, str(weights), map_location, strict)
         except (RuntimeError, ValueError, OSError) as exc:
-            raise WeightsError(f"{where}: {WEIGHTS_NAME} does not fit the model its config describes: {exc}") from exc
+            raise WeightsError(
+                f"{where}: {WEIGHTS_NAME} does not fit the model its config describes: {exc}"
+            ) from exc
         model.eval()  # huggingface-hub < 1.0 leaves safetensors-loaded models in training mode
         model.hub_provenance = {"recipe": config.get("recipe"), "training": config.get("training")}
         return model

@@ -35,9 +35,7 @@ HF_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"
 """Prefix that makes a spec a local folder, never a Hub lookup."""
 
-_REF_RE = re.compile(
-    r"^(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+?)(?:@(?P<rev>[^/\s]+))?(?:/(?P<path>[^\s]+))?$"
-)
+_REF_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+?)(?:@(?P<rev>[^/\s]+))?(?:/(?P<path>[^\s]+))?$")
 
 
 # -- environment --------------------------------------------------------------------------------
@@ -89,7 +87,7 @@ def parse_hub_ref(spec: str | os.PathLike[str]) -> HubRef | None:
     (``@refs%2Fpr%2F1``). Says nothing about whether the repo exists."""
     text = os.fspath(spec).strip()
     explicit = text.startswith((HF_PREFIX, "hf://"))
-    body = text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text.removeprefix("hf://")
+    body = text[len(HF_PREFIX) :] if text.startswith(HF_PREFIX) else text.removeprefix("hf://")
     m = _REF_RE.match(body)
     if m is None:
         return None
@@ -120,8 +118,10 @@ class Source:
         """For an unprefixed repo id: that no local folder of that name exists, and the prefixes."""
         if self.repo_id is None or self.explicit:
             return ""
-        return (f"; no local file or folder named {self.spec!r} exists either (write {LOCAL_PREFIX}PATH or "
-                f"{HF_PREFIX}ORG/NAME to say which)")
+        return (
+            f"; no local file or folder named {self.spec!r} exists either (write {LOCAL_PREFIX}PATH or "
+            f"{HF_PREFIX}ORG/NAME to say which)"
+        )
 
 
 def is_repo_id(spec: str) -> bool:
@@ -155,11 +155,13 @@ def parse_source(spec: str | os.PathLike[str] | Source, revision: str | None = N
         if spec.folder is not None:
             raise HyperKDError(f"revision={revision!r} was given, but {spec.spec} is a local folder")
         if spec.revision:
-            raise HyperKDError(f"{spec.spec!r} names revision {spec.revision!r} but revision={revision!r} was also given")
+            raise HyperKDError(
+                f"{spec.spec!r} names revision {spec.revision!r} but revision={revision!r} was also given"
+            )
         return replace(spec, revision=revision)
     text = os.fspath(spec).strip()
     forced_local = text.startswith(LOCAL_PREFIX)
-    local = Path(text[len(LOCAL_PREFIX):] if forced_local else text).expanduser()
+    local = Path(text[len(LOCAL_PREFIX) :] if forced_local else text).expanduser()
     if forced_local or (local.is_dir() and not text.startswith(HF_PREFIX)):
         if not local.is_dir():
             raise HyperKDError(f"{text!r}: no such folder ({LOCAL_PREFIX} names a local model or run folder)")
@@ -174,7 +176,9 @@ def parse_source(spec: str | os.PathLike[str] | Source, revision: str | None = N
             f"{LOCAL_PREFIX}PATH or {HF_PREFIX}ORG/NAME say which)"
         )
     if ref.revision and revision and ref.revision != revision:
-        raise HyperKDError(f"{text!r} names revision {ref.revision!r} but revision={revision!r} was also given")
+        raise HyperKDError(
+            f"{text!r} names revision {ref.revision!r} but revision={revision!r} was also given"
+        )
     return Source(text, repo_id=ref.repo_id, revision=revision or ref.revision, explicit=ref.explicit)
 
 
@@ -182,16 +186,25 @@ def parse_source(spec: str | os.PathLike[str] | Source, revision: str | None = N
 def not_cached_error(source: Source, filenames: Sequence[str], *, remedy: str | None = None) -> WeightsError:
     """The error for Hub files that are neither in the local cache nor downloadable now
     (offline, or the Hub unreachable). ``remedy`` replaces the default advice."""
-    why = ("HF_HUB_OFFLINE is set and it is not in the local cache" if hub_offline()
-           else "it is neither in the local cache nor reachable on the Hub (set HF_HUB_OFFLINE=1 on machines "
-                "without internet to skip the download attempts)")
-    advice = remedy or (f"Run `hyperkd hub pull {source.repo_id}` where the Hub is reachable and copy the cache, "
-                        "or pass a local folder")
-    return WeightsError(f"{source.describe()}: {' or '.join(filenames)} not found — {why} "
-                        f"(cache: {hub_cache_dir()}){source.reading_note()}. {advice}")
+    why = (
+        "HF_HUB_OFFLINE is set and it is not in the local cache"
+        if hub_offline()
+        else "it is neither in the local cache nor reachable on the Hub (set HF_HUB_OFFLINE=1 on machines "
+        "without internet to skip the download attempts)"
+    )
+    advice = remedy or (
+        f"Run `hyperkd hub pull {source.repo_id}` where the Hub is reachable and copy the cache, "
+        "or pass a local folder"
+    )
+    return WeightsError(
+        f"{source.describe()}: {' or '.join(filenames)} not found — {why} "
+        f"(cache: {hub_cache_dir()}){source.reading_note()}. {advice}"
+    )
 
 
-def hub_error(source: Source, filename: str, exc: BaseException, *, remedy: str | None = None) -> WeightsError:
+def hub_error(
+    source: Source, filename: str, exc: BaseException, *, remedy: str | None = None
+) -> WeightsError:
     """One-line :class:`WeightsError` for a failed Hub download of ``filename`` from ``source``.
     ``remedy`` (e.g. "pass `--teacher-weights PATH`") is appended where a local copy would help."""
     from huggingface_hub.errors import (
@@ -207,16 +220,21 @@ def hub_error(source: Source, filename: str, exc: BaseException, *, remedy: str 
     if isinstance(exc, LocalEntryNotFoundError):
         return not_cached_error(source, [filename], remedy=remedy)
     if isinstance(exc, GatedRepoError):
-        return WeightsError(f"{where} is gated: accept its terms on the Hub and log in (`hf auth login`)"
-                            f"{', or ' + remedy if remedy else ''} ({first_line(exc)})")
+        return WeightsError(
+            f"{where} is gated: accept its terms on the Hub and log in (`hf auth login`)"
+            f"{', or ' + remedy if remedy else ''} ({first_line(exc)})"
+        )
     if isinstance(exc, RepositoryNotFoundError):
-        return WeightsError(f"{where} does not exist (or is private: pass --token / log in)"
-                            f"{source.reading_note()}{tail}")
+        return WeightsError(
+            f"{where} does not exist (or is private: pass --token / log in){source.reading_note()}{tail}"
+        )
     if isinstance(exc, RevisionNotFoundError):
         return WeightsError(f"{source.repo_id} has no revision {source.revision!r}{tail}")
     if isinstance(exc, HFValidationError):
         return WeightsError(f"{source.spec!r}: not a valid Hugging Face repo id ({first_line(exc)})")
-    return WeightsError(f"could not fetch {filename} from {where}: {type(exc).__name__}: {first_line(exc)}{tail}")
+    return WeightsError(
+        f"could not fetch {filename} from {where}: {type(exc).__name__}: {first_line(exc)}{tail}"
+    )
 
 
 # -- fetching -----------------------------------------------------------------------------------
@@ -244,10 +262,17 @@ def fetch_file(
     offline = hub_offline() if local_files_only is None else local_files_only or hub_offline()
     assert source.repo_id is not None
     try:
-        return Path(hf_hub_download(
-            source.repo_id, filename, revision=source.revision, cache_dir=cache_dir or hub_cache_dir(),
-            token=token, local_files_only=offline, force_download=force_download,
-        ))
+        return Path(
+            hf_hub_download(
+                source.repo_id,
+                filename,
+                revision=source.revision,
+                cache_dir=cache_dir or hub_cache_dir(),
+                token=token,
+                local_files_only=offline,
+                force_download=force_download,
+            )
+        )
     except LocalEntryNotFoundError as exc:
         if cache_miss_ok or (offline and _known_missing(source, filename, cache_dir)):
             return None  # (or an earlier online lookup recorded that the repo has no such file)
@@ -264,18 +289,31 @@ def _known_missing(source: Source, filename: str, cache_dir: str | Path | None) 
     from huggingface_hub.file_download import _CACHED_NO_EXIST
 
     assert source.repo_id is not None
-    got = try_to_load_from_cache(source.repo_id, filename, cache_dir=cache_dir or hub_cache_dir(),
-                                 revision=source.revision)
+    got = try_to_load_from_cache(
+        source.repo_id, filename, cache_dir=cache_dir or hub_cache_dir(), revision=source.revision
+    )
     return got is _CACHED_NO_EXIST
 
 
-def fetch_weights(source: Source, *, token: str | bool | None = None, cache_dir: str | Path | None = None,
-                  local_files_only: bool | None = None, force_download: bool = False) -> Path:
+def fetch_weights(
+    source: Source,
+    *,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+    force_download: bool = False,
+) -> Path:
     """``model.safetensors`` of ``source``; a folder, repo or offline cache that offers only
     pickle weights is refused (nothing is unpickled)."""
     try:
-        weights = fetch_file(source, WEIGHTS_NAME, token=token, cache_dir=cache_dir,
-                             local_files_only=local_files_only, force_download=force_download)
+        weights = fetch_file(
+            source,
+            WEIGHTS_NAME,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            force_download=force_download,
+        )
     except WeightsError:
         if source.repo_id is not None and hub_offline() and _pickles_in(source, token, cache_dir):
             raise refuse_missing_safetensors(source, token, cache_dir) from None
@@ -293,21 +331,30 @@ def _pickles_in(source: Source, token: str | bool | None, cache_dir: str | Path 
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
-        return [n for n in PICKLE_NAMES if isinstance(
-            try_to_load_from_cache(source.repo_id, n, cache_dir=cache_dir or hub_cache_dir(),
-                                   revision=source.revision), str)]
+        return [
+            n
+            for n in PICKLE_NAMES
+            if isinstance(
+                try_to_load_from_cache(
+                    source.repo_id, n, cache_dir=cache_dir or hub_cache_dir(), revision=source.revision
+                ),
+                str,
+            )
+        ]
     try:
         from huggingface_hub import HfApi
 
         files = HfApi(token=token if isinstance(token, str) else None).list_repo_files(
-            source.repo_id, revision=source.revision)
+            source.repo_id, revision=source.revision
+        )
     except Exception:  # only for the message; the refusal stands without it
         return []
     return sorted(f for f in files if Path(f).suffix.lower() in PICKLE_SUFFIXES)
 
 
-def refuse_missing_safetensors(source: Source, token: str | bool | None = None,
-                               cache_dir: str | Path | None = None) -> WeightsError:
+def refuse_missing_safetensors(
+    source: Source, token: str | bool | None = None, cache_dir: str | Path | None = None
+) -> WeightsError:
     """The error for a folder or repo without ``model.safetensors`` (pickle-only or empty)."""
     pickles = _pickles_in(source, token, cache_dir)
     where = source.describe()

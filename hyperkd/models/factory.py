@@ -31,7 +31,9 @@ from hyperkd.core.sensors import Sensor
 
 ARCHITECTURE_FORMS = ("registry", "sensor-size", "sensor")
 TRAINED_FORMS = ("folder", "hub")
-LOAD_OPTIONS = frozenset({"revision", "token", "cache_dir", "local_files_only", "force_download", "map_location"})
+LOAD_OPTIONS = frozenset(
+    {"revision", "token", "cache_dir", "local_files_only", "force_download", "map_location"}
+)
 """Keyword arguments :func:`create_model` passes to :func:`hyperkd.hub.from_pretrained` for a trained model."""
 
 
@@ -74,8 +76,12 @@ def _split_sized(text: str) -> tuple[str, str] | None:
     return (sensor, size) if size in SIZES and sensor else None
 
 
-def resolve_spec(spec: str | os.PathLike[str] | Sensor | ModelSpec, *, kind: str = "student",
-                 sensor: Sensor | str | None = None) -> ModelSpec:
+def resolve_spec(
+    spec: str | os.PathLike[str] | Sensor | ModelSpec,
+    *,
+    kind: str = "student",
+    sensor: Sensor | str | None = None,
+) -> ModelSpec:
     """What ``spec`` names (see the module docstring for the forms and their order).
 
     ``sensor``: the sensor the caller builds for (a chip store's); its name counts as a known
@@ -115,8 +121,10 @@ def resolve_spec(spec: str | os.PathLike[str] | Sensor | ModelSpec, *, kind: str
 
 
 def _no_model(text: str, kind: str) -> WeightsError:
-    return WeightsError(f"{text} holds no {kind} (no config.json, no student/config.json); pass a run folder of "
-                        "`hyperkd pretrain`/`distill` or a saved model folder")
+    return WeightsError(
+        f"{text} holds no {kind} (no config.json, no student/config.json); pass a run folder of "
+        "`hyperkd pretrain`/`distill` or a saved model folder"
+    )
 
 
 def _unknown_message(text: str, kind: str, sensors: set[str]) -> str:
@@ -125,18 +133,29 @@ def _unknown_message(text: str, kind: str, sensors: set[str]) -> str:
 
     sized = _split_sized(text) if kind == "student" else None
     if sized is not None:
-        return (f"unknown {kind} {text!r}: no installed plugin provides sensor {sized[0]!r} "
-                f"(sensors: {', '.join(sorted(sensors))}; `hyperkd plugins list` shows the plugins)")
+        return (
+            f"unknown {kind} {text!r}: no installed plugin provides sensor {sized[0]!r} "
+            f"(sensors: {', '.join(sorted(sensors))}; `hyperkd plugins list` shows the plugins)"
+        )
     forms = f"a registered {kind} ({', '.join(registry(kind).names()) or 'none installed'})"
     if kind == "student":
-        forms = (f"a sensor name ({', '.join(sorted(sensors))}), '<sensor>-mae-<size>' with size in "
-                 f"{sorted(SIZES)}, {forms}")
-    return (f"unknown {kind} {text!r}: use {forms}, a saved model or run folder, or a Hugging Face repo id "
-            f"(org/name[@revision]); {hub.LOCAL_PREFIX}PATH or {hub.HF_PREFIX}ORG/NAME say which")
+        forms = (
+            f"a sensor name ({', '.join(sorted(sensors))}), '<sensor>-mae-<size>' with size in "
+            f"{sorted(SIZES)}, {forms}"
+        )
+    return (
+        f"unknown {kind} {text!r}: use {forms}, a saved model or run folder, or a Hugging Face repo id "
+        f"(org/name[@revision]); {hub.LOCAL_PREFIX}PATH or {hub.HF_PREFIX}ORG/NAME say which"
+    )
 
 
-def create_model(spec: str | os.PathLike[str] | Sensor | ModelSpec, *, kind: str = "student",
-                 sensor: Sensor | str | None = None, **kwargs: Any) -> Any:
+def create_model(
+    spec: str | os.PathLike[str] | Sensor | ModelSpec,
+    *,
+    kind: str = "student",
+    sensor: Sensor | str | None = None,
+    **kwargs: Any,
+) -> Any:
     """Build or load the model ``spec`` names (``hyperkd.create_model``).
 
     Architectures are built untrained: ``kwargs`` override their fields (``img_size=224``,
@@ -153,15 +172,18 @@ def create_model(spec: str | os.PathLike[str] | Sensor | ModelSpec, *, kind: str
         extra = sorted(set(kwargs) - LOAD_OPTIONS)
         if extra or sensor is not None:
             fields = ", ".join([*extra, *(["sensor"] if sensor is not None else [])])
-            raise HyperKDError(f"{resolved.spec!r} is a trained model; its config.json fixes the architecture, so "
-                               f"{fields} cannot be set (they apply to architecture names such as enmap-mae-small)")
+            raise HyperKDError(
+                f"{resolved.spec!r} is a trained model; its config.json fixes the architecture, so "
+                f"{fields} cannot be set (they apply to architecture names such as enmap-mae-small)"
+            )
         assert resolved.source is not None
         return hub.from_pretrained(resolved.source, **kwargs)
     assert resolved.name is not None
     given = sensor.name if isinstance(sensor, Sensor) else sensor
     if resolved.sensor is not None and given is not None and given != resolved.sensor:
-        raise HyperKDError(f"{kind} {resolved.spec!r} is for sensor {resolved.sensor!r}, but sensor={given!r} "
-                           "was given")
+        raise HyperKDError(
+            f"{kind} {resolved.spec!r} is for sensor {resolved.sensor!r}, but sensor={given!r} was given"
+        )
     if isinstance(spec, Sensor) and sensor is None:
         sensor = spec
     if sensor is not None or resolved.sensor is not None:

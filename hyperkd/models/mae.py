@@ -33,17 +33,45 @@ from hyperkd.core.errors import HyperKDError
 from hyperkd.core.registry import register
 from hyperkd.core.sensors import Sensor
 from hyperkd.hub import HyperKDHubMixin
-from hyperkd.models.pos_embed import sincos_2d
+from hyperkd.models.layers import init_linear_and_norm, sincos_2d
 
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=64, decoder_depth=2,
-                 decoder_num_heads=4, patch_size=8),
-    "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4,
-                  decoder_num_heads=8, patch_size=16),
-    "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
-                 decoder_num_heads=16, patch_size=16),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_embed_dim=512, decoder_depth=8,
-                  decoder_num_heads=16, patch_size=16),
+    "tiny": dict(
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        decoder_embed_dim=64,
+        decoder_depth=2,
+        decoder_num_heads=4,
+        patch_size=8,
+    ),
+    "small": dict(
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        decoder_embed_dim=256,
+        decoder_depth=4,
+        decoder_num_heads=8,
+        patch_size=16,
+    ),
+    "base": dict(
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        patch_size=16,
+    ),
+    "large": dict(
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        patch_size=16,
+    ),
 }
 """Named student sizes (ViT-Ti-ish for CPU work up to ViT-L)."""
 
@@ -51,8 +79,9 @@ SIZES: dict[str, dict[str, Any]] = {
 class SpectralPatchEmbed(nn.Module):
     """``(B, C, H, W) -> (B, N, D)``: plain or spectrally factorised patch embedding."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, kind: str = "factorized",
-                 spectral_dim: int = 32) -> None:
+    def __init__(
+        self, in_chans: int, embed_dim: int, patch_size: int, kind: str = "factorized", spectral_dim: int = 32
+    ) -> None:
         super().__init__()
         if kind not in ("plain", "factorized"):
             raise HyperKDError(f"student embedding must be 'plain' or 'factorized', got {kind!r}")
@@ -89,7 +118,9 @@ class MAEOutput:
     ids_keep: Tensor
 
 
-class HyperspectralMAE(nn.Module, HyperKDHubMixin, model_type="hyperspectral-mae", tags=["hyperspectral", "mae"]):
+class HyperspectralMAE(
+    nn.Module, HyperKDHubMixin, model_type="hyperspectral-mae", tags=["hyperspectral", "mae"]
+):
     """Masked autoencoder for one sensor's band table.
 
     Build it with :func:`build_student`; the constructor's arguments are the model's
@@ -141,8 +172,10 @@ class HyperspectralMAE(nn.Module, HyperKDHubMixin, model_type="hyperspectral-mae
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.register_buffer("decoder_pos_embed", sincos_2d(decoder_embed_dim, g, g), persistent=False)
         self.decoder_blocks = nn.ModuleList(
-            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True)
-             for _ in range(decoder_depth)]
+            [
+                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True)
+                for _ in range(decoder_depth)
+            ]
         )
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * c)
@@ -154,17 +187,7 @@ class HyperspectralMAE(nn.Module, HyperKDHubMixin, model_type="hyperspectral-mae
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(self._init_module)
-
-    @staticmethod
-    def _init_module(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norm)
 
     # -- helpers --------------------------------------------------------------------------
     @property
@@ -271,7 +294,9 @@ class HyperspectralMAE(nn.Module, HyperKDHubMixin, model_type="hyperspectral-mae
         else:
             vw = self.patchify(valid[:, None].to(target.dtype).expand(-1, c, -1, -1))
         weight = vw * mask[..., None].to(target.dtype)
-        return MAEOutput(pred=pred, target=target, mask=mask, weight=weight, features=feats, ids_keep=ids_keep)
+        return MAEOutput(
+            pred=pred, target=target, mask=mask, weight=weight, features=feats, ids_keep=ids_keep
+        )
 
     def reconstruct(self, x: Tensor, out: MAEOutput) -> Tensor:
         """Reflectance image with the masked patches replaced by the prediction."""
@@ -283,7 +308,9 @@ class HyperspectralMAE(nn.Module, HyperKDHubMixin, model_type="hyperspectral-mae
         return self.destandardize(self.unpatchify(merged))
 
     @torch.no_grad()
-    def forward_features(self, x: Tensor, layers: Sequence[int] = (-1,), with_cls: bool = False) -> list[Tensor]:
+    def forward_features(
+        self, x: Tensor, layers: Sequence[int] = (-1,), with_cls: bool = False
+    ) -> list[Tensor]:
         """Unmasked encoder features ``(B, N[+1], D)`` of the chosen layers (for fine-tuning)."""
         self._check_input(x)
         latent, _, _, feats = self.forward_encoder(self.standardize(x), None, layers)
@@ -305,7 +332,11 @@ class HyperspectralMAE(nn.Module, HyperKDHubMixin, model_type="hyperspectral-mae
         }
         if part == "all":
             return sum(p.numel() for p in self.parameters())
-        extra = self.cls_token.numel() if part == "encoder" else (self.mask_token.numel() if part == "decoder" else 0)
+        extra = (
+            self.cls_token.numel()
+            if part == "encoder"
+            else (self.mask_token.numel() if part == "decoder" else 0)
+        )
         return sum(p.numel() for m in mods[part] for p in m.parameters()) + extra
 
 
@@ -358,8 +389,10 @@ def load_student(path: str, **kwargs: Any) -> HyperspectralMAE:
 
     spec = resolve_spec(path)
     if not spec.trained:
-        raise HyperKDError(f"{path!r} is an architecture name, not a saved student; build it with "
-                           "build_student, or pass a model folder, run folder or Hub repo id")
+        raise HyperKDError(
+            f"{path!r} is an architecture name, not a saved student; build it with "
+            "build_student, or pass a model folder, run folder or Hub repo id"
+        )
     return _as_student(path, _create_model(spec, **kwargs))
 
 
@@ -388,9 +421,11 @@ def flops_per_chip(model: HyperspectralMAE, mask_ratio: float = 0.75) -> float:
         embed = n * p2 * c * k + n * p2 * k * d
     else:
         embed = n * p2 * c * d
+
     def blocks(tokens: int, width: int, depth: int, mlp: float = 4.0) -> float:
         per = 4 * tokens * width * width + 2 * tokens * tokens * width + 2 * mlp * tokens * width * width
         return depth * per
+
     dd = model.decoder_embed.out_features
     dec_depth = len(model.decoder_blocks)
     total = embed + blocks(n_vis + 1, d, model.depth) + (n_vis + 1) * d * dd

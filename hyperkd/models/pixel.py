@@ -26,7 +26,7 @@ Controls for honest comparisons:
   in :func:`hyperkd.evaluation.finetune.finetune`), fine-tuned exactly as a trained one.
 
 Build one from plain arguments with :meth:`PixelModel.build` (a bound task, an encoder or a
-sensor); :class:`hyperkd.evaluation.finetune_module.FinetuneModule` trains it.
+sensor); :class:`hyperkd.training.finetune.FinetuneModule` trains it.
 
 The MAE decoder is not kept: only the encoder's weights are saved.
 """
@@ -110,7 +110,10 @@ class TokenCNNHead(nn.Module):
         c = hidden
         for _ in range(max(math.ceil(math.log2(patch_size)), 0)):
             nxt = max(c // 2, 32)
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_conv_norm_relu(c, nxt, 3)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                *_conv_norm_relu(c, nxt, 3),
+            ]
             c = nxt
         self.body = nn.Sequential(*layers)
         self.classifier = nn.Conv2d(c, out_channels, 1)
@@ -144,8 +147,11 @@ class PixelCNNHead(nn.Module):
 
     def __init__(self, in_chans: int, out_channels: int, hidden: int = 32) -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv_norm_relu(in_chans, hidden, 1), *_conv_norm_relu(hidden, hidden, 3),
-                                  *_conv_norm_relu(hidden, hidden, 3))
+        self.body = nn.Sequential(
+            *_conv_norm_relu(in_chans, hidden, 1),
+            *_conv_norm_relu(hidden, hidden, 3),
+            *_conv_norm_relu(hidden, hidden, 3),
+        )
         self.classifier = nn.Conv2d(hidden, out_channels, 1)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -217,7 +223,11 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
             self.register_buffer("band_mean", torch.tensor(self.sensor.means or [0.0] * c).view(1, c, 1, 1))
             self.register_buffer("band_std", torch.tensor(self.sensor.stds or [1.0] * c).view(1, c, 1, 1))
             # width at pixel resolution = the token head's width there (>= 32): comparable compute
-            self.head = PixelLinearHead(c, k) if self.protocol == "linear" else PixelCNNHead(c, k, max(hidden // 4, 32))
+            self.head = (
+                PixelLinearHead(c, k)
+                if self.protocol == "linear"
+                else PixelCNNHead(c, k, max(hidden // 4, 32))
+            )
 
     @classmethod
     def build(
@@ -256,11 +266,15 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
         }
         model = cls(cfg)
         if encoder is not None:
-            state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
+            state = {
+                k: v for k, v in encoder.state_dict().items() if not k.startswith(("decoder", "mask_token"))
+            }
             missing, unexpected = model.encoder.load_state_dict(state, strict=False)  # type: ignore[union-attr]
             if missing or unexpected:
-                raise WeightsError(f"student weights do not fit its encoder (missing {missing[:3]}, "
-                                   f"unexpected {unexpected[:3]})")
+                raise WeightsError(
+                    f"student weights do not fit its encoder (missing {missing[:3]}, "
+                    f"unexpected {unexpected[:3]})"
+                )
         return model
 
     # -- behaviour -----------------------------------------------------------------------------
@@ -281,7 +295,11 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
 
     def features(self, x: Tensor) -> Tensor:
         """What the head reads: ``(B, D*len(layers), h, w)`` tokens, or standardised spectra."""
-        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+        if (
+            x.ndim != 4
+            or x.shape[1] != self.in_chans
+            or tuple(x.shape[-2:]) != (self.img_size, self.img_size)
+        ):
             raise HyperKDError(
                 f"this model expects (B, {self.in_chans}, {self.img_size}, {self.img_size}) reflectance, "
                 f"got {tuple(x.shape)}; check the chip size and band selection of the data"
@@ -289,7 +307,9 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
         if self.encoder is None:
             return (x - self.band_mean) / self.band_std
         enc = self.encoder
-        feats = enc.encode(x, self.layers) if self.protocol == "full" else enc.forward_features(x, self.layers)
+        feats = (
+            enc.encode(x, self.layers) if self.protocol == "full" else enc.forward_features(x, self.layers)
+        )
         t = torch.cat(feats, dim=-1)
         gh, gw = enc.grid
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], gh, gw)
@@ -337,15 +357,21 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
             folder = folder / "model"
         cfg_path = folder / "config.json"
         if not cfg_path.exists():
-            raise WeightsError(f"{folder} holds no fine-tuned model (no config.json); pass a "
-                               "`hyperkd finetune` run folder or its model/ folder")
+            raise WeightsError(
+                f"{folder} holds no fine-tuned model (no config.json); pass a "
+                "`hyperkd finetune` run folder or its model/ folder"
+            )
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("model_type") != MODEL_TYPE:
-            raise WeightsError(f"{cfg_path} describes a {cfg.get('model_type') or 'different'} model, "
-                               f"not a fine-tuned {MODEL_TYPE} model")
+            raise WeightsError(
+                f"{cfg_path} describes a {cfg.get('model_type') or 'different'} model, "
+                f"not a fine-tuned {MODEL_TYPE} model"
+            )
         if int(cfg.get("format_version", 1)) > FORMAT_VERSION:
-            raise WeightsError(f"{cfg_path}: format version {cfg['format_version']} is newer than this "
-                               "hyperkd reads; upgrade hyperkd")
+            raise WeightsError(
+                f"{cfg_path}: format version {cfg['format_version']} is newer than this "
+                "hyperkd reads; upgrade hyperkd"
+            )
         return cls.from_pretrained(str(folder), map_location=str(map_location))
 
 
@@ -353,8 +379,10 @@ def encoder_config(student: HyperspectralMAE) -> dict[str, Any]:
     """The JSON-able constructor arguments of a student (what rebuilds its architecture)."""
     cfg = getattr(student, "_hub_mixin_config", None)
     if not cfg:
-        raise HyperKDError("this student has no recorded config; build it with build_student or "
-                           "HyperspectralMAE.from_pretrained")
+        raise HyperKDError(
+            "this student has no recorded config; build it with build_student or "
+            "HyperspectralMAE.from_pretrained"
+        )
     out = json.loads(json.dumps(cfg, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
     return out
 
@@ -364,5 +392,15 @@ def layers_tuple(layers: Sequence[int] | int) -> tuple[int, ...]:
     return (int(layers),) if isinstance(layers, int) else tuple(int(i) for i in layers)
 
 
-__all__ = ["MODEL_TYPE", "PROTOCOLS", "LinearHead", "PixelCNNHead", "PixelLinearHead", "PixelModel",
-           "TokenCNNHead", "encoder_config", "recompute_batchnorm", "strip_decoder"]
+__all__ = [
+    "MODEL_TYPE",
+    "PROTOCOLS",
+    "LinearHead",
+    "PixelCNNHead",
+    "PixelLinearHead",
+    "PixelModel",
+    "TokenCNNHead",
+    "encoder_config",
+    "recompute_batchnorm",
+    "strip_decoder",
+]

@@ -109,15 +109,18 @@ def apply_overrides(recipe: Mapping[str, Any], overrides: Iterable[str]) -> dict
     return out
 
 
-def resolve(spec: str | Path, overrides: Iterable[str] = (), fields: Mapping[str, Any] | None = None
-            ) -> dict[str, Any]:
+def resolve(
+    spec: str | Path, overrides: Iterable[str] = (), fields: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Load ``spec``, apply ``--set`` ``overrides``, then explicit ``fields`` (dotted keys), validate."""
     recipe = apply_overrides(load_recipe(spec), overrides)
     return resolve_mapping(recipe, fields or {})
 
 
 def resolve_for_run(
-    recipe: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), fields: Mapping[str, Any] | None = None
+    recipe: str | Path | Mapping[str, Any],
+    overrides: Iterable[str] = (),
+    fields: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``pretrain``/``distill`` train on: a recipe name, file or mapping, then ``--set``
     ``overrides``, then keyword ``fields`` (dotted keys, ``__`` standing for ``.``; ``None``
@@ -143,8 +146,20 @@ def resolve_mapping(recipe: Mapping[str, Any], fields: Mapping[str, Any]) -> dic
 
 
 KNOWN_SECTIONS = {
-    "name", "description", "mode", "student", "teacher", "aligner", "masker", "losses", "distill",
-    "data", "optim", "trainer", "seed", "notes",
+    "name",
+    "description",
+    "mode",
+    "student",
+    "teacher",
+    "aligner",
+    "masker",
+    "losses",
+    "distill",
+    "data",
+    "optim",
+    "trainer",
+    "seed",
+    "notes",
 }
 
 
@@ -154,7 +169,9 @@ def validate(recipe: Mapping[str, Any]) -> None:
     if unknown:
         close = {u: difflib.get_close_matches(u, KNOWN_SECTIONS, n=1) for u in unknown}
         hints = "; ".join(f"{u!r} (did you mean {c[0]!r}?)" if c else repr(u) for u, c in close.items())
-        raise RecipeError(f"recipe has unknown section(s) {hints}. Sections: {', '.join(sorted(KNOWN_SECTIONS))}")
+        raise RecipeError(
+            f"recipe has unknown section(s) {hints}. Sections: {', '.join(sorted(KNOWN_SECTIONS))}"
+        )
     for section in ("student", "data", "masker", "losses", "trainer"):
         if section not in recipe:
             raise RecipeError(f"recipe lacks the {section!r} section")

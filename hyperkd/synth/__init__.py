@@ -66,7 +66,6 @@ The package, by stage (each module's docstring says more):
 Everything listed in ``__all__`` is importable from ``hyperkd.synth`` itself.
 """
 
-
 from hyperkd.synth.config import (
     DEFAULT_BARREN,
     DEFAULT_CROPS,

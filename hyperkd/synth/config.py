@@ -173,49 +173,128 @@ class SocModel:
 
 
 DEFAULT_CROPS: tuple[VegetationSpec, ...] = (
-    VegetationSpec("maize", lai=(3.5, 7.0), chl=(40.0, 60.0), lma=(0.005, 0.012), n=(1.3, 1.9),
-                   cover=(0.85, 1.0), residue=(0.0, 0.1), weight=1.2),
-    VegetationSpec("soybean", lai=(2.5, 5.0), chl=(25.0, 45.0), lma=(0.005, 0.013), n=(1.6, 2.2),
-                   cover=(0.7, 0.95), residue=(0.0, 0.15), weight=1.0),
-    VegetationSpec("wheat", lai=(1.5, 4.0), chl=(10.0, 30.0), lma=(0.012, 0.025), n=(1.8, 2.5),
-                   cover=(0.6, 0.9), residue=(0.2, 0.5), weight=1.0),
-    VegetationSpec("alfalfa", lai=(2.5, 6.0), chl=(40.0, 60.0), lma=(0.005, 0.010), n=(1.8, 2.5),
-                   cover=(0.85, 1.0), residue=(0.0, 0.1), weight=0.6),
-    VegetationSpec("cotton", lai=(1.0, 3.0), chl=(30.0, 50.0), lma=(0.008, 0.016), n=(1.4, 2.0),
-                   cover=(0.4, 0.75), residue=(0.0, 0.15), weight=0.6),
-    VegetationSpec("fallow", lai=(0.5, 1.5), chl=(10.0, 25.0), cover=(0.05, 0.3), residue=(0.2, 0.6),
-                   variability=0.1, weight=0.6),
+    VegetationSpec(
+        "maize",
+        lai=(3.5, 7.0),
+        chl=(40.0, 60.0),
+        lma=(0.005, 0.012),
+        n=(1.3, 1.9),
+        cover=(0.85, 1.0),
+        residue=(0.0, 0.1),
+        weight=1.2,
+    ),
+    VegetationSpec(
+        "soybean",
+        lai=(2.5, 5.0),
+        chl=(25.0, 45.0),
+        lma=(0.005, 0.013),
+        n=(1.6, 2.2),
+        cover=(0.7, 0.95),
+        residue=(0.0, 0.15),
+        weight=1.0,
+    ),
+    VegetationSpec(
+        "wheat",
+        lai=(1.5, 4.0),
+        chl=(10.0, 30.0),
+        lma=(0.012, 0.025),
+        n=(1.8, 2.5),
+        cover=(0.6, 0.9),
+        residue=(0.2, 0.5),
+        weight=1.0,
+    ),
+    VegetationSpec(
+        "alfalfa",
+        lai=(2.5, 6.0),
+        chl=(40.0, 60.0),
+        lma=(0.005, 0.010),
+        n=(1.8, 2.5),
+        cover=(0.85, 1.0),
+        residue=(0.0, 0.1),
+        weight=0.6,
+    ),
+    VegetationSpec(
+        "cotton",
+        lai=(1.0, 3.0),
+        chl=(30.0, 50.0),
+        lma=(0.008, 0.016),
+        n=(1.4, 2.0),
+        cover=(0.4, 0.75),
+        residue=(0.0, 0.15),
+        weight=0.6,
+    ),
+    VegetationSpec(
+        "fallow",
+        lai=(0.5, 1.5),
+        chl=(10.0, 25.0),
+        cover=(0.05, 0.3),
+        residue=(0.2, 0.6),
+        variability=0.1,
+        weight=0.6,
+    ),
 )
 """Crop types: canopy-parameter boxes loosely after published ranges for each crop at mid-season."""
 
 DEFAULT_GRASSLAND = VegetationSpec(
-    "grassland", lai=(0.5, 2.5), chl=(15.0, 40.0), cover=(0.4, 0.85), residue=(0.3, 0.7),
-    variability=0.12, texture=0.03,
+    "grassland",
+    lai=(0.5, 2.5),
+    chl=(15.0, 40.0),
+    cover=(0.4, 0.85),
+    residue=(0.3, 0.7),
+    variability=0.12,
+    texture=0.03,
 )
 DEFAULT_FOREST = VegetationSpec(
-    "forest", lai=(4.0, 11.0), chl=(30.0, 60.0), lma=(0.012, 0.025), n=(1.8, 2.5), cover=(0.85, 1.0),
-    residue=(0.3, 0.7), brightness=(0.6, 0.85), variability=0.05, texture=0.12,
+    "forest",
+    lai=(4.0, 11.0),
+    chl=(30.0, 60.0),
+    lma=(0.012, 0.025),
+    n=(1.8, 2.5),
+    cover=(0.85, 1.0),
+    residue=(0.3, 0.7),
+    brightness=(0.6, 0.85),
+    variability=0.05,
+    texture=0.12,
 )
 DEFAULT_BARREN = VegetationSpec(
-    "barren", lai=(0.5, 1.5), chl=(10.0, 30.0), cover=(0.0, 0.08), residue=(0.0, 0.2), variability=0.04,
+    "barren",
+    lai=(0.5, 1.5),
+    chl=(10.0, 30.0),
+    cover=(0.0, 0.08),
+    residue=(0.0, 0.2),
+    variability=0.04,
 )
 
 DEFAULT_REGIONS: tuple[RegionSpec, ...] = (
-    RegionSpec("americas", soil_boxes=((-60.0, 72.0, -170.0, -30.0),),
-               crop_weights={"maize": 2.0, "soybean": 2.0}),
-    RegionSpec("europe", soil_boxes=((35.0, 72.0, -25.0, 60.0),),
-               crop_weights={"wheat": 2.0, "cotton": 0.2}),
-    RegionSpec("africa", soil_boxes=((-36.0, 35.0, -20.0, 55.0),),
-               crop_weights={"maize": 1.5, "alfalfa": 0.5}, cover_weights={"barren": 2.0}),
-    RegionSpec("asia", soil_boxes=((-11.0, 60.0, 60.0, 150.0),),
-               crop_weights={"cotton": 2.0, "wheat": 1.5}),
-    RegionSpec("oceania", soil_boxes=((-50.0, -10.0, 110.0, 180.0),),
-               crop_weights={"wheat": 2.0, "fallow": 2.0}, weight=0.5),
+    RegionSpec(
+        "americas", soil_boxes=((-60.0, 72.0, -170.0, -30.0),), crop_weights={"maize": 2.0, "soybean": 2.0}
+    ),
+    RegionSpec("europe", soil_boxes=((35.0, 72.0, -25.0, 60.0),), crop_weights={"wheat": 2.0, "cotton": 0.2}),
+    RegionSpec(
+        "africa",
+        soil_boxes=((-36.0, 35.0, -20.0, 55.0),),
+        crop_weights={"maize": 1.5, "alfalfa": 0.5},
+        cover_weights={"barren": 2.0},
+    ),
+    RegionSpec("asia", soil_boxes=((-11.0, 60.0, 60.0, 150.0),), crop_weights={"cotton": 2.0, "wheat": 1.5}),
+    RegionSpec(
+        "oceania",
+        soil_boxes=((-50.0, -10.0, 110.0, 180.0),),
+        crop_weights={"wheat": 2.0, "fallow": 2.0},
+        weight=0.5,
+    ),
 )
 """Regions by the sampling sites of the ICRAF-ISRIC soils (continents, roughly)."""
 
-_TWIN = {"lai": (2.0, 5.0), "chl": (25.0, 50.0), "lma": (0.006, 0.016), "n": (1.5, 2.2),
-         "cover": (0.3, 1.0), "residue": (0.05, 0.3), "variability": 0.03}
+_TWIN = {
+    "lai": (2.0, 5.0),
+    "chl": (25.0, 50.0),
+    "lma": (0.006, 0.016),
+    "n": (1.5, 2.2),
+    "cover": (0.3, 1.0),
+    "residue": (0.05, 0.3),
+    "variability": 0.03,
+}
 KD_TWIN_CROPS: tuple[VegetationSpec, ...] = (
     VegetationSpec("even-stand", **_TWIN),  # type: ignore[arg-type]
     VegetationSpec("patchy-stand", patchiness=1.0, patch_px=1.5, **_TWIN),  # type: ignore[arg-type]
@@ -231,7 +310,6 @@ KD_STUDENT_ABSENT: dict[str, tuple[str, ...]] = {
     "regions": ("asia", "oceania"),
 }
 """What the ``kd-student`` preset leaves out (weight 0) that ``kd-teacher`` and ``kd-eval`` keep."""
-
 
 
 @dataclass(frozen=True)
@@ -281,15 +359,18 @@ class SceneConfig:
         """The label layers every chip carries."""
         return {
             "landcover": LabelSpec(
-                kind="class", classes=LANDCOVER_CLASSES,
+                kind="class",
+                classes=LANDCOVER_CLASSES,
                 description="synthetic land cover: class of the unit covering most of the pixel",
             ),
             "croptype": LabelSpec(
-                kind="class", classes=self.crop_classes,
+                kind="class",
+                classes=self.crop_classes,
                 description="synthetic crop type of the majority parcel; non-crop elsewhere",
             ),
             "soc": LabelSpec(
-                kind="continuous", unit="g/kg",
+                kind="continuous",
+                unit="g/kg",
                 description="synthetic soil organic carbon from soil albedo (darker = more carbon); "
                 "NaN over water and built-up land",
             ),
@@ -330,7 +411,10 @@ class SceneConfig:
             for key in reg.cover_weights:
                 if key not in PARCEL_COVERS:
                     raise DataError(f"scene config: region {reg.name!r} cover_weights names unknown {key!r}")
-            if not any(self.crop_weights_in(reg).values()) and self.cover_weights_in(reg).get("cropland", 0) > 0:
+            if (
+                not any(self.crop_weights_in(reg).values())
+                and self.cover_weights_in(reg).get("cropland", 0) > 0
+            ):
                 raise DataError(
                     f"scene config: region {reg.name!r} has cropland but every crop weight is 0; "
                     "give a crop a weight or set its cropland cover weight to 0"
@@ -339,8 +423,11 @@ class SceneConfig:
                 raise DataError(f"scene config: region {reg.name!r} gives every parcel cover weight 0")
         if sum(r.weight for r in self.regions) <= 0:
             raise DataError("scene config: region weights sum to 0")
-        for label, p in (("p_water", self.p_water), ("p_urban", self.p_urban),
-                         ("sand_barren", self.sand_barren)):
+        for label, p in (
+            ("p_water", self.p_water),
+            ("p_urban", self.p_urban),
+            ("sand_barren", self.sand_barren),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise DataError(f"scene config: {label} must be within [0, 1], got {p}")
         if not (1 <= self.supersample <= 8):
@@ -356,7 +443,9 @@ class SceneConfig:
                     raise DataError(f"{where}.{name}: range {[lo, hi]} must be (low, high) with low <= high")
         for spec in (*self.crops, self.grassland, self.forest, self.barren):
             if not 0.0 <= spec.patchiness <= 1.0:
-                raise DataError(f"scene config: {spec.name!r} patchiness must be within [0, 1], got {spec.patchiness}")
+                raise DataError(
+                    f"scene config: {spec.name!r} patchiness must be within [0, 1], got {spec.patchiness}"
+                )
             if spec.patch_px < 0:
                 raise DataError(f"scene config: {spec.name!r} patch_px must be >= 0, got {spec.patch_px}")
         if library is not None:
@@ -392,8 +481,10 @@ class SceneConfig:
 
     def cover_weights_in(self, region: RegionSpec) -> dict[str, float]:
         """Parcel land-cover weights in ``region`` (every parcel cover, 0 where absent)."""
-        return {k: float(self.cover_weights.get(k, 0.0)) * float(region.cover_weights.get(k, 1.0))
-                for k in PARCEL_COVERS}
+        return {
+            k: float(self.cover_weights.get(k, 0.0)) * float(region.cover_weights.get(k, 1.0))
+            for k in PARCEL_COVERS
+        }
 
     # -- composition ---------------------------------------------------------------------------
     def with_weights(
@@ -410,8 +501,11 @@ class SceneConfig:
         """
         known_crops = {c.name for c in self.crops}
         known_regions = {r.name for r in self.regions}
-        for key, known, what in ((crops, known_crops, "crop"), (regions, known_regions, "region"),
-                                 (covers, set(PARCEL_COVERS), "cover")):
+        for key, known, what in (
+            (crops, known_crops, "crop"),
+            (regions, known_regions, "region"),
+            (covers, set(PARCEL_COVERS), "cover"),
+        ):
             for k in key or {}:
                 if k not in known:
                     raise DataError(f"with_weights: unknown {what} {k!r}; known: {', '.join(sorted(known))}")
@@ -421,8 +515,9 @@ class SceneConfig:
         )
         new_covers = dict(self.cover_weights)
         new_covers.update({k: float(v) for k, v in (covers or {}).items()})
-        cfg = replace(self, crops=new_crops, regions=new_regions, cover_weights=new_covers,
-                      name=name or self.name)
+        cfg = replace(
+            self, crops=new_crops, regions=new_regions, cover_weights=new_covers, name=name or self.name
+        )
         cfg.validate()
         return cfg
 
@@ -494,7 +589,8 @@ def _kd_teacher() -> SceneConfig:
 def _kd_student() -> SceneConfig:
     absent = KD_STUDENT_ABSENT
     return _kd_teacher().with_weights(
-        crops=dict.fromkeys(absent["crops"], 0.0), regions=dict.fromkeys(absent["regions"], 0.0),
+        crops=dict.fromkeys(absent["crops"], 0.0),
+        regions=dict.fromkeys(absent["regions"], 0.0),
         name="kd-student",
     )
 

@@ -45,4 +45,3 @@ def draw_uniform(rng: np.random.Generator, r: Range) -> float:
 def draw_loguniform(rng: np.random.Generator, r: Range) -> float:
     """Log-uniform in ``r``; a degenerate range gives its low end without drawing."""
     return float(math.exp(rng.uniform(math.log(r[0]), math.log(r[1])))) if r[0] < r[1] else float(r[0])
-

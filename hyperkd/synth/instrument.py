@@ -13,15 +13,31 @@ from hyperkd.core.sensors import Sensor
 from hyperkd.synth.serial import from_plain, to_plain
 
 DEFAULT_SNR: tuple[tuple[float, float], ...] = (
-    (400.0, 150.0), (450.0, 300.0), (550.0, 420.0), (700.0, 380.0), (850.0, 300.0), (950.0, 200.0),
-    (1000.0, 170.0), (1250.0, 220.0), (1650.0, 180.0), (2200.0, 120.0), (2450.0, 70.0),
+    (400.0, 150.0),
+    (450.0, 300.0),
+    (550.0, 420.0),
+    (700.0, 380.0),
+    (850.0, 300.0),
+    (950.0, 200.0),
+    (1000.0, 170.0),
+    (1250.0, 220.0),
+    (1650.0, 180.0),
+    (2200.0, 120.0),
+    (2450.0, 70.0),
 )
 """SNR at 30% reflectance for an 8 nm band outside absorption features, loosely after
 EnMAP's requirements (VNIR > 400 near 500 nm, SWIR > 170 near 2200 nm; Guanter et al. 2015)."""
 
 # Coarse atmospheric absorption features (centre nm, depth, width nm): O2-A and water vapour.
-_ABSORPTION = ((762.0, 0.6, 4.0), (820.0, 0.15, 12.0), (940.0, 0.55, 22.0), (1135.0, 0.65, 28.0),
-               (1380.0, 0.99, 55.0), (1870.0, 0.99, 75.0), (2500.0, 0.6, 90.0))
+_ABSORPTION = (
+    (762.0, 0.6, 4.0),
+    (820.0, 0.15, 12.0),
+    (940.0, 0.55, 22.0),
+    (1135.0, 0.65, 28.0),
+    (1380.0, 0.99, 55.0),
+    (1870.0, 0.99, 75.0),
+    (2500.0, 0.6, 90.0),
+)
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,10 @@ def draw_layout(rng: np.random.Generator, cfg: SceneConfig, region: RegionSpec, 
     cover_names = [k for k in PARCEL_COVERS if covers[k] > 0]
     cw = np.array([covers[k] for k in cover_names])
     parcel_class = np.array(
-        [PARCEL_COVERS.index(cover_names[i]) for i in rng.choice(len(cover_names), 2 * n_cells, p=cw / cw.sum())]
+        [
+            PARCEL_COVERS.index(cover_names[i])
+            for i in rng.choice(len(cover_names), 2 * n_cells, p=cw / cw.sum())
+        ]
     )
     crop_names = [c.name for c in cfg.crops]
     crop_w = np.array([crops[c] for c in crop_names], dtype=np.float64)
@@ -146,10 +149,10 @@ def draw_layout(rng: np.random.Generator, cfg: SceneConfig, region: RegionSpec, 
             b = -X * math.sin(phi) + Y * math.cos(phi)
             centre = (
                 rng.uniform(-size / 4, size / 4)
-                + rng.uniform(0, size / 8) * np.sin(2 * math.pi * a / rng.uniform(size / 2, 2 * size)
-                                                    + rng.uniform(0, 2 * math.pi))
-                + rng.uniform(0, size / 20) * np.sin(2 * math.pi * a / rng.uniform(size / 6, size / 3)
-                                                     + rng.uniform(0, 2 * math.pi))
+                + rng.uniform(0, size / 8)
+                * np.sin(2 * math.pi * a / rng.uniform(size / 2, 2 * size) + rng.uniform(0, 2 * math.pi))
+                + rng.uniform(0, size / 20)
+                * np.sin(2 * math.pi * a / rng.uniform(size / 6, size / 3) + rng.uniform(0, 2 * math.pi))
             )
             water = np.abs(b - centre) < draw_uniform(rng, ws.river_px) / 2
         kind[water], inst[water] = WATER, 0

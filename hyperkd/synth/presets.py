@@ -59,8 +59,12 @@ def kd_stores(
     out = Path(out)
     student_instrument = Instrument(snr_scale=student_snr_scale)
     chips = {"teacher": teacher_chips, "student": student_chips, "eval": eval_chips}
-    paths = {"teacher": out / "teacher-hls", "student": out / "student-enmap", "eval": out / "eval-enmap",
-             "eval_hls": out / "eval-hls"}
+    paths = {
+        "teacher": out / "teacher-hls",
+        "student": out / "student-enmap",
+        "eval": out / "eval-enmap",
+        "eval_hls": out / "eval-hls",
+    }
     for p in paths.values():  # refuse before writing anything
         if (p / "manifest.json").exists():
             raise DataError(f"{p} already holds a chip store; choose another --out or delete it first")
@@ -68,9 +72,16 @@ def kd_stores(
     for role, (sensor, preset, offset) in KD_ROLES.items():
         also = {"hls": paths["eval_hls"]} if role == "eval" else None
         stores[role] = synthesize(
-            sensor, paths[role], chips=chips[role], size=size, seed=3 * seed + offset,
-            also=also, config=SceneConfig.preset(preset),
-            instrument={"enmap": student_instrument, "hls": Instrument()}, workers=workers, progress=progress,
+            sensor,
+            paths[role],
+            chips=chips[role],
+            size=size,
+            seed=3 * seed + offset,
+            also=also,
+            config=SceneConfig.preset(preset),
+            instrument={"enmap": student_instrument, "hls": Instrument()},
+            workers=workers,
+            progress=progress,
             attrs={"preset": preset, "kd_role": role},
         )
     stores["eval_hls"] = ChipStore(paths["eval_hls"])

@@ -105,8 +105,10 @@ def _patch_fields(units: Sequence[Unit], size: int, seed: int, index: int) -> np
         return None
     prng = rng_for(seed, index, SYNTH_VERSION, 0x9A7C)
     angles = prng.uniform(0.0, 2.0 * math.pi, len(units))
-    shared = {s: (smooth_field(prng, size, s).ravel(), smooth_field(prng, size, s).ravel())
-              for s in sorted({u.patch_px for u, on in zip(units, patchy, strict=True) if on})}
+    shared = {
+        s: (smooth_field(prng, size, s).ravel(), smooth_field(prng, size, s).ravel())
+        for s in sorted({u.patch_px for u, on in zip(units, patchy, strict=True) if on})
+    }
     out = np.zeros((len(units), size * size), dtype=np.float32)
     for i, (u, on) in enumerate(zip(units, patchy, strict=True)):
         if on:
@@ -160,7 +162,11 @@ def generate_scene(
     def col(name: str) -> np.ndarray:
         return np.array([getattr(u, name) for u in units], dtype=np.float64)
 
-    prm = {f.name: col(f.name) for f in dataclasses.fields(Unit) if f.name not in ("info", "comps", "landcover", "crop")}
+    prm = {
+        f.name: col(f.name)
+        for f in dataclasses.fields(Unit)
+        if f.name not in ("info", "comps", "landcover", "crop")
+    }
     comps = np.array([u.comps for u in units], dtype=np.int64)
     lc = np.array([u.landcover for u in units], dtype=np.int16)
     crop = np.array([u.crop for u in units], dtype=np.int16)
@@ -177,12 +183,16 @@ def generate_scene(
         base = p["cover"]
         if patch is not None:
             pz = p["patchiness"]
-            quantile = _normal_cdf(np.sqrt(1.0 - pz) * p["cover_z"] + np.sqrt(pz) * patch[uid, np.arange(n_pix)])
+            quantile = _normal_cdf(
+                np.sqrt(1.0 - pz) * p["cover_z"] + np.sqrt(pz) * patch[uid, np.arange(n_pix)]
+            )
             base = np.where(pz > 0, p["cover_lo"] + (p["cover_hi"] - p["cover_lo"]) * quantile, base)
         cover = np.clip(base + p["variability"] * f_cover + 0.5 * p["texture"] * gfine, 0.0, 1.0)
         striped = p["strip_period"] > 0
         if striped.any():
-            phase = np.sin(2 * math.pi * upix[striped] / p["strip_period"][striped] + p["strip_phase"][striped])
+            phase = np.sin(
+                2 * math.pi * upix[striped] / p["strip_period"][striped] + p["strip_phase"][striped]
+            )
             cover[striped] *= np.where(phase > 0, 1.0, 0.1)
         mix = np.clip(p["mix"] + p["mix_amp"] * f_mix, 0.0, 1.0)
         bright = p["brightness"] * np.exp(p["bright_amp"] * gbright + p["texture"] * gfine)

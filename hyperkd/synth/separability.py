@@ -26,8 +26,10 @@ def crop_config(crops: Sequence[str]) -> SceneConfig:
     """``kd-eval`` with only ``crops``, all cropland, no water/towns/roads, parcels 6-12 px
     (small parcels: the parcel, not the pixel, is the independent sample)."""
     kd = SceneConfig.preset("kd-eval")
-    cfg = kd.with_weights(crops={c.name: float(c.name in crops) for c in kd.crops},
-                          covers={"cropland": 1.0, "grassland": 0.0, "forest": 0.0, "barren": 0.0})
+    cfg = kd.with_weights(
+        crops={c.name: float(c.name in crops) for c in kd.crops},
+        covers={"cropland": 1.0, "grassland": 0.0, "forest": 0.0, "barren": 0.0},
+    )
     return dataclasses.replace(cfg, p_water=0.0, p_urban=0.0, roads=(0, 0), parcel_px=(6.0, 12.0))
 
 
@@ -44,7 +46,9 @@ def window_stats(img: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(np.maximum(box(p * p) - mean**2, 0.0))
 
 
-def balanced_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, lam: float) -> float:
+def balanced_accuracy(
+    xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, lam: float
+) -> float:
     """Balanced test accuracy of an L2-regularised logistic regression fitted by Newton steps."""
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-12
     a = np.c_[(xtr - mu) / sd, np.ones(len(xtr))]
@@ -58,8 +62,17 @@ def balanced_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np
     return 0.5 * (float((~pred[yte == 0]).mean()) + float(pred[yte == 1].mean()))
 
 
-def features(cfg: SceneConfig, sensor: Sensor, seed: int, n: int, size: int, instrument: Instrument,
-             radius: int, with_std: bool, interior: bool) -> list[Chip]:
+def features(
+    cfg: SceneConfig,
+    sensor: Sensor,
+    seed: int,
+    n: int,
+    size: int,
+    instrument: Instrument,
+    radius: int,
+    with_std: bool,
+    interior: bool,
+) -> list[Chip]:
     """Per chip of ``n`` scenes: pixel features, context features (window mean, and with
     ``with_std`` the pixel and log window std too), crop ids, and the usable pixels (pure;
     with ``interior`` only those whose 5x5 window lies inside one parcel)."""

@@ -56,8 +56,9 @@ def from_plain(cls: type[T], data: Any, where: str, base: T | None = None) -> T:
     if missing:
         raise DataError(f"{where}: missing field {missing[0]!r}")
     hints = _hints(cls)
-    kwargs = {n: _parse(hints[n], data[n], f"{where}.{n}", current[n]) if n in data else current[n]
-              for n in fields}
+    kwargs = {
+        n: _parse(hints[n], data[n], f"{where}.{n}", current[n]) if n in data else current[n] for n in fields
+    }
     try:
         return cls(**kwargs)
     except HyperKDError:

@@ -155,8 +155,13 @@ def make_unit(
             * float(cfg.soc.cover_factor.get(cover, 1.0))
             * math.exp(rng.normal(0.0, cfg.soc.unit_sigma))
         )
-        info.update(landcover=cover, soil=lib.names[ground], soil_albedo=round(albedo, 5),
-                    soc_gkg=round(soc, 4), canopy=[lib.names[a], lib.names[b]])
+        info.update(
+            landcover=cover,
+            soil=lib.names[ground],
+            soil_albedo=round(albedo, 5),
+            soc_gkg=round(soc, 4),
+            canopy=[lib.names[a], lib.names[b]],
+        )
         if crop:
             info["crop"] = spec.name
         cover_level = draw_uniform(rng, spec.cover)
@@ -200,34 +205,59 @@ def make_unit(
             return Unit(
                 landcover=developed,
                 comps=(mats.lib(a), mats.lib(b), mats.lib(ground), mats.lib(litter)),
-                cover=draw_uniform(rng, (0.6, 0.95)), variability=0.08, mix_amp=0.4, residue=0.1,
-                brightness=draw_uniform(rng, us.brightness), bright_amp=0.05, texture=0.05,
-                soil_factor=draw_uniform(rng, cfg.soil_field_factor), **common,
+                cover=draw_uniform(rng, (0.6, 0.95)),
+                variability=0.08,
+                mix_amp=0.4,
+                residue=0.1,
+                brightness=draw_uniform(rng, us.brightness),
+                bright_amp=0.05,
+                texture=0.05,
+                soil_factor=draw_uniform(rng, cfg.soil_field_factor),
+                **common,
             )
         roof = int(rng.choice(mats.materials(us.roofs)))
         pave = int(rng.choice(mats.materials(us.pavements)))
         info["material"] = [lib.names[roof], lib.names[pave]]
         return Unit(
-            landcover=developed, comps=(mats.lib(roof), mats.lib(pave), -1, -1),
-            mix=draw_uniform(rng, us.roof_fraction), mix_amp=0.15,
-            brightness=draw_uniform(rng, us.brightness), bright_amp=0.05, texture=0.05, **common,
+            landcover=developed,
+            comps=(mats.lib(roof), mats.lib(pave), -1, -1),
+            mix=draw_uniform(rng, us.roof_fraction),
+            mix_amp=0.15,
+            brightness=draw_uniform(rng, us.brightness),
+            bright_amp=0.05,
+            texture=0.05,
+            **common,
         )
     if kind in (STREET, ROAD):
         a, b = rng.choice(mats.materials(cfg.urban.streets), 2)
         info.update(landcover="developed", material=[lib.names[a], lib.names[b]])
         return Unit(
-            landcover=developed, comps=(mats.lib(a), mats.lib(b), -1, -1), mix_amp=0.3,
-            brightness=draw_uniform(rng, (0.85, 1.1)), bright_amp=0.03, **common,
+            landcover=developed,
+            comps=(mats.lib(a), mats.lib(b), -1, -1),
+            mix_amp=0.3,
+            brightness=draw_uniform(rng, (0.85, 1.1)),
+            bright_amp=0.03,
+            **common,
         )
     # water: one body per scene, mixing a clear and a turbid end with a smooth field (plumes)
     ws = cfg.water
     surface = draw_loguniform(rng, ws.surface)
-    clear = {"chl": draw_loguniform(rng, (ws.chl[0], math.sqrt(ws.chl[0] * ws.chl[1]))),
-             "tsm": draw_loguniform(rng, (ws.tsm[0], math.sqrt(ws.tsm[0] * ws.tsm[1]))),
-             "cdom_440": draw_loguniform(rng, ws.cdom_440)}
-    turbid = {"chl": draw_loguniform(rng, ws.chl), "tsm": draw_loguniform(rng, ws.tsm), "cdom_440": clear["cdom_440"]}
+    clear = {
+        "chl": draw_loguniform(rng, (ws.chl[0], math.sqrt(ws.chl[0] * ws.chl[1]))),
+        "tsm": draw_loguniform(rng, (ws.tsm[0], math.sqrt(ws.tsm[0] * ws.tsm[1]))),
+        "cdom_440": draw_loguniform(rng, ws.cdom_440),
+    }
+    turbid = {
+        "chl": draw_loguniform(rng, ws.chl),
+        "tsm": draw_loguniform(rng, ws.tsm),
+        "cdom_440": clear["cdom_440"],
+    }
     wl = lib.wavelengths_nm
-    comps = (mats.add(water_reflectance(wl, surface=surface, **clear)),
-             mats.add(water_reflectance(wl, surface=surface, **turbid)), -1, -1)
+    comps = (
+        mats.add(water_reflectance(wl, surface=surface, **clear)),
+        mats.add(water_reflectance(wl, surface=surface, **turbid)),
+        -1,
+        -1,
+    )
     info.update(landcover="water", clear=clear, turbid=turbid, surface=surface)
     return Unit(landcover=LANDCOVER_CLASSES.index("water"), comps=comps, mix=0.6, mix_amp=0.4, **common)

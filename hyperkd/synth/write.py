@@ -91,17 +91,27 @@ def _preflight(target: SynthTarget, recipe: Mapping[str, Any], resume: bool) -> 
     try:
         old = json.loads(manifest.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{manifest}: cannot read the existing store ({exc}); delete it or pick another folder") from None
+        raise DataError(
+            f"{manifest}: cannot read the existing store ({exc}); delete it or pick another folder"
+        ) from None
     if old.get("complete"):
-        raise DataError(f"{target.out} already holds a complete chip store; choose another folder or delete it first")
+        raise DataError(
+            f"{target.out} already holds a complete chip store; choose another folder or delete it first"
+        )
     if not resume:
         raise DataError(
             f"{target.out} holds an unfinished chip store; pass --resume to continue it or delete the folder"
         )
     synth = (old.get("attrs") or {}).get("synth")
     if synth != dict(recipe):
-        what = (f"seed {synth.get('seed')}, chips {synth.get('chips')}, size {synth.get('size')}, "
-                f"config {synth.get('config_digest')}") if isinstance(synth, Mapping) else "not by data synth"
+        what = (
+            (
+                f"seed {synth.get('seed')}, chips {synth.get('chips')}, size {synth.get('size')}, "
+                f"config {synth.get('config_digest')}"
+            )
+            if isinstance(synth, Mapping)
+            else "not by data synth"
+        )
         raise DataError(
             f"cannot resume {target.out}: it was started with other synth settings ({what}); use the same "
             "--chips/--size/--seed/--config or delete it"
@@ -209,11 +219,23 @@ def synthesize(
             "scene_config": cfg.to_dict(),
             "instrument": t.instrument.to_dict(),
             "spectral_library": lib.source,
-            "paired_stores": {str(o.out): f"{o.sensor.name}:{o.sensor.selection}" for o in targets if o is not t},
+            "paired_stores": {
+                str(o.out): f"{o.sensor.name}:{o.sensor.selection}" for o in targets if o is not t
+            },
             **dict(attrs or {}),
         }
-        writers.append(ChipStoreWriter(t.out, t.sensor, size, labels=cfg.label_specs(),
-                                       shard_size=shard_size, synthetic=True, attrs=a, resume=resume))
+        writers.append(
+            ChipStoreWriter(
+                t.out,
+                t.sensor,
+                size,
+                labels=cfg.label_specs(),
+                shard_size=shard_size,
+                synthetic=True,
+                attrs=a,
+                resume=resume,
+            )
+        )
     pool = None
     if workers > 1:
         import multiprocessing
@@ -232,7 +254,8 @@ def synthesize(
                 maker = _ChipMaker(cfg, size, seed, tuple(targets[j] for j in todo))
                 results = (
                     pool.map(maker, indices, chunksize=max(1, len(indices) // (4 * workers)))
-                    if pool is not None else map(maker, indices)
+                    if pool is not None
+                    else map(maker, indices)
                 )
                 valid = np.ones((size, size), dtype=bool)
                 for labels, meta, images in results:

@@ -137,8 +137,14 @@ def write_figures(module: Any, batch: Mapping[str, Any], figs: Path, metrics_csv
     out_ = student(batch["image"], mask, batch.get("valid"))
     recon = student.reconstruct(batch["image"], out_).float().cpu().numpy()
     pix = module.pixel_mask(mask, None).cpu().numpy()
-    reconstruction_figure(student.sensor, batch["image"][0].float().cpu().numpy(), pix[0], recon[0],
-                          figs / "reconstruction.png", title=f"{student.sensor.name}: masked reconstruction")
+    reconstruction_figure(
+        student.sensor,
+        batch["image"][0].float().cpu().numpy(),
+        pix[0],
+        recon[0],
+        figs / "reconstruction.png",
+        title=f"{student.sensor.name}: masked reconstruction",
+    )
     if metrics_csv is not None:
         loss_curves(metrics_csv, figs / "loss.png")
     np.save(figs / "reconstruction_sample.npy", recon[0].astype(np.float16))
@@ -166,8 +172,12 @@ class DistillReport(RunEndReport):
     ``info``: the run's fixed facts (teacher section, its weights, aligner section), written as is.
     """
 
-    def __init__(self, run_dir: str | Path, info: Mapping[str, Any] | None = None,
-                 metrics_csv: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        info: Mapping[str, Any] | None = None,
+        metrics_csv: str | Path | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.info = dict(info or {})
         self.metrics_csv = Path(metrics_csv) if metrics_csv is not None else None

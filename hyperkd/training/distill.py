@@ -54,7 +54,9 @@ def make_projector(student_dim: int, teacher_dim: int, kind: str = "linear") -> 
     if kind == "linear":
         return nn.Linear(student_dim, teacher_dim)
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(student_dim, teacher_dim), nn.GELU(), nn.Linear(teacher_dim, teacher_dim))
+        return nn.Sequential(
+            nn.Linear(student_dim, teacher_dim), nn.GELU(), nn.Linear(teacher_dim, teacher_dim)
+        )
     raise RecipeError(f"distill.projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
 
 
@@ -103,30 +105,54 @@ class DistillModule(MAEModule):
         teacher_img_size: int | None = None,
     ) -> None:
         hparams = plain_hparams(
-            student=student, teacher=teacher, aligner=aligner, masker=masker, losses=losses,
-            mask_ratio=mask_ratio, optim=optim, pairs=[list(p) for p in pairs], projector=projector,
-            mask_on=mask_on, cache_teacher=cache_teacher, cache_max_mb=cache_max_mb,
-            teacher_img_size=teacher_img_size)
+            student=student,
+            teacher=teacher,
+            aligner=aligner,
+            masker=masker,
+            losses=losses,
+            mask_ratio=mask_ratio,
+            optim=optim,
+            pairs=[list(p) for p in pairs],
+            projector=projector,
+            mask_on=mask_on,
+            cache_teacher=cache_teacher,
+            cache_max_mb=cache_max_mb,
+            teacher_img_size=teacher_img_size,
+        )
         student = build_student(student)
         teacher = teacher if isinstance(teacher, Teacher) else teacher_from_spec(teacher)
         if not isinstance(aligner, nn.Module):
-            aligner = build_aligner({"aligner": aligner or recipes_mod.load_recipe(self.RECIPE)["aligner"]},
-                                    student, teacher)
+            aligner = build_aligner(
+                {"aligner": aligner or recipes_mod.load_recipe(self.RECIPE)["aligner"]}, student, teacher
+            )
         pairs = [(int(s), int(t)) for s, t in pairs]
         if not pairs:
             raise RecipeError("distill.pairs is empty; give at least one [student_block, teacher_block]")
         for s, t in pairs:
             if not -student.depth <= s < student.depth:
-                raise RecipeError(f"distill.pairs: student block {s} out of range (student depth {student.depth})")
+                raise RecipeError(
+                    f"distill.pairs: student block {s} out of range (student depth {student.depth})"
+                )
             if not -teacher.depth <= t < teacher.depth:
-                raise RecipeError(f"distill.pairs: teacher block {t} out of range (teacher depth {teacher.depth})")
-        super().__init__(student, masker, losses, mask_ratio=mask_ratio, optim=optim,
-                         feature_layers=tuple(s for s, _ in pairs))
-        self.remove_ignored_hparams(["feature_layers"])
+                raise RecipeError(
+                    f"distill.pairs: teacher block {t} out of range (teacher depth {teacher.depth})"
+                )
+        super().__init__(
+            student,
+            masker,
+            losses,
+            mask_ratio=mask_ratio,
+            optim=optim,
+            feature_layers=tuple(s for s, _ in pairs),
+        )
+        self.hparams.pop("feature_layers", None)  # derived from pairs; not an argument of this class
         self.save_hyperparameters(hparams)
         if mask_on not in ("aligned", "student"):
             raise RecipeError(f"distill.mask_on must be 'aligned' or 'student', got {mask_on!r}")
-        if aligner.source.num_bands != student.in_chans or aligner.target.num_bands != teacher.sensor.num_bands:
+        if (
+            aligner.source.num_bands != student.in_chans
+            or aligner.target.num_bands != teacher.sensor.num_bands
+        ):
             raise HyperKDError(
                 f"aligner maps {aligner.source.num_bands} -> {aligner.target.num_bands} bands, but the student "
                 f"has {student.in_chans} and the teacher {teacher.sensor.num_bands}"
@@ -149,16 +175,22 @@ class DistillModule(MAEModule):
         self.teacher_img_size = int(teacher_img_size) if teacher_img_size else None
         self.teacher_grid = (size // teacher.patch_size, size // teacher.patch_size)
         self.mask_on = mask_on
-        self.uses_teacher = any(getattr(t, "needs_teacher", False) and w != 0 for w, t in self.loss_terms.values())
+        self.uses_teacher = any(
+            getattr(t, "needs_teacher", False) and w != 0 for w, t in self.loss_terms.values()
+        )
         # no projector without a teacher term: parameters that never get a gradient break DDP
         self.projectors = nn.ModuleList(
-            [make_projector(student.embed_dim, teacher.embed_dim, projector) for _ in pairs] if self.uses_teacher else []
+            [make_projector(student.embed_dim, teacher.embed_dim, projector) for _ in pairs]
+            if self.uses_teacher
+            else []
         )
         self.aligner_trainable = any(p.requires_grad for p in aligner.parameters())
         use_cache = (not self.aligner_trainable) if cache_teacher == "auto" else bool(cache_teacher)
         if use_cache and self.aligner_trainable:
-            raise RecipeError("distill.cache_teacher: the aligner is trainable, so teacher features change; "
-                              "set cache_teacher to auto or false")
+            raise RecipeError(
+                "distill.cache_teacher: the aligner is trainable, so teacher features change; "
+                "set cache_teacher to auto or false"
+            )
         self.cache = TeacherCache(cache_max_mb) if use_cache else None
         self.teacher_seconds = 0.0
         self.teacher_chips = 0
@@ -213,8 +245,10 @@ class DistillModule(MAEModule):
             return self._run_teacher(image)
         keys = [int(i) for i in torch.as_tensor(batch["index"]).flatten().tolist()]
         return self.cache.fetch(
-            keys, lambda missing: self._run_teacher(image[missing] if len(missing) < len(keys) else image),
-            image.device)
+            keys,
+            lambda missing: self._run_teacher(image[missing] if len(missing) < len(keys) else image),
+            image.device,
+        )
 
     def extra_context(self, batch: Mapping[str, Tensor], out: MAEOutput) -> dict[str, Any]:
         """``kd_pairs`` (projected student, teacher tokens at the same patches) per layer pair."""
@@ -238,8 +272,12 @@ class DistillModule(MAEModule):
         if self.cache is not None:
             c = self.cache
             stats["cache"] = {
-                "enabled": True, "hits": c.hits, "misses": c.misses, "entries": len(c.store),
-                "bytes": c.bytes, "full": c.full,
+                "enabled": True,
+                "hits": c.hits,
+                "misses": c.misses,
+                "entries": len(c.store),
+                "bytes": c.bytes,
+                "full": c.full,
                 "saved_s_estimate": round(c.hits * per_chip, 4) if per_chip else 0.0,
             }
         else:
@@ -247,7 +285,9 @@ class DistillModule(MAEModule):
         return stats
 
 
-def _drop_teacher_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+def _drop_teacher_keys(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
     """state_dict post-hook: the frozen teacher is rebuilt from the recipe, never checkpointed."""
     for k in [k for k in state_dict if k.startswith(prefix + "teacher.")]:
         del state_dict[k]
@@ -297,8 +337,15 @@ def distill_module(recipe: Mapping[str, Any], student: HyperspectralMAE, teacher
     unknown = sorted(set(d) - set(DISTILL_KEYS))
     if unknown:
         raise RecipeError(f"unknown distill setting(s) {unknown}; known: {', '.join(DISTILL_KEYS)}")
-    return DistillModule(student, teacher, build_aligner(recipe, student, teacher), recipe["masker"],
-                         recipe.get("losses") or {}, optim=recipe.get("optim"), **d)
+    return DistillModule(
+        student,
+        teacher,
+        build_aligner(recipe, student, teacher),
+        recipe["masker"],
+        recipe.get("losses") or {},
+        optim=recipe.get("optim"),
+        **d,
+    )
 
 
 def teacher_terms(module: MAEModule) -> list[str]:
@@ -329,8 +376,12 @@ def distill(
     run folder or any data is made, so a missing checkpoint fails at once.
     """
     random_teacher = teacher_weights is not None and str(teacher_weights).lower() in ("none", "random")
-    named = {"teacher.name": teacher, "student.name": student, "data.store": data,
-             "teacher.weights": None if random_teacher or teacher_weights is None else str(teacher_weights)}
+    named = {
+        "teacher.name": teacher,
+        "student.name": student,
+        "data.store": data,
+        "teacher.weights": None if random_teacher or teacher_weights is None else str(teacher_weights),
+    }
     resolved = recipes_mod.resolve_for_run(recipe, overrides, {**fields, **named})
     if random_teacher:
         resolved["teacher"]["weights"] = None  # resolve_for_run skips None values
@@ -341,7 +392,12 @@ def distill(
 
     run = Path(out)
     report = DistillReport(
-        run, {"teacher": resolved["teacher"], "teacher_weights": dict(getattr(built, "weights_info", {})),
-              "aligner": resolved.get("aligner")},
-        metrics_csv=run / "logs" / "metrics.csv" if resolved["trainer"].get("figures", True) else None)
+        run,
+        {
+            "teacher": resolved["teacher"],
+            "teacher_weights": dict(getattr(built, "weights_info", {})),
+            "aligner": resolved.get("aligner"),
+        },
+        metrics_csv=run / "logs" / "metrics.csv" if resolved["trainer"].get("figures", True) else None,
+    )
     return fit(resolved, out, resume=resume, module_factory=factory, callbacks=[report, *callbacks])

@@ -23,7 +23,7 @@ from torch import nn
 from hyperkd.core.errors import RecipeError
 
 #: Parameters never decayed besides 1-D ones (fnmatch patterns on ``named_parameters`` names).
-NO_DECAY_PATTERNS: tuple[str, ...] = ("*cls_token", "*mask_token")
+NO_DECAY_NAMES: tuple[str, ...] = ("cls_token", "mask_token")
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,19 @@ class OptimConfig:
         return d
 
 
-def decay_groups(module: nn.Module, weight_decay: float,
-                 no_decay: Sequence[str] = NO_DECAY_PATTERNS) -> list[dict[str, Any]]:
+def decay_groups(
+    module: nn.Module, weight_decay: float, no_decay: Sequence[str] = NO_DECAY_NAMES
+) -> list[dict[str, Any]]:
     """Trainable parameters of ``module`` split into decayed and not-decayed groups.
 
+    Parameters whose own name (last dotted part) is in ``no_decay`` join the not-decayed group.
     Decayed group first (the order optimiser states are saved in), empty groups dropped.
     """
     from timm.optim import param_groups_weight_decay  # timm is heavy: import on use
 
-    groups = param_groups_weight_decay(module, weight_decay=weight_decay, no_weight_decay_list=no_decay)
+    # exact parameter names (every timm 1.0 matches those; name patterns need timm >= 1.0.21)
+    skip = [n for n, _ in module.named_parameters() if n.rsplit(".", 1)[-1] in no_decay]
+    groups = param_groups_weight_decay(module, weight_decay=weight_decay, no_weight_decay_list=skip)
     return sorted(groups, key=lambda g: g["weight_decay"] == 0.0)
 
 
@@ -85,16 +89,24 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
-                            warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """:func:`warmup_cosine` as a per-step torch scheduler."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps))
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
+    )
 
 
-def adamw_warmup_cosine(params: Iterable[Any], total_steps: int, *, lr: float,
-                        weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                        warmup_steps: int = 0) -> dict[str, Any]:
+def adamw_warmup_cosine(
+    params: Iterable[Any],
+    total_steps: int,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    warmup_steps: int = 0,
+) -> dict[str, Any]:
     """AdamW over ``params`` (tensors or param-group dicts) with the warmup-cosine schedule.
 
     Returns what :meth:`lightning.LightningModule.configure_optimizers` returns; call it as
@@ -106,10 +118,16 @@ def adamw_warmup_cosine(params: Iterable[Any], total_steps: int, *, lr: float,
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def configure_optimizers(module: nn.Module, cfg: OptimConfig | Mapping[str, Any] | None,
-                         total_steps: int) -> dict[str, Any]:
+def configure_optimizers(
+    module: nn.Module, cfg: OptimConfig | Mapping[str, Any] | None, total_steps: int
+) -> dict[str, Any]:
     """The whole recipe for a module: timm decay groups over its trainable parameters + AdamW + schedule."""
     oc = cfg if isinstance(cfg, OptimConfig) else OptimConfig.from_mapping(cfg)
-    return adamw_warmup_cosine(decay_groups(module, oc.weight_decay), total_steps, lr=oc.lr,
-                               weight_decay=oc.weight_decay, betas=oc.betas,
-                               warmup_steps=oc.warmup_steps)
+    return adamw_warmup_cosine(
+        decay_groups(module, oc.weight_decay),
+        total_steps,
+        lr=oc.lr,
+        weight_decay=oc.weight_decay,
+        betas=oc.betas,
+        warmup_steps=oc.warmup_steps,
+    )

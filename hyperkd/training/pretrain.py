@@ -56,9 +56,16 @@ class MAEModule(L.LightningModule):
         feature_layers: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(plain_hparams(
-            student=student, masker=masker, losses=losses, mask_ratio=mask_ratio, optim=optim,
-            feature_layers=list(feature_layers)))
+        self.save_hyperparameters(
+            plain_hparams(
+                student=student,
+                masker=masker,
+                losses=losses,
+                mask_ratio=mask_ratio,
+                optim=optim,
+                feature_layers=list(feature_layers),
+            )
+        )
         self.student = build_student(student)
         if masker is None or losses is None:
             defaults = recipes_mod.load_recipe(self.RECIPE)
@@ -78,8 +85,9 @@ class MAEModule(L.LightningModule):
         """Hook for subclasses: more inputs for loss terms (e.g. teacher features)."""
         return {}
 
-    def shared_step(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
-                    ) -> tuple[Tensor, dict[str, Tensor], MAEOutput, Tensor]:
+    def shared_step(
+        self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor], MAEOutput, Tensor]:
         mask = self.make_mask(batch, generator)
         out = self.student(batch["image"], mask, batch.get("valid"), layers=self.feature_layers)
         ctx = {"batch": batch, "student": self.student, **self.extra_context(batch, out)}

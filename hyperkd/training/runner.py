@@ -42,8 +42,20 @@ from hyperkd.training.callbacks import (
 )
 from hyperkd.training.parts import build_losses
 
-__all__ = ["RunResult", "build_losses", "build_student_for", "data_module", "export_student", "fit", "launch_rank",
-           "make_trainer", "prepare_run_dir", "pretrain", "pretrain_module", "student_sensor"]
+__all__ = [
+    "RunResult",
+    "build_losses",
+    "build_student_for",
+    "data_module",
+    "export_student",
+    "fit",
+    "launch_rank",
+    "make_trainer",
+    "prepare_run_dir",
+    "pretrain",
+    "pretrain_module",
+    "student_sensor",
+]
 
 
 @dataclass
@@ -68,8 +80,12 @@ def data_module(recipe: Mapping[str, Any], run_dir: Path) -> ChipDataModule:
     """The recipe's data as a Lightning data module: its chip store, or ``synthetic`` chips that the
     module's ``prepare_data`` generates inside the run folder (on rank 0; reused on resume)."""
     data = recipe["data"]
-    loader = {"batch_size": int(data.get("batch_size", 8)), "val_fraction": float(data.get("val_fraction", 0.125)),
-              "num_workers": int(data.get("num_workers", 0)), "seed": int(recipe.get("seed", 0))}
+    loader = {
+        "batch_size": int(data.get("batch_size", 8)),
+        "val_fraction": float(data.get("val_fraction", 0.125)),
+        "num_workers": int(data.get("num_workers", 0)),
+        "seed": int(recipe.get("seed", 0)),
+    }
     store = data.get("store", "synthetic")
     if store != "synthetic":
         return ChipDataModule(ChipStore(store), **loader)
@@ -78,9 +94,14 @@ def data_module(recipe: Mapping[str, Any], run_dir: Path) -> ChipDataModule:
     syn = dict(data.get("synthetic") or {})
     sensor_name = student_sensor(str(recipe["student"]["name"]))
     sensor = get_sensor(sensor_name, selection=recipe["student"].get("selection") or "default")
-    return SyntheticChipDataModule(run_dir / "data" / f"synthetic-{sensor_name}", sensor,
-                                   chips=int(syn.get("chips", 64)), size=int(syn.get("size", 64)),
-                                   synth_seed=int(syn.get("seed", 0)), **loader)
+    return SyntheticChipDataModule(
+        run_dir / "data" / f"synthetic-{sensor_name}",
+        sensor,
+        chips=int(syn.get("chips", 64)),
+        size=int(syn.get("size", 64)),
+        synth_seed=int(syn.get("seed", 0)),
+        **loader,
+    )
 
 
 def build_student_for(recipe: Mapping[str, Any], store: ChipStore) -> HyperspectralMAE:
@@ -102,7 +123,9 @@ def build_student_for(recipe: Mapping[str, Any], store: ChipStore) -> Hyperspect
         cfg.setdefault("img_size", store.chip_size)
         model = create_model(spec, sensor=store.sensor, **cfg)
     if not isinstance(model, HyperspectralMAE):
-        raise RecipeError(f"student {spec.spec!r} is a {type(model).__name__}, not a hyperspectral MAE student")
+        raise RecipeError(
+            f"student {spec.spec!r} is a {type(model).__name__}, not a hyperspectral MAE student"
+        )
     if model.in_chans != store.sensor.num_bands or model.img_size != store.chip_size:
         raise RecipeError(
             f"student expects {model.in_chans} bands of {model.img_size} px but {store.root} holds "
@@ -111,8 +134,10 @@ def build_student_for(recipe: Mapping[str, Any], store: ChipStore) -> Hyperspect
     if init_from:
         source = resolve_spec(str(init_from))
         if not source.trained:
-            raise RecipeError(f"student.init_from {init_from!r} names an architecture, not trained weights; give a "
-                              "model folder, a run folder or a Hugging Face repo id")
+            raise RecipeError(
+                f"student.init_from {init_from!r} names an architecture, not trained weights; give a "
+                "model folder, a run folder or a Hugging Face repo id"
+            )
         model.load_state_dict(create_model(source).state_dict())
     return model
 
@@ -184,15 +209,25 @@ def make_trainer(recipe: Mapping[str, Any], out: Path, extra_callbacks: Iterable
     t = dict(recipe["trainer"])
     every = int(t.pop("checkpoint_every_n_steps", 50))
     t.pop("figures", None)
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step}", save_last=True,
-                           every_n_train_steps=every, save_top_k=1, auto_insert_metric_name=False)
+    ckpt = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="step{step}",
+        save_last=True,
+        every_n_train_steps=every,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
     callbacks: list[Any] = [ckpt, *extra_callbacks]
     if progress_enabled():
         callbacks.append(RichProgressBar())
     loggers: list[Any] = [
         # flushed as often as it logs, so a killed run keeps its history
-        CSVLogger(save_dir=str(out), name="", version="logs",
-                  flush_logs_every_n_steps=int(t.get("log_every_n_steps", 50))),
+        CSVLogger(
+            save_dir=str(out),
+            name="",
+            version="logs",
+            flush_logs_every_n_steps=int(t.get("log_every_n_steps", 50)),
+        ),
         TensorBoardLogger(save_dir=str(out), name="", version="tensorboard"),
     ]
     return L.Trainer(
@@ -212,7 +247,8 @@ def fit(
     out: str | Path,
     *,
     resume: bool = False,
-    module_factory: Callable[[Mapping[str, Any], HyperspectralMAE, ChipDataModule], L.LightningModule] | None = None,
+    module_factory: Callable[[Mapping[str, Any], HyperspectralMAE, ChipDataModule], L.LightningModule]
+    | None = None,
     callbacks: Iterable[Any] = (),
 ) -> RunResult:
     """Assemble the recipe's parts and train; shared by pretraining and distillation.
@@ -241,11 +277,17 @@ def fit(
     trainer = make_trainer(recipe, out, [*reports, *callbacks])
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
-    return RunResult(run_dir=out, metrics=final_metrics(trainer), student_dir=out / "student",
-                     global_step=trainer.global_step)
+    return RunResult(
+        run_dir=out,
+        metrics=final_metrics(trainer),
+        student_dir=out / "student",
+        global_step=trainer.global_step,
+    )
 
 
-def pretrain_module(recipe: Mapping[str, Any], student: HyperspectralMAE, data: ChipDataModule) -> L.LightningModule:
+def pretrain_module(
+    recipe: Mapping[str, Any], student: HyperspectralMAE, data: ChipDataModule
+) -> L.LightningModule:
     """The no-KD MAE module for a recipe."""
     from hyperkd.training.pretrain import MAEModule
 

@@ -40,12 +40,16 @@ class TeacherMAEModule(L.LightningModule):
     :data:`DEFAULT_OPTIM`.
     """
 
-    def __init__(self, teacher: Any, mask_ratio: float = 0.75, optim: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, teacher: Any, mask_ratio: float = 0.75, optim: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(plain_hparams(teacher=teacher, mask_ratio=mask_ratio, optim=optim))
         if isinstance(teacher, str | Mapping):
             name, cfg = split_spec(teacher, "teacher")
-            teacher = create("teacher", name, **{"weights": None, "keep_decoder": True, "frozen": False, **cfg})
+            teacher = create(
+                "teacher", name, **{"weights": None, "keep_decoder": True, "frozen": False, **cfg}
+            )
         self.teacher = teacher
         self.mask_ratio = mask_ratio
         self.optim_cfg = OptimConfig.from_mapping({**DEFAULT_OPTIM, **(optim or {})})
@@ -87,8 +91,15 @@ def pretrain_teacher(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
-    model = create("teacher", teacher, weights=None, keep_decoder=True, frozen=False,
-                   img_size=store.chip_size, **architecture)
+    model = create(
+        "teacher",
+        teacher,
+        weights=None,
+        keep_decoder=True,
+        frozen=False,
+        img_size=store.chip_size,
+        **architecture,
+    )
     if [b.name for b in model.sensor.bands] != store.sensor.band_names:
         raise HyperKDError(
             f"teacher {teacher!r} expects bands {model.sensor.band_names} but {store.root} holds "
@@ -97,18 +108,28 @@ def pretrain_teacher(
         )
     module = TeacherMAEModule(model, optim={"lr": lr})
     dm = ChipDataModule(store, batch_size=batch_size, val_fraction=0.1, seed=seed)
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=progress, enable_model_summary=False,
-                        num_sanity_val_steps=0, accelerator="auto", devices=1)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="auto",
+        devices=1,
+    )
     trainer.fit(module, datamodule=dm)
     weights = out / "teacher.safetensors"
     model.save_weights(str(weights))
-    atomic_write_json(out / "teacher.json", {
-        "teacher": teacher,
-        "architecture": {"img_size": store.chip_size, **architecture},
-        "note": "a small Prithvi-architecture teacher trained by hyperkd; NOT NASA/IBM's Prithvi-EO weights",
-        "data": {"store": str(store.root), "chips": len(store), "synthetic": store.synthetic},
-        "epochs": epochs,
-        "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
-    })
+    atomic_write_json(
+        out / "teacher.json",
+        {
+            "teacher": teacher,
+            "architecture": {"img_size": store.chip_size, **architecture},
+            "note": "a small Prithvi-architecture teacher trained by hyperkd; NOT NASA/IBM's Prithvi-EO weights",
+            "data": {"store": str(store.root), "chips": len(store), "synthetic": store.synthetic},
+            "epochs": epochs,
+            "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        },
+    )
     return weights

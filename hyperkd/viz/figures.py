@@ -24,8 +24,9 @@ def rgb_bands(sensor: Sensor, targets: Sequence[float] = RGB_NM) -> list[int]:
     return [int(np.argmin(np.abs(c - t))) for t in targets]
 
 
-def composite(img: np.ndarray, idx: Sequence[int], lo: float = 2.0, hi: float = 98.0,
-              ref: np.ndarray | None = None) -> np.ndarray:
+def composite(
+    img: np.ndarray, idx: Sequence[int], lo: float = 2.0, hi: float = 98.0, ref: np.ndarray | None = None
+) -> np.ndarray:
     """``(C,H,W)`` reflectance -> ``(H,W,3)`` in [0,1], percentile-stretched (stretch of ``ref`` if given)."""
     rgb = np.stack([img[i] for i in idx], axis=-1).astype(np.float64)
     base = rgb if ref is None else np.stack([ref[i] for i in idx], axis=-1)
@@ -34,8 +35,14 @@ def composite(img: np.ndarray, idx: Sequence[int], lo: float = 2.0, hi: float = 
 
 
 def reconstruction_figure(
-    sensor: Sensor, image: np.ndarray, masked_pixels: np.ndarray, recon: np.ndarray, path: str | Path,
-    title: str = "", n_spectra: int = 3, seed: int = 0,
+    sensor: Sensor,
+    image: np.ndarray,
+    masked_pixels: np.ndarray,
+    recon: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    n_spectra: int = 3,
+    seed: int = 0,
 ) -> Path:
     """Input, masked input and reconstruction composites, plus spectra of a few masked pixels."""
     idx = rgb_bands(sensor)
@@ -45,7 +52,9 @@ def reconstruction_figure(
     masked = inp.copy()
     masked[masked_pixels] = 0.5
     rec = composite(recon, idx, ref=image)
-    for ax, im, t in zip(axes[:3], (inp, masked, rec), ("input", "masked input", "reconstruction"), strict=True):
+    for ax, im, t in zip(
+        axes[:3], (inp, masked, rec), ("input", "masked input", "reconstruction"), strict=True
+    ):
         ax.imshow(im)
         ax.set_title(t)
         ax.axis("off")

@@ -43,16 +43,28 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], path: str | Path, t
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(cm[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     ax.set_title(title or "confusion matrix (rows: truth)")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def scatter_figure(pairs: np.ndarray, path: str | Path, unit: str = "", title: str = "",
-                   metrics: dict[str, Any] | None = None) -> Path:
+def scatter_figure(
+    pairs: np.ndarray,
+    path: str | Path,
+    unit: str = "",
+    title: str = "",
+    metrics: dict[str, Any] | None = None,
+) -> Path:
     """Predicted vs true values (a sample of pixels) with the 1:1 line and the metrics."""
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
@@ -66,9 +78,19 @@ def scatter_figure(pairs: np.ndarray, path: str | Path, unit: str = "", title: s
     ax.set_xlabel(f"true{u}")
     ax.set_ylabel(f"predicted{u}")
     if metrics:
-        txt = "\n".join(f"{k.upper()} {metrics[k]:.3g}" for k in ("rmse", "mae", "r2") if metrics.get(k) is not None)
-        ax.text(0.97, 0.03, txt, transform=ax.transAxes, ha="right", va="bottom", fontsize=9,
-                bbox={"facecolor": "white", "alpha": 0.8})
+        txt = "\n".join(
+            f"{k.upper()} {metrics[k]:.3g}" for k in ("rmse", "mae", "r2") if metrics.get(k) is not None
+        )
+        ax.text(
+            0.97,
+            0.03,
+            txt,
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=9,
+            bbox={"facecolor": "white", "alpha": 0.8},
+        )
     ax.set_title(title or "truth vs prediction (sampled pixels)")
     fig.tight_layout()
     return _save(fig, path)
@@ -108,11 +130,15 @@ def maps_figure(
         truth = np.asarray(truths[r], dtype=float)
         if classes is not None:
             truth = np.where(truth == ignore_index, np.nan, truth)
-        axes[r, 1].imshow(np.ma.masked_invalid(truth), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        axes[r, 1].imshow(
+            np.ma.masked_invalid(truth), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
+        )
         pred = np.asarray(preds[r], dtype=float)
         if classes is None:
             pred = np.where(np.isfinite(truth), pred, np.nan)  # no value to compare where truth is missing
-        im = axes[r, 2].imshow(np.ma.masked_invalid(pred), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = axes[r, 2].imshow(
+            np.ma.masked_invalid(pred), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
+        )
         for c, t in enumerate(("image", "truth", "prediction")):
             axes[r, c].set_title(f"{titles[r]}: {t}" if titles and c == 0 else t, fontsize=9)
             axes[r, c].axis("off")
@@ -120,8 +146,12 @@ def maps_figure(
         from matplotlib.patches import Patch
 
         cm = _class_cmap(len(classes))
-        fig.legend(handles=[Patch(color=cm(i), label=c) for i, c in enumerate(classes)],
-                   loc="lower center", ncol=min(len(classes), 6), fontsize=8)
+        fig.legend(
+            handles=[Patch(color=cm(i), label=c) for i, c in enumerate(classes)],
+            loc="lower center",
+            ncol=min(len(classes), 6),
+            fontsize=8,
+        )
         fig.tight_layout(rect=(0, 0.06, 1, 1))
     else:
         fig.tight_layout()

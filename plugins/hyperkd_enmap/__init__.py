@@ -17,6 +17,10 @@ def hyperkd_components() -> list[ComponentSpec]:
         ComponentSpec("sensor", "enmap", "hyperkd_enmap.sensor:enmap"),
         ComponentSpec("sensor", "enmap-218", "hyperkd_enmap.sensor:enmap_218"),
         ComponentSpec("dataset", "enmap-l2a", "hyperkd_enmap.l2a:enmap_l2a"),
-        ComponentSpec("reader", "enmap-l2a", "hyperkd_enmap.l2a:FORMAT",
-                      description="EnMAP L2A product folders or zips (SPECTRAL_IMAGE + METADATA.XML)"),
+        ComponentSpec(
+            "reader",
+            "enmap-l2a",
+            "hyperkd_enmap.l2a:FORMAT",
+            description="EnMAP L2A product folders or zips (SPECTRAL_IMAGE + METADATA.XML)",
+        ),
     ]

@@ -103,14 +103,19 @@ def quality_flagged(layer: str, q: np.ndarray) -> np.ndarray:
     """True where the ``QL_QUALITY_<layer>`` values ``q`` flag a pixel (see :data:`CLOUD_FLAGS`)."""
     return np.isin(q, CLOUD_FLAGS[layer.upper()])
 
+
 _FIELDS: dict[str, tuple[str, ...]] = {
     "center": ("wavelengthcenterofband", "centralwavelength", "wavelength"),
     "fwhm": ("fwhmofband", "fwhm"),
     "gain": ("gainofband", "gain"),
     "offset": ("offsetofband", "offset"),
 }
-_FIELD_LABEL = {"center": "wavelengthCenterOfBand", "fwhm": "FWHMOfBand", "gain": "GainOfBand",
-                "offset": "OffsetOfBand"}
+_FIELD_LABEL = {
+    "center": "wavelengthCenterOfBand",
+    "fwhm": "FWHMOfBand",
+    "gain": "GainOfBand",
+    "offset": "OffsetOfBand",
+}
 
 _LAYOUT_HINT = (
     "an EnMAP L2A product is a folder or .ZIP holding ENMAP01-____L2A-DT<id>_<start>Z_<tile>_V<ver>_"
@@ -158,10 +163,10 @@ class L2AFiles:
 
 def _display(gdal_path: str) -> str:
     if gdal_path.startswith("/vsizip/"):
-        inner = gdal_path[len("/vsizip/"):]
+        inner = gdal_path[len("/vsizip/") :]
         idx = inner.lower().find(".zip/")
         if idx >= 0:
-            return f"{inner[: idx + 4]}!{inner[idx + 5:]}"
+            return f"{inner[: idx + 4]}!{inner[idx + 5 :]}"
     return gdal_path
 
 
@@ -208,7 +213,9 @@ def locate_l2a(path: str | Path) -> L2AFiles:
                 with zipfile.ZipFile(path) as zf:
                     names = [i.filename for i in zf.infolist() if not i.is_dir()]
             except (OSError, zipfile.BadZipFile) as exc:
-                raise DataError(f"{path}: not a readable zip archive ({exc}); re-download the product") from None
+                raise DataError(
+                    f"{path}: not a readable zip archive ({exc}); re-download the product"
+                ) from None
         elif _classify(path.name) is not None:
             return locate_l2a(path.parent)
         else:
@@ -219,7 +226,9 @@ def locate_l2a(path: str | Path) -> L2AFiles:
     if not groups:
         listing = ", ".join(n.rpartition("/")[2] for n in names[:6]) or "no files"
         more = f" (and {len(names) - 6} more)" if len(names) > 6 else ""
-        raise DataError(f"{path}: no EnMAP METADATA.XML or SPECTRAL_IMAGE found (has {listing}{more}); {_LAYOUT_HINT}")
+        raise DataError(
+            f"{path}: no EnMAP METADATA.XML or SPECTRAL_IMAGE found (has {listing}{more}); {_LAYOUT_HINT}"
+        )
     if len(groups) > 1:
         names_ = sorted(str(p or f"{f}/(no prefix)") for f, p in groups)
         raise DataError(
@@ -236,8 +245,14 @@ def locate_l2a(path: str | Path) -> L2AFiles:
     if METADATA not in files:
         raise DataError(f"{where}: has a SPECTRAL_IMAGE but no ...-METADATA.XML; {_LAYOUT_HINT}")
     if SPECTRAL_IMAGE not in files:
-        other = sorted(n for n in names if n.rpartition("/")[0] == folder and _classify(n.rpartition("/")[2]) is None)
-        hint = f" (unexpected file names here: {', '.join(n.rpartition('/')[2] for n in other[:5])})" if other else ""
+        other = sorted(
+            n for n in names if n.rpartition("/")[0] == folder and _classify(n.rpartition("/")[2]) is None
+        )
+        hint = (
+            f" (unexpected file names here: {', '.join(n.rpartition('/')[2] for n in other[:5])})"
+            if other
+            else ""
+        )
         raise DataError(f"{where}: has a METADATA.XML but no ...-SPECTRAL_IMAGE.TIF{hint}; {_LAYOUT_HINT}")
 
     def gdal_path(name: str) -> str:
@@ -245,7 +260,11 @@ def locate_l2a(path: str | Path) -> L2AFiles:
             return f"/vsizip/{zip_path.resolve()}/{name}"
         return str(path / name)
 
-    masks = {k: gdal_path(v[0]) for k, v in files.items() if k.startswith("QL_") and k not in ("QL_VNIR", "QL_SWIR")}
+    masks = {
+        k: gdal_path(v[0])
+        for k, v in files.items()
+        if k.startswith("QL_") and k not in ("QL_VNIR", "QL_SWIR")
+    }
     return L2AFiles(
         container=path,
         product=product,
@@ -409,7 +428,9 @@ def parse_l2a_metadata(data: bytes, source: str) -> L2AMetadata:
         name = name[: -len("-METADATA.XML")]
     level = _text(_path(root, "base/level")) or _text(_path(root, "metadata/schema/processingLevel"))
     if level is not None and level.upper() != "L2A":
-        raise DataError(f"{source}: describes a {level} product; hyperkd reads L2A surface reflectance products")
+        raise DataError(
+            f"{source}: describes a {level} product; hyperkd reads L2A surface reflectance products"
+        )
     return L2AMetadata(
         source=source,
         product_name=name if name and PRODUCT_RE.match(name) else None,
@@ -474,7 +495,9 @@ class L2AProduct:
         except BaseException:
             self.close()
             raise
-        self.cloud_layers = tuple(c.upper() for c in cloud_layers if f"QL_QUALITY_{c.upper()}" in self.files.masks)
+        self.cloud_layers = tuple(
+            c.upper() for c in cloud_layers if f"QL_QUALITY_{c.upper()}" in self.files.masks
+        )
         self.use_pixelmask = use_pixelmask and PIXELMASK in self.files.masks
 
     # -- opening --------------------------------------------------------------------------

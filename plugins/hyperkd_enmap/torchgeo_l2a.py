@@ -80,7 +80,8 @@ class EnMAPL2A(EnMAP):
                     nodata = product.nodata
                 elif (
                     product.sensor.band_names != first.band_names
-                    or [(b.gain, b.offset) for b in product.sensor.bands] != [(b.gain, b.offset) for b in first.bands]
+                    or [(b.gain, b.offset) for b in product.sensor.bands]
+                    != [(b.gain, b.offset) for b in first.bands]
                     or product.nodata != nodata
                 ):
                     raise DataError(
@@ -89,7 +90,9 @@ class EnMAPL2A(EnMAP):
                         "must agree. Prepare a chip store instead (`hyperkd data prepare`), which applies "
                         "each product's own table"
                     )
-                layers = {f"QL_QUALITY_{c}": product.files.masks[f"QL_QUALITY_{c}"] for c in product.cloud_layers}
+                layers = {
+                    f"QL_QUALITY_{c}": product.files.masks[f"QL_QUALITY_{c}"] for c in product.cloud_layers
+                }
                 if product.use_pixelmask:
                     layers[PIXELMASK] = product.files.masks[PIXELMASK]
                 self._layers[product.files.image] = layers
@@ -102,16 +105,26 @@ class EnMAPL2A(EnMAP):
         self._gain = np.asarray([first.bands[i].gain for i in sel], dtype=np.float64)[:, None, None]
         self._offset = np.asarray([first.bands[i].offset for i in sel], dtype=np.float64)[:, None, None]
         self._user_transforms = transforms
-        RasterDataset.__init__(
-            self, list(self._layers), crs, res, self.sensor.band_names, None, cache
-        )
+        RasterDataset.__init__(self, list(self._layers), crs, res, self.sensor.band_names, None, cache)
 
-    def _merge(self, filepaths: Sequence[str], query: GeoSlice, indexes: Sequence[int] | None,
-               nodata: float | None, resampling: Resampling) -> np.ndarray:
-        fhs = [self._cached_load_warp_file(fp) if self.cache else self._load_warp_file(fp) for fp in filepaths]
+    def _merge(
+        self,
+        filepaths: Sequence[str],
+        query: GeoSlice,
+        indexes: Sequence[int] | None,
+        nodata: float | None,
+        resampling: Resampling,
+    ) -> np.ndarray:
+        fhs = [
+            self._cached_load_warp_file(fp) if self.cache else self._load_warp_file(fp) for fp in filepaths
+        ]
         x, y, _ = self._disambiguate_slice(query)
         dest, _ = rasterio.merge.merge(
-            fhs, (x.start, y.start, x.stop, y.stop), (x.step, y.step), indexes=indexes, nodata=nodata,
+            fhs,
+            (x.start, y.start, x.stop, y.stop),
+            (x.step, y.step),
+            indexes=indexes,
+            nodata=nodata,
             resampling=resampling,
         )
         return dest
@@ -148,7 +161,10 @@ class EnMAPL2A(EnMAP):
                 flagged = quality_flagged(key.removeprefix("QL_QUALITY_"), q)
             valid &= ~flagged
         sample: dict[str, Any] = {
-            "image": torch.from_numpy(image), "valid": torch.from_numpy(valid), "crs": self.crs, "bounds": query,
+            "image": torch.from_numpy(image),
+            "valid": torch.from_numpy(valid),
+            "crs": self.crs,
+            "bounds": query,
         }
         if self._user_transforms is not None:
             sample = self._user_transforms(sample)

@@ -32,8 +32,9 @@ def hyperkd_components() -> list[ComponentSpec]:
     return [
         ComponentSpec("sensor", "hls", "hyperkd_prithvi.sensor:hls"),
         *(
-            ComponentSpec("teacher", name, "hyperkd_prithvi.teacher", aliases=aliases,
-                          metadata={"family": "prithvi-eo"})
+            ComponentSpec(
+                "teacher", name, "hyperkd_prithvi.teacher", aliases=aliases, metadata={"family": "prithvi-eo"}
+            )
             for name, aliases in TEACHERS.items()
         ),
     ]

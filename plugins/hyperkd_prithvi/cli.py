@@ -9,8 +9,12 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-teachers_app = typer.Typer(help="Registered teachers: architecture, size, bands, weights.", no_args_is_help=True)
-convert_app = typer.Typer(help="Convert checkpoints to model.safetensors + config.json.", no_args_is_help=True)
+teachers_app = typer.Typer(
+    help="Registered teachers: architecture, size, bands, weights.", no_args_is_help=True
+)
+convert_app = typer.Typer(
+    help="Convert checkpoints to model.safetensors + config.json.", no_args_is_help=True
+)
 
 
 def install(app: typer.Typer) -> None:
@@ -36,8 +40,12 @@ def _hub_cached(repo_id: str | None, filename: str | None) -> bool | None:
 
 def _summary(entry: Any) -> dict[str, Any]:
     """The fields every teacher listing starts with (name, aliases, plugin, description)."""
-    return {"name": entry.name, "aliases": list(entry.aliases), "plugin": entry.provider,
-            "description": entry.description}
+    return {
+        "name": entry.name,
+        "aliases": list(entry.aliases),
+        "plugin": entry.provider,
+        "description": entry.description,
+    }
 
 
 def teacher_rows() -> list[dict[str, Any]]:
@@ -52,8 +60,11 @@ def teacher_rows() -> list[dict[str, Any]]:
         if variant is not None:
             cfg = variant.config
             row.update(
-                embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                patch_size=cfg.patch_size[1], num_frames=cfg.num_frames,
+                embed_dim=cfg.embed_dim,
+                depth=cfg.depth,
+                num_heads=cfg.num_heads,
+                patch_size=cfg.patch_size[1],
+                num_frames=cfg.num_frames,
                 coords_encoding=list(cfg.coords_encoding),
                 encoder_parameters=parameter_counts(entry.name)["encoder"],
                 default_weights=variant.to_dict()["default_weights"],
@@ -84,7 +95,11 @@ def teacher_details(name: str) -> dict[str, Any]:
     )
     d["bands"] = [
         {
-            "name": code, "label": label, "range_um": rng, "mean_dn": m, "std_dn": s,
+            "name": code,
+            "label": label,
+            "range_um": rng,
+            "mean_dn": m,
+            "std_dn": s,
         }
         for code, label, rng, m, s in zip(
             ref["bands"], ref["band_names"], ref["band_range_um"], variant.mean, variant.std, strict=True
@@ -132,8 +147,14 @@ def teachers_list(
             table.add_row(escape(name), "", "", "", "", "", "", escape(r["description"]))
             continue
         table.add_row(
-            name, str(r["embed_dim"]), str(r["depth"]), str(r["num_heads"]), str(r["patch_size"]),
-            str(r["num_frames"]), _fmt_params(r["encoder_parameters"]), r["default_repo"] or "random init",
+            name,
+            str(r["embed_dim"]),
+            str(r["depth"]),
+            str(r["num_heads"]),
+            str(r["patch_size"]),
+            str(r["num_frames"]),
+            _fmt_params(r["encoder_parameters"]),
+            r["default_repo"] or "random init",
         )
     console.print(table)
 
@@ -179,13 +200,20 @@ def teachers_show(
         band_table.add_column(col)
     for b in d["bands"]:
         lo, hi = b["range_um"]
-        band_table.add_row(b["name"], b["label"], f"{lo:.2f}-{hi:.2f}", f"{b['mean_dn']:.2f}", f"{b['std_dn']:.2f}")
+        band_table.add_row(
+            b["name"], b["label"], f"{lo:.2f}-{hi:.2f}", f"{b['mean_dn']:.2f}", f"{b['std_dn']:.2f}"
+        )
     console.print(band_table)
 
 
 @convert_app.command("prithvi")
 def convert_prithvi_cmd(
-    src: Annotated[str, typer.Argument(help="Checkpoint: .pt/.safetensors file, folder, or Hub org/name (optionally @revision and /file).")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Checkpoint: .pt/.safetensors file, folder, or Hub org/name (optionally @revision and /file)."
+        ),
+    ],
     out: Annotated[str, typer.Argument(help="Output folder (model.safetensors + config.json).")],
     variant: Annotated[
         str | None, typer.Option("--variant", help="Variant name; default: detected from the shapes.")

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyperkd.models.pos_embed import sincos_1d
+from hyperkd.models.layers import init_linear_and_norm, sincos_1d
 
 PosEmbedMode = Literal["interpolate", "recompute"]
 COORD_ENCODINGS = ("time", "location")
@@ -98,9 +98,13 @@ class PrithviConfig:
         if unknown:
             raise ValueError(f"coords_encoding may hold {COORD_ENCODINGS}, got {sorted(unknown)}")
         if self.pos_embed_mode not in ("interpolate", "recompute"):
-            raise ValueError(f"pos_embed_mode must be 'interpolate' or 'recompute', got {self.pos_embed_mode!r}")
+            raise ValueError(
+                f"pos_embed_mode must be 'interpolate' or 'recompute', got {self.pos_embed_mode!r}"
+            )
         if self.img_size % self.patch_size[1] or self.img_size % self.patch_size[2]:
-            raise ValueError(f"img_size {self.img_size} is not a multiple of patch size {self.patch_size[1:]}")
+            raise ValueError(
+                f"img_size {self.img_size} is not a multiple of patch size {self.patch_size[1:]}"
+            )
 
     @property
     def grid_size(self) -> tuple[int, int, int]:
@@ -145,8 +149,16 @@ class PrithviConfig:
             for k, v in self.to_dict().items()
             if k
             in (
-                "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-                "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "coords_encoding",
+                "patch_size",
+                "in_chans",
+                "embed_dim",
+                "depth",
+                "num_heads",
+                "mlp_ratio",
+                "decoder_embed_dim",
+                "decoder_depth",
+                "decoder_num_heads",
+                "coords_encoding",
                 "coords_scale_learn",
             )
         }
@@ -302,16 +314,6 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float, eps: float) -> n
     return blocks
 
 
-def _init_linear_and_norm(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 def as_5d(x: Tensor, in_chans: int) -> Tensor:
     """Accept ``(B, C, H, W)`` (taken as ``T = 1``) or ``(B, C, T, H, W)``; check channels."""
     if x.ndim == 4:
@@ -356,7 +358,7 @@ class PrithviViT(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.zeros_(self.patch_embed.proj.bias)
             nn.init.normal_(self.cls_token, std=0.02)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     def grid_of(self, x: Tensor) -> tuple[int, int, int]:
         """Token grid ``(t, h, w)`` of a 5-D input; sizes must divide by the patch size."""
@@ -468,7 +470,9 @@ class MAEDecoder(nn.Module):
             self.location_embed_dec = LocationEncoder(d, cfg.coords_scale_learn)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.register_buffer("decoder_pos_embed", sincos_3d(d, cfg.grid_size))
-        self.decoder_blocks = _blocks(d, cfg.decoder_depth, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps)
+        self.decoder_blocks = _blocks(
+            d, cfg.decoder_depth, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps
+        )
         self.decoder_norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.decoder_pred = nn.Linear(d, math.prod(cfg.patch_size) * cfg.in_chans, bias=True)
         self._pe_cache = _PosEmbedCache()
@@ -478,7 +482,7 @@ class MAEDecoder(nn.Module):
         """The reference initialisation."""
         with torch.no_grad():
             nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     def forward(
         self,
@@ -499,7 +503,10 @@ class MAEDecoder(nn.Module):
         pos = self._pe_cache.get(
             key,
             lambda: pos_embed_for_grid(
-                self.cfg.decoder_embed_dim, self.cfg.grid_size, grid, mode=self.cfg.pos_embed_mode,
+                self.cfg.decoder_embed_dim,
+                self.cfg.grid_size,
+                grid,
+                mode=self.cfg.pos_embed_mode,
                 device=x.device,
             ).to(x.dtype),
         )
@@ -569,7 +576,9 @@ class PrithviMAE(nn.Module):
         return loss, pred, mask
 
 
-def random_masking(tokens: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def random_masking(
+    tokens: Tensor, mask_ratio: float, noise: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample random masking by argsort of noise (the MAE recipe).
 
     Returns ``(kept tokens, mask (1 = masked), ids_restore)``.
@@ -597,7 +606,9 @@ def normalise_layers(layers: Sequence[int] | int | None, depth: int) -> list[int
     for i in layers:
         j = int(i) + depth if int(i) < 0 else int(i)
         if not 0 <= j < depth:
-            raise ValueError(f"layer {i} is out of range for a {depth}-block encoder (use 0..{depth - 1} or -1..-{depth})")
+            raise ValueError(
+                f"layer {i} is out of range for a {depth}-block encoder (use 0..{depth - 1} or -1..-{depth})"
+            )
         out.append(j)
     if not out:
         raise ValueError("layers must name at least one block")

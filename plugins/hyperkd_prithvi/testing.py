@@ -45,8 +45,18 @@ def tiny_overrides(variant: str = TINY_VARIANT) -> dict[str, Any]:
 
     cfg = VARIANTS[variant].config.to_dict()
     keep = (
-        "img_size", "patch_size", "num_frames", "in_chans", "embed_dim", "depth", "num_heads",
-        "mlp_ratio", "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "coords_encoding",
+        "img_size",
+        "patch_size",
+        "num_frames",
+        "in_chans",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "decoder_embed_dim",
+        "decoder_depth",
+        "decoder_num_heads",
+        "coords_encoding",
         "coords_scale_learn",
     )
     out = {k: cfg[k] for k in keep}

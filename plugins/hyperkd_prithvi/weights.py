@@ -63,6 +63,7 @@ NESTING_KEYS = ("model", "state_dict")
 MAX_LISTED = 8
 """How many keys of each kind a mismatch message lists before saying "(+N more)"."""
 
+
 @dataclass(frozen=True)
 class WeightsSource:
     """Where weights come from: ``kind`` is ``"hub"``, ``"file"`` or ``"folder"``."""
@@ -105,7 +106,9 @@ def parse_source(
                 "this teacher has no official weights; pass weights=None (random init) or a "
                 "checkpoint file, folder or Hugging Face repo id"
             )
-        return WeightsSource("hub", text, repo_id=official_repo, filenames=(official_filename,), explicit=True)
+        return WeightsSource(
+            "hub", text, repo_id=official_repo, filenames=(official_filename,), explicit=True
+        )
     forced_local = text.startswith(LOCAL_PREFIX)
     local = Path(text.removeprefix(LOCAL_PREFIX)).expanduser()
     ref = None if forced_local else parse_hub_ref(text)
@@ -133,8 +136,9 @@ def parse_source(
         filenames = (official_filename,)
     else:
         filenames = (CONVERTED_FILENAME, *((official_filename,) if official_filename else ()))
-    return WeightsSource("hub", text, repo_id=ref.repo_id, filenames=filenames, revision=ref.revision,
-                         explicit=explicit)
+    return WeightsSource(
+        "hub", text, repo_id=ref.repo_id, filenames=filenames, revision=ref.revision, explicit=explicit
+    )
 
 
 # -- resolving -----------------------------------------------------------------------------------
@@ -152,9 +156,10 @@ def _hub_download(source: WeightsSource) -> Path:
         if got is not None:
             return got
     raise not_cached_error(
-        where, source.filenames,
+        where,
+        source.filenames,
         remedy=f"Download it where the Hub is reachable (`hf download {source.repo_id} {source.filenames[0]}`) "
-               f"and copy the cache, or {LOCAL_COPY}",
+        f"and copy the cache, or {LOCAL_COPY}",
     )
 
 
@@ -200,7 +205,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     if path.stat().st_size == 0:
-        raise WeightsError(f"weights file {path} is empty (an interrupted download?); delete it and fetch it again")
+        raise WeightsError(
+            f"weights file {path} is empty (an interrupted download?); delete it and fetch it again"
+        )
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
@@ -241,7 +248,9 @@ def _as_flat_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
         raise WeightsError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     bad = [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
     if bad:
-        shown = ", ".join(bad[:MAX_LISTED]) + (f" (+{len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else "")
+        shown = ", ".join(bad[:MAX_LISTED]) + (
+            f" (+{len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+        )
         raise WeightsError(f"weights file {path} is not a plain state dict: non-tensor entries {shown}")
     return {str(k): v for k, v in obj.items()}
 
@@ -324,7 +333,9 @@ def compare(state: Mapping[str, Tensor], model: PrithviMAE) -> Mismatch:
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
     shapes = [
-        (k, tuple(state[k].shape), shape) for k, shape in want.items() if k in state and tuple(state[k].shape) != shape
+        (k, tuple(state[k].shape), shape)
+        for k, shape in want.items()
+        if k in state and tuple(state[k].shape) != shape
     ]
     return Mismatch(missing, unexpected, shapes)
 
@@ -337,13 +348,20 @@ def infer_config(state: Mapping[str, Tensor]) -> dict[str, Any]:
         out["embed_dim"], out["in_chans"] = int(w.shape[0]), int(w.shape[1])
         out["patch_size"] = [int(s) for s in w.shape[2:]]
     for prefix, key in (("encoder.blocks.", "depth"), ("decoder.decoder_blocks.", "decoder_depth")):
-        idx = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
+        idx = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
         if idx:
             out[key] = max(idx) + 1
     d = state.get("decoder.decoder_embed.weight")
     if d is not None and d.ndim == 2:
         out["decoder_embed_dim"] = int(d.shape[0])
-    coords = [c for c, k in (("time", "encoder.temporal_embed_enc.scale"), ("location", "encoder.location_embed_enc.scale")) if k in state]
+    coords = [
+        c
+        for c, k in (
+            ("time", "encoder.temporal_embed_enc.scale"),
+            ("location", "encoder.location_embed_enc.scale"),
+        )
+        if k in state
+    ]
     out["coords_encoding"] = coords
     return out
 

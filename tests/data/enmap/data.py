@@ -229,21 +229,39 @@ def write_l2a_product(
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "_COG.TIF" if cog else ".TIF"
     xml = l2a_metadata_xml(
-        product, (centers * 2)[:nx], (fwhms * 2)[:nx], (gains * 2)[:nx], (offsets * 2)[:nx],
-        vnir=[b for b in INFLIGHT_VNIR if b <= nx], width=width, height=height,
-        image_name=f"{product}-SPECTRAL_IMAGE{suffix}", drop=drop,
+        product,
+        (centers * 2)[:nx],
+        (fwhms * 2)[:nx],
+        (gains * 2)[:nx],
+        (offsets * 2)[:nx],
+        vnir=[b for b in INFLIGHT_VNIR if b <= nx],
+        width=width,
+        height=height,
+        image_name=f"{product}-SPECTRAL_IMAGE{suffix}",
+        drop=drop,
     )
     (folder / f"{product}-METADATA.XML").write_bytes(xml)
     driver = "COG" if cog else "GTiff"
     write_image(folder / f"{product}-SPECTRAL_IMAGE{suffix}", dn, origin=origin, driver=driver, **creation)
     if pixelmask is not None:
         pm = pixelmask if pixelmask.ndim == 3 else np.broadcast_to(pixelmask, (n, height, width))
-        write_image(folder / f"{product}-QL_PIXELMASK{suffix}", pm.astype(np.uint8), nodata=None,
-                    origin=origin, driver=driver, nbits=1)
+        write_image(
+            folder / f"{product}-QL_PIXELMASK{suffix}",
+            pm.astype(np.uint8),
+            nodata=None,
+            origin=origin,
+            driver=driver,
+            nbits=1,
+        )
     for key, layer in (("CLOUD", cloud), ("CLOUDSHADOW", cloudshadow)):
         if layer is not None:
-            write_image(folder / f"{product}-QL_QUALITY_{key}{suffix}", layer[None].astype(np.uint8),
-                        nodata=None, origin=origin, driver=driver)
+            write_image(
+                folder / f"{product}-QL_QUALITY_{key}{suffix}",
+                layer[None].astype(np.uint8),
+                nodata=None,
+                origin=origin,
+                driver=driver,
+            )
     if not as_zip:
         return folder
     archive = root / f"{product}.ZIP"
@@ -261,7 +279,13 @@ def prelaunch_xml() -> bytes:
 
 
 def write_prelaunch_product(
-    root: Path, *, width: int = 40, height: int = 36, seed: int = 1, corner: int = 10, nodata_tag: bool = False
+    root: Path,
+    *,
+    width: int = 40,
+    height: int = 36,
+    seed: int = 1,
+    corner: int = 10,
+    nodata_tag: bool = False,
 ) -> Path:
     """A product folder with the real pre-launch METADATA.XML and a small 218-band image.
 
@@ -286,10 +310,19 @@ def main(argv: Sequence[str]) -> int:
     cloud[10:40, 60:100] = True
     pm = np.zeros((224, h, w), dtype=bool)
     pm[50, 70, 20] = True
-    write_l2a_product(out, width=w, height=h, corner=30, pixelmask=pm, cloud=cloud,
-                      cloudshadow=np.roll(cloud, 12, axis=0))
-    write_l2a_product(out, product=PRODUCT_B, width=w, height=h, seed=2, corner=20, as_zip=True,
-                      origin=(ORIGIN[0], ORIGIN[1] - 30.0 * h))
+    write_l2a_product(
+        out, width=w, height=h, corner=30, pixelmask=pm, cloud=cloud, cloudshadow=np.roll(cloud, 12, axis=0)
+    )
+    write_l2a_product(
+        out,
+        product=PRODUCT_B,
+        width=w,
+        height=h,
+        seed=2,
+        corner=20,
+        as_zip=True,
+        origin=(ORIGIN[0], ORIGIN[1] - 30.0 * h),
+    )
     write_prelaunch_product(out)
     print(f"wrote sample EnMAP L2A products to {out}")
     return 0

@@ -1,8 +1,25 @@
-"""Fixed 2-D sin-cos position embeddings (MAE / Prithvi style)."""
+"""Building blocks shared by hyperkd's students and the teacher plugins.
+
+Fixed sin-cos position embeddings (MAE / Prithvi style) and the MAE weight initialisation
+(xavier-uniform linears, unit LayerNorms), so a plugin's ViT and the student start alike.
+"""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+
+def init_linear_and_norm(module: nn.Module) -> None:
+    """MAE initialisation of one module (use with ``model.apply``): xavier-uniform linear
+    weights with zero bias, LayerNorm weight 1 and bias 0; other modules are left alone."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:

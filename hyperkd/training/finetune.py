@@ -3,7 +3,7 @@
 It runs under any ``lightning.Trainer``: :func:`hyperkd.evaluation.finetune.finetune` is one
 caller (splits, seeds, logs, evaluation), a notebook is another::
 
-    from hyperkd.evaluation.finetune_module import FinetuneModule
+    from hyperkd.training.finetune import FinetuneModule
     from hyperkd.evaluation.tasks import SegmentationTask
 
     task = SegmentationTask(classes=("water", "forest", "crops"))
@@ -73,8 +73,15 @@ class FinetuneModule(L.LightningModule):
             if task is None:
                 raise HyperKDError("FinetuneModule needs a model (PixelModel or its config) or a bound task")
             bound = task if isinstance(task, Task) else task_from_dict(task)
-            model = PixelModel.build(bound, encoder=encoder, sensor=sensor, img_size=img_size,
-                                     protocol=protocol, layers=layers, hidden=hidden)
+            model = PixelModel.build(
+                bound,
+                encoder=encoder,
+                sensor=sensor,
+                img_size=img_size,
+                protocol=protocol,
+                layers=layers,
+                hidden=hidden,
+            )
         elif task is not None or encoder is not None or sensor is not None:
             raise HyperKDError("FinetuneModule: pass either model= or task=/encoder=/sensor=, not both")
         self.model = model if isinstance(model, PixelModel) else PixelModel(model)
@@ -121,8 +128,13 @@ class FinetuneModule(L.LightningModule):
         groups = [{"params": head, "lr": self.lr}]
         if enc:
             groups.append({"params": enc, "lr": self.lr * self.encoder_lr_scale})
-        return adamw_warmup_cosine(groups, int(self.trainer.estimated_stepping_batches), lr=self.lr,
-                                   weight_decay=self.weight_decay, warmup_steps=self.warmup_steps)
+        return adamw_warmup_cosine(
+            groups,
+            int(self.trainer.estimated_stepping_batches),
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+        )
 
 
 __all__ = ["FinetuneModule"]
