@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import hyperkd
 
@@ -60,3 +62,51 @@ def test_unknown_top_level_attribute_is_an_attribute_error():
         assert "no_such_thing" in str(e)
     else:
         raise AssertionError("expected AttributeError")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+HYPERKD_IMPORT = re.compile(r"^\s*(?:from|import)\s+(hyperkd(?:\.\w+)?|hyperkd_\w+)", re.MULTILINE)
+
+# room -> the rooms it may import from (docs/concepts.md, "Layout"): data flows one way.
+WALLS = {
+    "core": {"core"},
+    "data": {"core", "data"},
+    "synth": {"core", "data", "synth"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    return set(HYPERKD_IMPORT.findall(path.read_text(encoding="utf-8")))
+
+
+def test_rooms_import_only_the_rooms_below_them():
+    broken = []
+    for room, allowed in WALLS.items():
+        for path in sorted((ROOT / "hyperkd" / room).rglob("*.py")):
+            for name in _imports(path):
+                if name == "hyperkd":  # the light top level (__version__, the public API)
+                    continue
+                target = name.split(".")[1] if name.startswith("hyperkd.") else name
+                if target not in allowed:
+                    broken.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_library_never_imports_the_cli_or_a_plugin():
+    broken = []
+    for path in sorted((ROOT / "hyperkd").rglob("*.py")):
+        if path.relative_to(ROOT / "hyperkd").parts[0] == "cli":
+            continue
+        for name in _imports(path):
+            if name == "hyperkd.cli" or name.startswith("hyperkd_"):
+                broken.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not broken, "\n".join(broken)
+
+
+def test_no_module_is_over_700_lines():
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines())
+        for folder in ("hyperkd", "plugins")
+        for p in (ROOT / folder).rglob("*.py")
+    }
+    assert sizes and not {p: n for p, n in sizes.items() if n > 700}

@@ -13,7 +13,8 @@ import torch
 
 from hyperkd.core.errors import RecipeError
 from hyperkd.core.plugins import load_plugins
-from hyperkd.data.loader import ChipDataModule, SyntheticChipDataModule
+from hyperkd.data.loader import ChipDataModule
+from hyperkd.synth.datamodule import SyntheticChipDataModule
 from hyperkd.training.callbacks import ExportStudent, MetricsReport
 from hyperkd.training.distill import DistillModule
 from hyperkd.training.optim import OptimConfig, decay_groups, warmup_cosine

@@ -60,6 +60,8 @@ The package, by stage (each module's docstring says more):
 - :mod:`~hyperkd.synth.render`: :func:`spectral_response` and :func:`render`;
 - :mod:`~hyperkd.synth.write`: :func:`synthesize` (chip stores, resumable, several sensors);
 - :mod:`~hyperkd.synth.presets`: :func:`kd_stores` (the distillation experiment's stores);
+- :mod:`~hyperkd.synth.datamodule`: a Lightning data module that synthesises its store in
+  ``prepare_data`` (imported on its own: it needs Lightning);
 - :mod:`~hyperkd.synth.spectral_library`, :mod:`~hyperkd.synth.separability`: the spectra
   scenes are made of, and how separable the presets' crops are.
 

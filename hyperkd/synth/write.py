@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hyperkd.core.errors import DataError
-from hyperkd.core.progress import progress_enabled
+from hyperkd.core.progress import progress_enabled, rich_progress
 from hyperkd.core.sensors import Sensor, get_sensor
 from hyperkd.data.store import ChipStore, ChipStoreWriter, nbytes_per_chip
 from hyperkd.synth.config import SceneConfig
@@ -136,19 +136,8 @@ def _progress_bar(
     if not progress_enabled(bool(progress)):
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     what = " + ".join(f"{s.name} ({s.num_bands} bands)" for s in sensors)
-    with Progress(
-        TextColumn("[bold]synth[/] " + what.replace("[", "\\[")),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("chips"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
+    with rich_progress("[bold]synth[/] " + what.replace("[", "\\["), "chips") as bar:
         task = bar.add_task("synth", total=total)
         yield lambda n: bar.advance(task, n)
 

@@ -29,9 +29,10 @@ from hyperkd import recipes as recipes_mod
 from hyperkd.core.errors import HyperKDError, RecipeError
 from hyperkd.core.io import atomic_write_text
 from hyperkd.core.progress import progress_enabled
-from hyperkd.data.loader import ChipDataModule, SyntheticChipDataModule
+from hyperkd.data.loader import ChipDataModule
 from hyperkd.data.store import ChipStore
 from hyperkd.models.mae import HyperspectralMAE
+from hyperkd.synth.datamodule import SyntheticChipDataModule
 from hyperkd.training.callbacks import (
     ExportStudent,
     MetricsReport,
