@@ -15,6 +15,8 @@ callbacks, runs), ``hyperkd.evaluation`` (downstream tasks, fine-tuning, compari
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from hyperkd import _aliases
@@ -69,3 +71,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """``hyperkd``'s module type: a workflow function is never replaced by a module.
+
+    After importing ``hyperkd.distill`` (the deprecated alias of ``hyperkd.training.distill``)
+    the import system binds that module as ``hyperkd.distill``; this keeps the function.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -6,9 +6,10 @@ hyperkd 0.2 moved its modules into rooms by pipeline stage (``hyperkd.core``, ``
 its new module (the very same module object, so registries are shared) and warns once with a
 ``DeprecationWarning`` naming the new path. Nothing here is imported eagerly.
 
-Names that became notebook functions on ``hyperkd`` itself (``hyperkd.distill``,
-``hyperkd.finetune``, ``hyperkd.pretrain``) are deliberately not aliased: a module alias would
-shadow the function.
+Three old modules share their name with a notebook function on ``hyperkd`` itself
+(``hyperkd.distill``, ``hyperkd.finetune``; ``hyperkd.train`` held ``pretrain``):
+``from hyperkd.distill import distill`` still works, and ``hyperkd.distill`` stays the function
+(``hyperkd``'s module type refuses to let the import system bind the alias module over it).
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ OLD_TO_NEW: dict[str, str] = {
     "hyperkd.data.synth": "hyperkd.synth",
     "hyperkd.data.spectral_library": "hyperkd.synth.spectral_library",
     "hyperkd.data.separability": "hyperkd.synth.separability",
+    "hyperkd.distill": "hyperkd.training.distill",
+    "hyperkd.finetune": "hyperkd.evaluation.finetune",
+    "hyperkd.train": "hyperkd.training.runner",
+    "hyperkd.engine": "hyperkd.training.pretrain",
+    "hyperkd.teacher_pretrain": "hyperkd.training.teacher",
+    "hyperkd.quickstart": "hyperkd.evaluation.quickstart",
+    "hyperkd.models.pos_embed": "hyperkd.models.layers",
 }
 
 

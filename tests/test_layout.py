@@ -42,6 +42,22 @@ def test_moved_heavy_modules_import_under_their_old_name_with_a_deprecation_warn
     assert "moved to hyperkd.components.aligners" in out.stdout
 
 
+def test_old_module_paths_of_the_workflow_functions_keep_working_and_keep_the_functions():
+    code = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "import hyperkd\n"
+        "from hyperkd.distill import distill\n"
+        "from hyperkd.finetune import evaluate, finetune\n"
+        "from hyperkd.train import pretrain\n"
+        "import hyperkd.distill\n"
+        "assert hyperkd.distill is distill and callable(hyperkd.distill), hyperkd.distill\n"
+        "assert hyperkd.finetune is finetune and hyperkd.evaluate is evaluate and hyperkd.pretrain is pretrain\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_notebook_api_is_exported_lazily():
     for name in ("pretrain", "distill", "finetune", "evaluate", "prepare", "synthesize", "from_pretrained"):
         assert name in dir(hyperkd)
