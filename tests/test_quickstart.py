@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from hyperkd.evaluation.quickstart import ROWS, QuickstartConfig, docs_from_report, quickstart
 
@@ -60,6 +61,8 @@ def test_quiet_leaves_no_global_state_behind(monkeypatch):
     import os
     import warnings
 
+    import lightning.pytorch  # noqa: F401 - Lightning's own import-time warning filters are not ours
+
     from hyperkd.core.progress import DISABLE_ENV, progress_enabled
     from hyperkd.evaluation.quickstart import _quiet
 
@@ -81,6 +84,23 @@ def test_quiet_leaves_no_global_state_behind(monkeypatch):
     with _quiet():
         assert progress_enabled()  # a user's explicit choice is kept
     assert os.environ[DISABLE_ENV] == "0"
+
+
+def test_quiet_silences_lightning_even_when_lightning_is_first_imported_inside_it():
+    """Lightning sets its loggers to INFO on first import; a run that imports it lazily must stay quiet."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "from hyperkd.evaluation.quickstart import _quiet\n"
+        "assert 'lightning' not in sys.modules\n"
+        "with _quiet():\n"
+        "    import lightning.pytorch\n"
+        "    print(logging.getLogger('lightning.pytorch').getEffectiveLevel())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(logging.WARNING)
 
 
 def test_quickstart_logs_through_logging_by_default(tmp_path, monkeypatch, caplog):

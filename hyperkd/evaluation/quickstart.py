@@ -88,6 +88,9 @@ def _quiet() -> Iterator[None]:
     level back and progress bars are switched off only for the run (``HYPERKD_DISABLE_PROGRESS``,
     restored on exit): nothing outlives the call.
     """
+    # Lightning sets its loggers to INFO when it is first imported: import it before lowering them
+    import lightning.pytorch  # noqa: F401
+
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     levels = {n: logging.getLogger(n).level for n in names}
     had_env = DISABLE_ENV in os.environ
