@@ -37,6 +37,7 @@ _LAZY: dict[str, str] = {
     "distill": "hyperkd.training.distill:distill",
     "finetune": "hyperkd.evaluation.finetune:finetune",
     "evaluate": "hyperkd.evaluation.finetune:evaluate",
+    "predict": "hyperkd.evaluation.predict:predict",
     "prepare": "hyperkd.data.prepare:prepare",
     "synthesize": "hyperkd.synth:synthesize",
 }

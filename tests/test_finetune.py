@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,12 @@ import pytest
 import torch
 
 from hyperkd.cli import main
-from hyperkd.core.errors import HyperKDError
+from hyperkd.core.errors import DataError, HyperKDError
 from hyperkd.data.splits import split_chips
 from hyperkd.evaluation.finetune import evaluate, finetune
 from hyperkd.models.pixel import PixelModel
+
+from .helpers.threads import one_thread  # noqa: F401 - autouse fixture
 
 TINY = dict(
     patch_size=8,
@@ -25,15 +28,6 @@ TINY = dict(
     decoder_num_heads=2,
     spectral_dim=16,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions on 2 shared cores run ~10x faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -328,14 +322,18 @@ def test_a_separate_evaluation_store_is_checked_before_training(store, tmp_path)
     from .test_tasks import _geo_store
 
     other = _geo_store(tmp_path / "hls")
-    with pytest.raises(HyperKDError, match="other bands or chip size"):
+    with pytest.raises(HyperKDError, match=r"other bands or chip size|has no match in"):
         finetune(student="raw", task="landcover", store=store, eval_store=other, out=tmp_path / "x", epochs=1)
     assert not (tmp_path / "x" / "logs").exists()  # refused before any training
+    with pytest.raises(HyperKDError, match="is the training store"):
+        finetune(student="raw", task="landcover", store=store, eval_store=store, out=tmp_path / "z", epochs=1)
+    copy = tmp_path / "copy"
+    shutil.copytree(store.root, copy)  # the same chips under another path: a separate store
     res = finetune(
         student="raw",
         task="landcover",
         store=store,
-        eval_store=store,
+        eval_store=copy,
         protocol="linear",
         epochs=1,
         out=tmp_path / "y",
@@ -343,6 +341,29 @@ def test_a_separate_evaluation_store_is_checked_before_training(store, tmp_path)
     )
     labelled = sum(int(((store[i]["landcover"] >= 0) & store[i]["valid"]).sum()) for i in range(len(store)))
     assert res.settings["test_chips"] == [] and res.metrics["pixels"] == labelled  # every chip of the store
+    # evaluate on the training store: every chip was trained or validated on, so it refuses (issue 12)
+    with pytest.raises(DataError, match=r"every chip of .* was used to train or validate"):
+        evaluate(tmp_path / "y", store)
+    trained = json.loads((tmp_path / "y" / "finetune.json").read_text())
+    allc = evaluate(tmp_path / "y", store, chips="all", out=tmp_path / "all")
+    record = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert record["scored_chips"] == list(range(len(store))) == allc.chips
+    n_used = len(trained["train_chips"]) + len(trained["val_chips"])
+    assert f"including {n_used} the model was trained or validated on" in record["chips"]
+    # label-scarce with a separate test store: the training-split chips it never used are fair to score
+    scarce = finetune(
+        student="raw",
+        task="landcover",
+        store=store,
+        eval_store=copy,
+        train_chips=4,
+        protocol="linear",
+        epochs=1,
+        out=tmp_path / "scarce",
+        figures=False,
+    )
+    used = set(scarce.settings["train_chips"]) | set(scarce.settings["val_chips"])
+    assert evaluate(tmp_path / "scarce", store).chips == [i for i in range(len(store)) if i not in used]
 
 
 @pytest.mark.parametrize(
@@ -353,6 +374,11 @@ def test_a_separate_evaluation_store_is_checked_before_training(store, tmp_path)
         (["--task", "soc", "--label", "landcover"], "needs a continuous label"),
         (["--task", "landcover", "--protocol", "probe"], "protocol must be one of"),
         (["--task", "landcover", "--train-chips", "99"], "--train-chips 99"),
+        (["--task", "landcover", "--val-fraction", "1.5"], "--val-fraction 1.5 must be at least 0"),
+        (
+            ["--task", "landcover", "--val-fraction", "0.5", "--test-fraction", "0.5"],
+            "leave no chip to train on",
+        ),
     ],
 )
 def test_cli_reports_a_wrong_task_or_label_in_one_line(store, tmp_path, capsys, args, message):

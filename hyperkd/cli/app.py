@@ -37,6 +37,7 @@ app.add_typer(sensors_app, name="sensors")
 def _add_core_commands() -> None:
     from hyperkd.cli import distill, hub, train  # noqa: F401 - register distill, hub, pretrain and recipes
     from hyperkd.cli import finetune as _finetune  # noqa: F401 - register finetune and evaluate
+    from hyperkd.cli import predict as _predict  # noqa: F401 - register predict
     from hyperkd.cli.data import data_app
 
     app.add_typer(data_app, name="data")

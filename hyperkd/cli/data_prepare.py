@@ -21,15 +21,21 @@ def prepare_cmd(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            help="Products (EnMAP L2A folders or zips) or folders holding them.", show_default=False
+            help="Products (EnMAP L2A folders or zips, GeoTIFFs, ENVI .hdr cubes) or folders holding them.",
+            show_default=False,
         ),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Chip store folder to create.", show_default=False)
     ],
     sensor: Annotated[
-        str, typer.Option(help="Sensor whose product reader to use (enmap reads 224- and 218-band L2A).")
-    ] = "enmap",
+        str | None,
+        typer.Option(
+            help="Sensor of the inputs (default: from the files: L2A products, or GeoTIFF/ENVI wavelengths "
+            "matched to a registered sensor); GeoTIFF/ENVI bands must then match its bands.",
+            show_default=False,
+        ),
+    ] = None,
     size: Annotated[
         int, typer.Option(help="Chip size in pixels (224 as in the paper; 64 or 96 for CPU work).")
     ] = 224,
@@ -55,7 +61,18 @@ def prepare_cmd(
         int | None, typer.Option(help="Chips per shard file (default: about 256 MB per shard).")
     ] = None,
     reader: Annotated[
-        str | None, typer.Option(help="Product reader name, when several read --sensor.")
+        str | None,
+        typer.Option(
+            help="Product reader (raster, enmap-l2a, ...; default: chosen from the inputs).",
+            show_default=False,
+        ),
+    ] = None,
+    reflectance_scale_factor: Annotated[
+        float | None,
+        typer.Option(
+            help="GeoTIFF/ENVI: stored value / this = reflectance (default: from the metadata, else detected).",
+            show_default=False,
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the store's per-product summary as JSON.")
@@ -65,7 +82,7 @@ def prepare_cmd(
 
     Every input is checked before anything is written. Interrupted, the same command with --resume continues.
     """
-    from hyperkd.data.prepare import prepare, short_product_name, store_products
+    from hyperkd.data.prepare import dropped_summary, prepare, short_product_name, store_products
 
     err = Console(stderr=True)
     try:
@@ -81,16 +98,19 @@ def prepare_cmd(
             resume=resume,
             shard_size=shard_size,
             reader=reader,
+            reader_options={"reflectance_scale_factor": reflectance_scale_factor}
+            if reflectance_scale_factor is not None
+            else None,
             progress=not as_json,
         )
     except KeyboardInterrupt:
         err.print(f"interrupted: finished products are safe in {out}; rerun the same command with --resume")
         raise typer.Exit(130) from None
     products = store_products(store)
+    dropped = (store.manifest.get("attrs") or {}).get("dropped_bands") or {}
     if as_json:
-        sys.stdout.write(
-            json.dumps({"store": str(store.root), "chips": len(store), "products": products}, indent=2) + "\n"
-        )
+        doc = {"store": str(store.root), "chips": len(store), "dropped_bands": dropped, "products": products}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     table = Table(title="products")
     for col in ("product", "bands", "chips", "dropped: no data", "dropped: cloud", "nodata"):
@@ -106,4 +126,9 @@ def prepare_cmd(
         )
     console = Console()
     console.print(table)
+    scales = sorted({str(p["reflectance_scale"]) for p in products.values() if p.get("reflectance_scale")})
+    if scales:
+        console.print(f"reflectance scale: {', '.join(scales)}", highlight=False)
+    if dropped:
+        console.print(dropped_summary(dropped), highlight=False)
     console.print(store.summary(), highlight=False)

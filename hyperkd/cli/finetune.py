@@ -8,6 +8,20 @@ import typer
 from hyperkd.cli.app import app, console, print_json
 from hyperkd.evaluation.compare import headline  # torch-free: keeps `hyperkd --help` light
 
+LabelNodata = Annotated[
+    float | None,
+    typer.Option(
+        "--label-nodata",
+        help="Label value meaning 'no label' (ignored by the loss and metrics); default: the raster's nodata.",
+    ),
+]
+LabelField = Annotated[
+    str | None, typer.Option("--label-field", help="Attribute of vector labels holding the class or value.")
+]
+Legend = Annotated[
+    Path | None, typer.Option("--legend", help="CSV of class names: code,name[,colour] per line.")
+]
+
 
 def _fmt(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in headline(metrics).items())
@@ -43,12 +57,16 @@ def finetune_cmd(
         Path | None,
         typer.Option(
             "--labels",
-            help="GeoTIFF of labels, reprojected onto the chips (else the store's own label layer).",
+            help="Labels aligned onto the chips: a raster, a folder of raster tiles, or a vector file "
+            "(GeoPackage, Shapefile, GeoJSON; points and polygons). Else the store's own label layer.",
         ),
     ] = None,
     label: Annotated[
         str | None, typer.Option("--label", help="Label layer to use instead of the task's default.")
     ] = None,
+    label_nodata: LabelNodata = None,
+    label_field: LabelField = None,
+    legend: Legend = None,
     protocol: Annotated[
         str, typer.Option("--protocol", help="frozen (CNN head), linear (probe) or full.")
     ] = "frozen",
@@ -71,8 +89,24 @@ def finetune_cmd(
         Path | None, typer.Option("--eval-data", help="Test on this store instead of a held-out split.")
     ] = None,
     eval_labels: Annotated[
-        Path | None, typer.Option("--eval-labels", help="Label raster for --eval-data (default: --labels).")
+        Path | None, typer.Option("--eval-labels", help="Labels for --eval-data (default: --labels).")
     ] = None,
+    val_data: Annotated[
+        Path | None,
+        typer.Option("--val-data", help="Validate on this store instead of a split of --data."),
+    ] = None,
+    val_labels: Annotated[
+        Path | None, typer.Option("--val-labels", help="Labels for --val-data (default: --labels).")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of --data's chips held out for validation.")
+    ] = 0.1,
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            "--test-fraction", help="Share of --data's chips held out for testing (no --eval-data)."
+        ),
+    ] = 0.2,
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/finetune"),
     accelerator: Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="32-true, bf16-mixed, ...")] = None,
@@ -93,6 +127,9 @@ def finetune_cmd(
         seed=seed,
         labels=labels,
         label=label,
+        label_nodata=label_nodata,
+        label_field=label_field,
+        legend=legend,
         train_chips=train_chips,
         epochs=epochs,
         batch_size=batch_size,
@@ -100,6 +137,10 @@ def finetune_cmd(
         split_seed=split_seed,
         eval_store=eval_data,
         eval_labels=eval_labels,
+        val_store=val_data,
+        val_labels=val_labels,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
         trainer=trainer,
         overwrite=overwrite,
     )
@@ -116,20 +157,38 @@ def evaluate_cmd(
     model: Annotated[Path, typer.Option("--model", help="A `hyperkd finetune` run folder (or its model/).")],
     data: Annotated[Path, typer.Option("--data", help="Chip store to evaluate on.")],
     labels: Annotated[
-        Path | None, typer.Option("--labels", help="GeoTIFF of labels (else the store's layer).")
+        Path | None,
+        typer.Option(
+            "--labels", help="Label raster, folder of raster tiles or vector file (else the store's layer)."
+        ),
     ] = None,
+    label_nodata: LabelNodata = None,
+    label_field: LabelField = None,
+    legend: Legend = None,
     all_chips: Annotated[
-        bool, typer.Option("--all-chips", help="Score every chip, even on the training store.")
+        bool,
+        typer.Option("--all-chips", help="Score every chip, even those the model trained on."),
     ] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for metrics.json and figures.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Score a fine-tuned model on a store (its held-out test chips when it is the training store)."""
+    """Score a fine-tuned model on a store (never the chips it trained on, unless --all-chips)."""
     from hyperkd.evaluation.finetune import evaluate
 
-    res = evaluate(model, data, labels=labels, chips="all" if all_chips else None, out=out)
+    res = evaluate(
+        model,
+        data,
+        labels=labels,
+        label_nodata=label_nodata,
+        label_field=label_field,
+        legend=legend,
+        chips="all" if all_chips else None,
+        out=out,
+    )
     if as_json:
-        print_json({"store": str(res.store), "num_chips": len(res.chips), "metrics": res.metrics})
+        print_json(
+            {"store": str(res.store), "num_chips": len(res.chips), "chips": res.chips, "metrics": res.metrics}
+        )
         return
     console.print(f"{res.store} ({len(res.chips)} chips): {_fmt(res.metrics)}", highlight=False)
     _per_class(res.metrics)

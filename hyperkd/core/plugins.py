@@ -57,6 +57,7 @@ CORE_COMPONENTS: tuple[ComponentSpec, ...] = (
     ComponentSpec("loss", "cosine", "hyperkd.components.losses:CosineLoss"),
     ComponentSpec("task", "segmentation", "hyperkd.evaluation.tasks:SegmentationTask"),
     ComponentSpec("task", "regression", "hyperkd.evaluation.tasks:RegressionTask"),
+    ComponentSpec("reader", "raster", "hyperkd.data.raster:FORMAT", description="GeoTIFF/COG or ENVI files"),
     # registered by loops at import time (one factory per preset / size)
     *_core("task", "hyperkd.evaluation.tasks", "landcover", "croptype", "soc"),
     *_core("student", "hyperkd.models.mae", "mae-tiny", "mae-small", "mae-base", "mae-large"),

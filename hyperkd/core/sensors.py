@@ -350,6 +350,60 @@ def band_ranges(spec: Iterable[tuple[int, int]], prefix: str = "B") -> tuple[str
     return tuple(f"{prefix}{i}" for lo, hi in spec for i in range(lo, hi + 1))
 
 
+BAND_TOLERANCE = 0.2
+"""Two bands are the same band when their centres differ by at most this share of the narrower FWHM."""
+
+
+def match_bands(
+    expected: Sensor, actual: Sensor, where: str, *, tolerance: float = BAND_TOLERANCE
+) -> list[int]:
+    """Which of ``actual``'s bands feed each of ``expected``'s bands, matched by wavelength, not name.
+
+    Use it wherever a model meets data (student <-> store, training <-> evaluation store,
+    model <-> scene): band *names* are only positions in some table (``B92`` is 902 nm in a
+    detector-ordered file and 952 nm in a wavelength-sorted one), so a model could otherwise
+    run silently on permuted bands.
+
+    Returns ``index`` with ``len(index) == expected.num_bands``: ``data[index]`` (``data`` being
+    ``(actual.num_bands, ...)``) puts the data in ``expected``'s band order. It is
+    ``list(range(n))`` when the order already agrees; any other value means the caller must
+    reorder (and say so). ``actual`` may hold more bands than ``expected`` (a scene with every
+    band for a model trained on a selection); the extra bands are simply not indexed.
+
+    A band of ``expected`` matches a band of ``actual`` when their centres differ by at most
+    ``tolerance`` x the narrower FWHM; each ``actual`` band is used once, closest pairs first
+    (EnMAP's VNIR and SWIR bands near 950 nm are 0.6 nm apart). Raises
+    :class:`~hyperkd.core.errors.SensorError` naming ``where``, the first ``expected`` band
+    without a match, its wavelength and the wavelength ``actual`` has at that position.
+    """
+    exp, act = expected.bands, actual.bands
+    pairs = []
+    for i, e in enumerate(exp):
+        for j, a in enumerate(act):
+            d = abs(e.center_nm - a.center_nm)
+            if d <= tolerance * min(e.fwhm_nm, a.fwhm_nm):
+                pairs.append((d, abs(e.fwhm_nm - a.fwhm_nm), i, j))
+    pairs.sort()
+    index: list[int | None] = [None] * len(exp)
+    used: set[int] = set()
+    for _d, _f, i, j in pairs:
+        if index[i] is None and j not in used:
+            index[i] = j
+            used.add(j)
+    for i, hit in enumerate(index):
+        if hit is None:
+            e = exp[i]
+            there = f"{act[i].center_nm:g} nm ({act[i].name})" if i < len(act) else f"only {len(act)} bands"
+            nearest = min(act, key=lambda a: abs(a.center_nm - e.center_nm))
+            raise SensorError(
+                f"{where}: band {i + 1} of {expected.name!r} ({e.name}, {e.center_nm:g} nm, FWHM "
+                f"{e.fwhm_nm:g}) has no match in {actual.name!r} ({actual.num_bands} bands): it has "
+                f"{there} at that position and its nearest band is {nearest.name} at "
+                f"{nearest.center_nm:g} nm; use data with the model's bands"
+            )
+    return [int(j) for j in index if j is not None]
+
+
 def get_sensor(name: str, selection: str | Sequence[str] | None = "default") -> Sensor:
     """Build registered sensor ``name`` and apply a band selection (default: its default)."""
     from hyperkd.core.registry import create

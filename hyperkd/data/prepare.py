@@ -34,6 +34,7 @@ import logging
 import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +43,18 @@ from rasterio.windows import Window
 import hyperkd
 from hyperkd.core.errors import DataError, SensorError
 from hyperkd.core.progress import progress_enabled, rich_progress
-from hyperkd.core.sensors import Sensor
-from hyperkd.data.products import Product, ProductFormat, find_products, product_format_for
+from hyperkd.core.sensors import BAND_TOLERANCE, Sensor
+from hyperkd.data.products import Product, ProductFormat, find_products, product_format_for, product_formats
 from hyperkd.data.store import MANIFEST, ChipStore, ChipStoreWriter, nbytes_per_chip
 
 logger = logging.getLogger(__name__)
 
 SHARD_BYTES = 256 << 20
 """Target shard size: big enough for few files, small enough to buffer in memory."""
-CENTER_TOLERANCE = 0.2
+CENTER_TOLERANCE = BAND_TOLERANCE
 """Products may share a store when each band centre differs by at most this share of its FWHM."""
+RASTER_READER = "raster"
+"""The reader of plain GeoTIFF/ENVI files, used when no sensor-specific reader finds the inputs."""
 
 _RANGE_RE = re.compile(r"^([A-Za-z_]*)(\d+)-(?:[A-Za-z_]*)(\d+)$")
 
@@ -150,6 +153,71 @@ def _check_compatible(products: Sequence[Product], reference: Sensor) -> dict[st
     return shifts
 
 
+def choose_format(
+    sensor: str | None, reader: str | None, inputs: Sequence[str | Path]
+) -> tuple[ProductFormat, dict[str, Any]]:
+    """The reader for ``inputs`` and the options it needs.
+
+    ``reader`` names one. Otherwise a sensor-specific reader (for ``sensor``, or any when
+    ``sensor`` is None) that finds products in every input is used (EnMAP L2A folders), and
+    the ``raster`` reader (GeoTIFF/ENVI with their own band tables) takes everything else,
+    forced to ``sensor`` when one is given.
+    """
+    forced = {"sensor": sensor} if sensor is not None else {}
+    if reader is not None:
+        fmt = product_format_for(sensor or "*", reader)
+        return fmt, forced if "*" in fmt.sensors else {}
+    specific = [
+        f for f in product_formats() if "*" not in f.sensors and (sensor is None or sensor in f.sensors)
+    ]
+    fitting = []
+    for f in specific:
+        try:
+            if all(f.find(Path(i).expanduser()) for i in inputs):
+                fitting.append(f)
+        except hyperkd.HyperKDError:
+            continue
+    if len(fitting) > 1:
+        raise DataError(
+            f"several readers read these inputs ({', '.join(f.name for f in fitting)}); choose one with --reader"
+        )
+    if fitting:
+        return fitting[0], {}
+    return product_format_for(sensor or "*", RASTER_READER), forced
+
+
+def drop_unusable(products: Sequence[Product], selected: Sensor) -> tuple[Sensor, dict[str, dict[str, Any]]]:
+    """``selected`` without the bands any product calls unusable (``bbl = 0``, no data), and those bands.
+
+    Readers say so through an optional ``unusable_bands`` mapping (band name -> reason);
+    one store needs one band table, so a band unusable in any product is dropped from all.
+    """
+    dropped: dict[str, dict[str, Any]] = {}
+    for p in products:
+        for name, why in (getattr(p, "unusable_bands", None) or {}).items():
+            if name in selected.band_names:
+                band = selected.bands[selected.band_index(name)]
+                entry = dropped.setdefault(name, {"center_nm": band.center_nm, "reasons": [], "products": 0})
+                entry["products"] += 1
+                if why not in entry["reasons"]:
+                    entry["reasons"].append(why)
+    if not dropped:
+        return selected, {}
+    kept = [n for n in selected.band_names if n not in dropped]
+    if not kept:
+        raise DataError(
+            f"{products[0].path}: every band is unusable (bbl = 0 or no data); nothing to prepare"
+        )
+    label = selected.selection if selected.selection != "all" else "usable"
+    return replace(selected.select(kept), selection=label), dropped
+
+
+def dropped_summary(dropped: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line naming the dropped bands, their wavelengths and why."""
+    parts = [f"{n} ({d['center_nm']:g} nm: {'; '.join(d['reasons'])})" for n, d in dropped.items()]
+    return f"dropped {len(dropped)} unusable band(s): {', '.join(parts)}; --selection all keeps them"
+
+
 def _stored_sensor(out: Path, selected: Sensor) -> Sensor:
     """On resume, the band table the store was started with (so argument order cannot change it)."""
     try:
@@ -178,7 +246,7 @@ def prepare(
     inputs: Sequence[str | Path],
     out: str | Path,
     *,
-    sensor: str = "enmap",
+    sensor: str | None = None,
     size: int = 224,
     stride: int | None = None,
     max_nodata: float = 0.1,
@@ -196,7 +264,10 @@ def prepare(
     ----------
     inputs: products (folders, zips, files the reader accepts) or folders of products.
     out: the store folder; it must not hold a store unless ``resume``.
-    sensor: which sensor's reader to use (``enmap`` reads 224- and 218-band L2A products).
+    sensor: which sensor's reader to use (``enmap`` reads 224- and 218-band L2A products); for
+        GeoTIFF/ENVI files (the ``raster`` reader) the sensor their bands must match. None:
+        L2A products are read as such, other files by the ``raster`` reader with the sensor
+        matched from their wavelengths (or made from their band table).
     size, stride: chip size and step in pixels (``stride`` defaults to ``size``: no overlap).
     max_nodata: drop a chip when more than this share of its pixels has no data.
     max_cloud: drop a chip when more than this share of its data pixels is cloudy
@@ -205,9 +276,9 @@ def prepare(
         band names (``parse_selection`` turns ``"B1-B126,B142-B160"`` into names).
     resume: continue an unfinished store; finished products are skipped.
     shard_size: chips per shard (default: about 256 MB per shard).
-    reader: the product reader's name, when several read ``sensor``.
+    reader: the product reader's name (``raster``, ``enmap-l2a``); default: chosen from the inputs.
     reader_options: keyword arguments for the reader's ``open`` (EnMAP: ``cloud_layers``,
-        ``use_pixelmask``).
+        ``use_pixelmask``; raster: ``reflectance_scale_factor``).
     progress: show a progress bar (also off when ``HYPERKD_DISABLE_PROGRESS=1``).
     """
     if not 0.0 <= max_nodata <= 1.0 or not 0.0 <= max_cloud <= 1.0:
@@ -218,13 +289,14 @@ def prepare(
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: --out must be a folder for the chip store, but it is a file")
-    fmt: ProductFormat = product_format_for(sensor, reader)
+    fmt, options = choose_format(sensor, reader, inputs)
+    options.update(reader_options or {})
     paths = find_products(fmt, inputs)
     products: list[Product] = []
     try:
         # -- pre-flight: everything that can be checked before writing ------------------------
         for path in paths:
-            products.append(fmt.open(path, **dict(reader_options or {})))
+            products.append(fmt.open(path, **options))
             products[-1].check()
         seen: dict[str, Path] = {}
         for p in products:
@@ -237,6 +309,9 @@ def prepare(
             )
         except SensorError as exc:
             raise DataError(f"{products[0].path}: {str(exc).rstrip(', ')}") from None
+        dropped: dict[str, dict[str, Any]] = {}
+        if selection == "default":
+            selected, dropped = drop_unusable(products, selected)
         if resume and (out / MANIFEST).exists():
             selected = _stored_sensor(out, selected)
         shifts = _check_compatible(products, selected)
@@ -257,6 +332,7 @@ def prepare(
                 "hyperkd_version": hyperkd.__version__,
                 "reader": fmt.name,
                 "requested_sensor": sensor,
+                "dropped_bands": dropped,
                 "selection": selected.selection,
                 "chip_size": size,
                 "stride": stride,
@@ -266,6 +342,9 @@ def prepare(
             },
         )
         writer.attrs.setdefault("products", {})
+        if dropped:
+            logger.warning("%s", dropped_summary(dropped))
+        said: set[str] = set()
         bands = selected.band_names
         with _progress(progress_enabled(progress)) as bar:
             for p in products:
@@ -294,7 +373,9 @@ def prepare(
                     "max_center_shift_nm": shifts[p.name],
                 }
                 for note in info.get("warnings") or ():
-                    logger.warning("%s: %s", p.name, note)
+                    if note not in said:  # said once per run, not once per tile
+                        said.add(note)
+                        logger.warning("%s: %s", p.name, note)
                 logger.info(
                     "%s: %d of %d windows kept as chips (%d dropped for no data, %d for cloud)",
                     p.name,
@@ -361,7 +442,7 @@ def _tile_product(
         where = product.info().get("image") or product.path
         raise DataError(
             f"{where}: no pixel holds data in the selected bands (every value is the no-data value "
-            f"{product.nodata:g} or flagged defective); remove this product from the inputs"
+            f"{product.nodata} or flagged defective); remove this product from the inputs"
         )
     return {"chips": kept, "dropped_nodata": dropped_nodata, "dropped_cloud": dropped_cloud}
 
@@ -371,4 +452,13 @@ def store_products(store: ChipStore) -> dict[str, dict[str, Any]]:
     return dict((store.manifest.get("attrs") or {}).get("products", {}))
 
 
-__all__ = ["chip_windows", "parse_selection", "prepare", "short_product_name", "store_products"]
+__all__ = [
+    "chip_windows",
+    "choose_format",
+    "drop_unusable",
+    "dropped_summary",
+    "parse_selection",
+    "prepare",
+    "short_product_name",
+    "store_products",
+]

@@ -18,15 +18,18 @@ head on the pixel spectra, no encoder). ``init="random"`` keeps the student's ar
 and standardisation but not its weights: the untrained-encoder control.
 
 Data and splits. Labels come from the store's own label layer (``task.label``, or
-``label=``) or from a GeoTIFF (``labels=``) reprojected onto every chip
-(:mod:`hyperkd.data.labels`). The chips are split once, by ``split_seed`` (default 0, the
-same for every run), into train / validation / test; ``seed`` changes the initialisation,
+``label=``) or from ``labels=``: a raster, a folder of raster tiles or a vector file,
+aligned onto every chip (:mod:`hyperkd.data.labels`; ``label_nodata=`` is the ignore value,
+``label_field=`` a vector attribute, ``legend=`` a CSV or QGIS style of class names). The
+chips are split once, by ``split_seed`` (default 0, the same for every run), into train /
+validation / test; ``seed`` changes the initialisation,
 the batch order and — with ``train_chips=N`` (the label-scarce setting) — which N chips of
 the training part are used. So runs with different students or seeds are scored on the
 same test chips, and at one seed two students see the same training chips in the same order
-and start from the same head weights (paired comparisons). ``eval_store=`` tests on a separate
-store instead of the test split (``eval_labels=`` defaults to ``labels=``: one national raster
-usually covers both).
+and start from the same head weights (paired comparisons). ``eval_store=`` tests and
+``val_store=`` validates on a separate store instead of a split (``eval_labels=`` /
+``val_labels=`` default to ``labels=``: one national raster usually covers every store).
+:func:`evaluate` never scores a chip the model trained or validated on unless asked.
 
 Training uses Lightning (:func:`hyperkd.training.runner.make_trainer`: CSV/TensorBoard logs,
 safetensors checkpoints) with :class:`~hyperkd.training.finetune.FinetuneModule`,
@@ -125,10 +128,12 @@ def resolve_student(
             f"{store.sensor.num_bands} bands of {store.chip_size} px; use a store made with the student's "
             "band selection and chip size"
         )
-    if list(model.sensor.band_names) != list(store.sensor.band_names):
+    from hyperkd.core.sensors import match_bands
+
+    if match_bands(model.sensor, store.sensor, f"student vs {store.root}") != list(range(model.in_chans)):
         raise HyperKDError(
-            f"the student's bands differ from those of {store.root} (same count, other bands); "
-            "use a store with the student's band selection"
+            f"{store.root} holds the student's bands in another order; "
+            "use a store made with the student's band order"
         )
     if init == "random":
         return HyperspectralMAE(**encoder_config(model))  # same architecture and standardisation, new weights
@@ -142,7 +147,15 @@ def resolve_student(
 
 def _check_eval_store(train: ChipStore, other: ChipStore, task: Task, eval_labels: str | Path | None) -> None:
     """Refuse, before any training, a test store the model could not be scored on."""
-    if other.sensor.band_names != train.sensor.band_names or other.chip_size != train.chip_size:
+    from hyperkd.core.sensors import match_bands
+
+    order = match_bands(train.sensor, other.sensor, f"evaluation store {other.root} vs {train.root}")
+    if order != list(range(train.sensor.num_bands)) or other.sensor.num_bands != train.sensor.num_bands:
+        raise HyperKDError(
+            f"the evaluation store {other.root} holds {train.root}'s bands in another order or with others "
+            "beside them; evaluate on a store made with the same band selection"
+        )
+    if other.chip_size != train.chip_size:
         raise HyperKDError(
             f"the evaluation store {other.root} has other bands or chip size than {train.root}; "
             "evaluate on a store made with the same band selection and --size"
@@ -174,6 +187,9 @@ def finetune(
     seed: int = 0,
     labels: str | Path | None = None,
     label: str | None = None,
+    label_nodata: float | None = None,
+    label_field: str | None = None,
+    legend: str | Path | None = None,
     train_chips: int | None = None,
     epochs: int = 20,
     batch_size: int = 8,
@@ -187,6 +203,8 @@ def finetune(
     split_seed: int = 0,
     eval_store: str | Path | ChipStore | None = None,
     eval_labels: str | Path | None = None,
+    val_store: str | Path | ChipStore | None = None,
+    val_labels: str | Path | None = None,
     cache_mb: float = 1024.0,
     num_workers: int = 0,
     trainer: Mapping[str, Any] | None = None,
@@ -210,14 +228,35 @@ def finetune(
                 f"{out} already holds a fine-tune run; choose another --out (or overwrite=True)"
             )
         shutil.rmtree(out)
+    for flag, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise HyperKDError(
+                f"{flag} {f:g} must be at least 0 and below 1 (a share of the training store's chips)"
+            )
+    if (0.0 if val_store is not None else val_fraction) + (
+        0.0 if eval_store is not None else test_fraction
+    ) >= 1:
+        raise HyperKDError(
+            f"--val-fraction {val_fraction:g} + --test-fraction {test_fraction:g} leave no chip to train on"
+        )
     base_task = get_task(task, label=label)
     train_store = open_store(store)
+    eval_st = open_store(eval_store) if eval_store is not None else None
+    val_st = open_store(val_store) if val_store is not None else None
+    for flag, other in (("--eval-data", eval_st), ("--val-data", val_st)):
+        if other is not None and other.root.resolve() == train_store.root.resolve():
+            raise HyperKDError(
+                f"{flag} {other.root} is the training store: its chips would be trained on; "
+                f"give another store, or omit {flag} to hold out a split of the training store"
+            )
+    label_opts: dict[str, Any] = {"nodata": label_nodata, "field": label_field, "legend": legend}
     bound, task_labels = bind_labels(
-        base_task, train_store, labels, cache=out / "labels" / "train.npy" if labels else None
+        base_task, train_store, labels, cache=out / "labels" / "train.npy" if labels else None, **label_opts
     )
 
     tf = 0.0 if eval_store is not None else test_fraction
-    train_idx, val_idx, test_idx = split_chips(len(train_store), val_fraction, tf, split_seed)
+    vf = 0.0 if val_store is not None else val_fraction
+    train_idx, val_idx, test_idx = split_chips(len(train_store), vf, tf, split_seed)
     if train_chips is not None:
         if train_chips < 1 or train_chips > len(train_idx):
             raise HyperKDError(
@@ -230,11 +269,19 @@ def finetune(
         bound = bound.with_target_stats(*target_stats(task_labels, train_idx))
         task_labels.task = bound
 
-    eval_st = open_store(eval_store) if eval_store is not None else None
     if eval_st is not None:
         if labels is not None and eval_labels is None:
             eval_labels = labels  # one raster (e.g. national NLCD / CDL) usually covers both stores
         _check_eval_store(train_store, eval_st, bound, eval_labels)
+    val_task_labels = task_labels
+    if val_st is not None:
+        if labels is not None and val_labels is None:
+            val_labels = labels
+        _check_eval_store(train_store, val_st, bound, val_labels)
+        val_idx = list(range(len(val_st)))
+        cache = out / "labels" / "val.npy" if val_labels else None
+        _, val_task_labels = bind_labels(bound, val_st, val_labels, cache=cache, **label_opts)
+        val_task_labels.task = bound  # the training labels' classes, codes and target statistics
 
     L.seed_everything(seed, workers=True, verbose=False)
     encoder = resolve_student(student, train_store, init)
@@ -264,6 +311,9 @@ def finetune(
         "store": str(train_store.root.resolve()),
         "synthetic": train_store.synthetic,
         "labels": str(labels) if labels else None,
+        "label_nodata": label_nodata,
+        "label_field": label_field,
+        "legend": str(legend) if legend else None,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -276,6 +326,8 @@ def finetune(
         "test_chips": test_idx,
         "eval_store": str(eval_st.root.resolve()) if eval_st is not None else None,
         "eval_labels": str(eval_labels) if eval_labels else None,
+        "val_store": str(val_st.root.resolve()) if val_st is not None else None,
+        "val_labels": str(val_labels) if val_labels else None,
         "label_scarce": train_chips is not None,
     }
     model.config["trained_on"] = {
@@ -283,7 +335,11 @@ def finetune(
         "train_chips": train_idx,
         "val_chips": val_idx,
         "test_chips": test_idx,
+        "val_store": settings["val_store"],
         "labels": settings["labels"],
+        "label_nodata": label_nodata,
+        "label_field": label_field,
+        "legend": _legend_record(legend),
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "finetune.json", settings)
@@ -296,9 +352,10 @@ def finetune(
         generator=gen,
         num_workers=num_workers,
     )
+    val_data = val_st if val_st is not None else train_store
     val_loader = (
         DataLoader(
-            TaskDataset(train_store, val_idx, task_labels), batch_size=batch_size, num_workers=num_workers
+            TaskDataset(val_data, val_idx, val_task_labels), batch_size=batch_size, num_workers=num_workers
         )
         if val_idx
         else None
@@ -341,7 +398,7 @@ def finetune(
     model_dir = model.save(out / "model")
     # validation metrics of the final model (Lightning's per-epoch ones in logs/ used moving BN statistics)
     val_metrics = (
-        evaluate(model, train_store, chips=val_idx, figures=False, task_labels=task_labels).metrics
+        evaluate(model, val_data, chips=val_idx, figures=False, task_labels=val_task_labels).metrics
         if val_idx
         else {}
     )
@@ -380,11 +437,42 @@ def finetune(
     )
 
 
-def _test_chips_for(model: PixelModel, store: ChipStore) -> list[int] | None:
+def _legend_record(legend: str | Path | None) -> dict[str, list[str | None]] | None:
+    """``code -> [name, colour]`` of a legend CSV, recorded with the model (maps reuse the colours)."""
+    if not legend:
+        return None
+    from hyperkd.data.labels import read_legend
+
+    names, colours = read_legend(legend)
+    return {str(c): [n, colours.get(c)] for c, n in names.items()}
+
+
+def _used_chips(model: PixelModel, store: ChipStore) -> set[int] | None:
+    """Chips of ``store`` the model was trained or validated on; ``None`` if it is not its training store."""
     trained = model.config.get("trained_on") or {}
     if trained.get("store") and Path(trained["store"]).resolve() == store.root.resolve():
-        return list(trained.get("test_chips") or []) or None  # none held out (it was tested on another store)
+        used = set(trained.get("train_chips") or [])
+        if not trained.get("val_store"):  # validation chips came from this store too
+            used |= set(trained.get("val_chips") or [])
+        return used
     return None
+
+
+def _default_chips(model: PixelModel, store: ChipStore) -> tuple[list[int], str]:
+    """The chips :func:`evaluate` scores by default: never one the model trained or validated on."""
+    used = _used_chips(model, store)
+    if used is None:
+        return list(range(len(store))), "all chips"
+    test = list((model.config.get("trained_on") or {}).get("test_chips") or [])
+    if test:  # the recorded split: every run on this store is scored on the same chips
+        return test, "held-out test chips of the training store"
+    held = [i for i in range(len(store)) if i not in used]
+    if not held:
+        raise DataError(
+            f"every chip of {store.root} was used to train or validate this model (it was tested on another "
+            "store); evaluate on another store, or pass --all-chips (chips='all') to score its training chips"
+        )
+    return held, "chips of the training store the model neither trained nor validated on"
 
 
 @torch.no_grad()
@@ -393,6 +481,9 @@ def evaluate(
     store: str | Path | ChipStore,
     *,
     labels: str | Path | None = None,
+    label_nodata: float | None = None,
+    label_field: str | None = None,
+    legend: str | Path | None = None,
     chips: Sequence[int] | str | None = None,
     out: str | Path | None = None,
     batch_size: int = 8,
@@ -404,22 +495,31 @@ def evaluate(
 ) -> EvalResult:
     """Exact test metrics of a fine-tuned model on chips of ``store``; writes JSON and figures to ``out``.
 
-    ``chips``: indices, ``"all"``, or ``None`` — the model's held-out test chips when
-    ``store`` is the store it was trained on (so training chips are never scored), else
-    every chip. ``labels``: a label raster (as for :func:`finetune`); without it the
-    store's label layer named by the task is used. ``task_labels`` reuses targets already
-    aligned by :func:`finetune` (internal).
+    ``chips``: indices, ``"all"``, or ``None`` — on the store the model was trained on, the
+    chips it neither trained nor validated on (refused if there are none), else every chip.
+    ``labels``: a raster, folder of rasters or vector file (as for :func:`finetune`;
+    ``label_nodata``, ``label_field`` and ``legend`` default to those it was trained with);
+    without it the store's label layer named by the task is used. The metrics JSON lists
+    the chips scored. ``task_labels`` reuses targets already aligned by :func:`finetune`
+    (internal).
     """
     pm = model if isinstance(model, PixelModel) else PixelModel.load(model)
     st = open_store(store)
     if task_labels is None:
+        trained = pm.config.get("trained_on") or {}
         cache = Path(out) / "labels" / "eval.npy" if (labels and out is not None) else None
-        _, task_labels = bind_labels(pm.task, st, labels, cache=cache)
+        _, task_labels = bind_labels(
+            pm.task,
+            st,
+            labels,
+            cache=cache,
+            nodata=label_nodata if label_nodata is not None else trained.get("label_nodata"),
+            field=label_field if label_field is not None else trained.get("label_field"),
+            legend=legend,
+        )
         task_labels.task = pm.task  # keep the model's classes / codes / target statistics
     if chips is None:
-        chosen = _test_chips_for(pm, st)
-        idx = chosen if chosen is not None else list(range(len(st)))
-        which = "held-out test chips of the training store" if chosen is not None else "all chips"
+        idx, which = _default_chips(pm, st)
     elif isinstance(chips, str):
         if chips != "all":
             raise HyperKDError(f"chips must be indices or 'all', got {chips!r}")
@@ -428,8 +528,9 @@ def evaluate(
         idx, which = [int(i) for i in chips], "given chips"
     if not idx:
         raise DataError(f"no chips of {st.root} to evaluate on")
-    if len(idx) == len(st) and _test_chips_for(pm, st) is not None:
-        which = "all chips (including the chips the model was trained on)"
+    used = _used_chips(pm, st)
+    if used and used & set(idx):
+        which += f" (including {len(used & set(idx))} the model was trained or validated on)"
     if pm.in_chans != st.sensor.num_bands or pm.img_size != st.chip_size:
         raise HyperKDError(
             f"the model expects {pm.in_chans} bands of {pm.img_size} px but {st.root} holds "
@@ -476,6 +577,8 @@ def evaluate(
         "labels": str(labels) if labels else None,
         "chips": which,
         "num_chips": len(idx),
+        "scored_chips": idx,
+        "scored_sources": sorted({str(st.chips[i].get("source", "")) for i in idx} - {""}),
         **({"settings": dict(settings)} if settings else {}),
         "metrics": metrics,
     }

@@ -1,4 +1,4 @@
-"""A downstream task bound to its labels: a chip store's label layer or an aligned label raster.
+"""A downstream task bound to its labels: a chip store's label layer or labels aligned onto the chips.
 
 :func:`bind_labels` turns a task preset (``landcover``...) into the task of *this* data —
 its classes (from the store's label layer, or the codes present in a GeoTIFF reprojected
@@ -8,6 +8,7 @@ targets (:class:`TaskLabels`) the datasets and metrics read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from hyperkd.core.errors import DataError
 from hyperkd.data.store import ChipStore, LabelSpec
 from hyperkd.evaluation.metrics import RegressionAccumulator
 from hyperkd.evaluation.tasks import SegmentationTask, Task
+
+logger = logging.getLogger(__name__)
 
 
 class TaskLabels:
@@ -57,23 +60,43 @@ class TaskLabels:
         return np.where(valid, t, np.float32(np.nan))
 
 
+def _legend_names(legend: str | Path | Mapping[int, str] | None) -> dict[int, str]:
+    if legend is None:
+        return {}
+    if isinstance(legend, Mapping):
+        return {int(k): str(v) for k, v in legend.items()}
+    from hyperkd.data.labels import read_legend
+
+    return read_legend(legend)[0]
+
+
 def bind_labels(
     task: Task,
     store: ChipStore,
     labels: str | Path | None = None,
     cache: Path | None = None,
+    *,
+    nodata: float | None = None,
+    field: str | None = None,
+    legend: str | Path | Mapping[int, str] | None = None,
 ) -> tuple[Task, TaskLabels]:
-    """Bind ``task`` to the store's label layer or to a label raster; returns (task, labels).
+    """Bind ``task`` to the store's label layer or to labels aligned onto its chips; returns (task, labels).
 
-    For a class raster, a task that already has ``codes`` (a trained model's) keeps them;
-    otherwise the codes present in the raster over the store's chips become the classes.
+    ``labels`` is a raster, a folder of raster tiles or a vector file
+    (:func:`hyperkd.data.labels.align_labels`); ``nodata`` the ignore value (default: the
+    raster's nodata), ``field`` a vector file's attribute, ``legend`` a CSV path (or a
+    mapping) of code -> class name. For class labels, a task that already has ``codes`` (a
+    trained model's) keeps them; with a legend its codes are the classes (a labelled code
+    missing from it is refused); otherwise the codes present over the store's chips are the
+    classes, named by the legend, the source's own names (category names, a vector field's
+    text), NLCD's (task ``landcover``, all codes NLCD) or ``class <code>``.
     """
     if labels is None:
         if task.label not in store.labels:
             have = ", ".join(store.labels) or "none"
             raise DataError(
-                f"{store.root} has no label layer {task.label!r} (it has: {have}); pass --labels RASTER "
-                "with a GeoTIFF of the labels, or --label NAME to use another layer"
+                f"{store.root} has no label layer {task.label!r} (it has: {have}); pass --labels with a "
+                "raster, a folder of label rasters or a vector file, or --label NAME to use another layer"
             )
         bound = task.bind(store.labels[task.label])
         if isinstance(task, SegmentationTask) and task.classes and tuple(task.classes) != bound.classes:
@@ -83,24 +106,53 @@ def bind_labels(
             )
         return bound, TaskLabels(store, bound)
 
-    from hyperkd.data.labels import NLCD_CLASSES, align_label_raster, class_codes, class_names, encode_classes
+    from hyperkd.data.labels import (
+        NLCD_CLASSES,
+        align_labels,
+        background_warning,
+        class_codes,
+        class_names,
+        encode_classes,
+        source_nodata,
+    )
 
-    kind = task.label_kind
-    values = align_label_raster(labels, store, kind, cache=cache)
+    names = _legend_names(legend)
+    if nodata is not None and nodata in names:
+        names.pop(int(nodata))  # the ignore value is no class, even if the legend names it
+    seg = isinstance(task, SegmentationTask)
+    if seg and task.codes and task.classes:  # a trained model's codes and names: text values keep them
+        names = names or {int(c): n.rsplit(" (", 1)[0] for c, n in zip(task.codes, task.classes, strict=True)}
+    values, own = align_labels(
+        labels, store, task.label_kind, cache=cache, nodata=nodata, field=field, legend=names
+    )
     if isinstance(task, SegmentationTask):
-        codes = list(task.codes) or class_codes(values)
+        if task.codes:
+            codes = [int(c) for c in task.codes]
+        else:
+            present = class_codes(values)
+            if names:
+                missing = sorted(set(present) - set(names))
+                if missing:
+                    raise DataError(
+                        f"labels {labels} hold codes {missing} that legend {legend} does not list; add "
+                        "them to the legend, or pass --label-nodata CODE if one means 'no label'"
+                    )
+                codes = sorted(names)
+            else:
+                codes = present
+            if nodata is None and source_nodata(labels) is None:
+                msg = background_warning(values, {**own, **names}, labels)
+                if msg:
+                    logger.warning(msg)
         if not codes:
-            raise DataError(f"label raster {labels} has no labelled pixel over the chips of {store.root}")
-        names = (
-            list(task.classes)
-            if task.codes
-            else class_names(codes, NLCD_CLASSES if task.name == "landcover" else None)
-        )
-        spec = LabelSpec("class", classes=tuple(names), ignore_index=task.ignore_index)
+            raise DataError(f"labels {labels} have no labelled pixel over the chips of {store.root}")
+        nlcd = NLCD_CLASSES if task.name == "landcover" and all(c in NLCD_CLASSES for c in codes) else None
+        classes = tuple(task.classes) if task.codes else tuple(class_names(codes, names, own, nlcd))
+        spec = LabelSpec("class", classes=classes, ignore_index=task.ignore_index)
         bound_seg = SegmentationTask(
             label=task.label,
             name=task.name,
-            classes=tuple(names),
+            classes=classes,
             ignore_index=task.ignore_index,
             codes=tuple(float(c) for c in codes),
         )
@@ -108,7 +160,7 @@ def bind_labels(
         ids, unknown = encode_classes(values, codes, task.ignore_index)
         return bound_seg, TaskLabels(store, bound_seg, ids, unknown)
     if not np.isfinite(values).any():
-        raise DataError(f"label raster {labels} has no valid value over the chips of {store.root}")
+        raise DataError(f"labels {labels} have no valid value over the chips of {store.root}")
     bound = task.bind(LabelSpec("continuous", unit=getattr(task, "unit", "")))
     return bound, TaskLabels(store, bound, values)
 

@@ -132,6 +132,18 @@ def build_student_for(recipe: Mapping[str, Any], store: ChipStore) -> Hyperspect
             f"student expects {model.in_chans} bands of {model.img_size} px but {store.root} holds "
             f"{store.sensor.num_bands} bands of {store.chip_size} px"
         )
+    from hyperkd.core.sensors import match_bands
+
+    try:  # by wavelength: the same names can mean other bands in another band table
+        order = match_bands(model.sensor, store.sensor, f"student {spec.spec!r} vs {store.root}")
+    except HyperKDError as exc:
+        raise RecipeError(str(exc)) from None
+    if order != list(range(len(order))):
+        k = next(i for i, j in enumerate(order) if i != j)
+        raise RecipeError(
+            f"{store.root} holds the student's bands in another order (student band {k + 1} is store band "
+            f"{order[k] + 1}); prepare the store with the student's band order"
+        )
     if init_from:
         source = resolve_spec(str(init_from))
         if not source.trained:
