@@ -15,7 +15,6 @@ Three old modules share their name with a notebook function on ``hyperkd`` itsel
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 import warnings
@@ -60,7 +59,8 @@ OLD_TO_NEW: dict[str, str] = {
 }
 
 
-class _AliasLoader(importlib.abc.Loader):
+class _AliasLoader:
+    # duck-typed (importlib.abc costs ~15 ms of start-up, which every CLI call pays)
     def __init__(self, new: str) -> None:
         self.new = new
 
@@ -76,14 +76,14 @@ class _AliasLoader(importlib.abc.Loader):
         """The target module is already executed; the alias only re-binds its name."""
 
 
-class _AliasFinder(importlib.abc.MetaPathFinder):
+class _AliasFinder:
     def find_spec(
         self, fullname: str, path: Any = None, target: Any = None
     ) -> importlib.machinery.ModuleSpec | None:
         new = OLD_TO_NEW.get(fullname)
         if new is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(new))
+        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(new))  # type: ignore[arg-type]
 
 
 def install() -> None:

@@ -7,6 +7,8 @@ Every command is a thin wrapper over a public Python function. User errors
 
 from __future__ import annotations
 
-from hyperkd.cli.app import app, main
+from hyperkd.cli.app import main, run
 
-__all__ = ["app", "main"]
+# Not re-exported as ``app``: that name would shadow the module ``hyperkd.cli.app``
+# (``import hyperkd.cli.app`` would then give the Typer object).
+__all__ = ["main", "run"]

@@ -27,6 +27,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # plain (click) help: Typer's rich help imports rich.markdown and markdown-it, ~0.15 s of
+    # every `hyperkd ... --help` (benchmarks/cli_startup.py)
+    rich_markup_mode=None,
 )
 plugins_app = typer.Typer(help="Discovered plugins.", no_args_is_help=True)
 sensors_app = typer.Typer(help="Registered sensors and their band tables.", no_args_is_help=True)
