@@ -322,7 +322,7 @@ def test_a_separate_evaluation_store_is_checked_before_training(store, tmp_path)
     from .test_tasks import _geo_store
 
     other = _geo_store(tmp_path / "hls")
-    with pytest.raises(HyperKDError, match=r"other bands or chip size|has no match in"):
+    with pytest.raises(HyperKDError, match=r"has no match in"):
         finetune(student="raw", task="landcover", store=store, eval_store=other, out=tmp_path / "x", epochs=1)
     assert not (tmp_path / "x" / "logs").exists()  # refused before any training
     with pytest.raises(HyperKDError, match="is the training store"):
