@@ -13,7 +13,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_PARTY = {"hyperkd", "hyperkd_prithvi", "hyperkd_enmap"}
-NOT_IMPORTED = {"tensorboard"}  # used through Lightning's TensorBoardLogger, which every run creates
+NOT_IMPORTED = {
+    "tensorboard",  # used through Lightning's TensorBoardLogger, which every run creates
+    "requests",  # torchgeo 0.8 imports it (datasets.openstreetmap) without declaring it
+}
 
 
 def _norm(name: str) -> str:
