@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 from affine import Affine
@@ -87,6 +87,30 @@ class ProductWindow:
         data = ~self.nodata
         n = int(data.sum())
         return float((self.cloud & data).sum() / n) if n else 0.0
+
+
+class ProductBase:
+    """What every opened product shares: it is a context manager that calls ``close()``, and
+    its ``repr`` names it, its band count and its size. Readers subclass it and define
+    ``close``, ``name``, ``sensor``, ``width`` and ``height``."""
+
+    name: str
+    sensor: Sensor
+    width: int
+    height: int
+
+    def close(self) -> None:
+        """Close the product's files."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.sensor.num_bands} bands, {self.width}x{self.height} px)"
 
 
 @runtime_checkable

@@ -35,7 +35,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,7 @@ from rasterio.windows import Window
 
 from hyperkd.core.errors import DataError, HyperKDError
 from hyperkd.core.sensors import Band, Sensor, get_sensor, match_bands
-from hyperkd.data.products import ProductFormat, ProductWindow
+from hyperkd.data.products import ProductBase, ProductFormat, ProductWindow
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ def to_nanometres(centers: Sequence[float], units: str | None, path: Path) -> tu
     return factor, f"wavelength units {units or 'missing'!r}: centres {lo:g}-{hi:g} read as {name}"
 
 
-class RasterProduct:
+class RasterProduct(ProductBase):
     """One GeoTIFF/COG or ENVI cube opened as a :class:`~hyperkd.data.products.Product`.
 
     Opening validates the metadata and scans the pixels once, in row strips (bounded
@@ -416,17 +415,6 @@ class RasterProduct:
         """Close the file."""
         if self._src is not None:
             self._src.close()
-
-    def __enter__(self) -> RasterProduct:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"RasterProduct({self.name!r}, {self.sensor.num_bands} bands, {self.width}x{self.height} px)"
 
 
 def _spacing(centers: Sequence[float]) -> list[float]:

@@ -44,7 +44,6 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -55,7 +54,7 @@ from rasterio.windows import Window
 from hyperkd.core.errors import DataError
 from hyperkd.core.registry import register
 from hyperkd.core.sensors import Sensor, get_sensor
-from hyperkd.data.products import ProductFormat, ProductWindow
+from hyperkd.data.products import ProductBase, ProductFormat, ProductWindow
 from hyperkd_enmap.metadata import PRODUCT_PATTERN, PRODUCT_RE, parse_l2a_metadata
 
 FILE_RE = re.compile(
@@ -291,7 +290,7 @@ def _base_sensor(num_bands: int) -> Sensor:
     return get_sensor("enmap-218" if num_bands == 218 else "enmap", selection="all")
 
 
-class L2AProduct:
+class L2AProduct(ProductBase):
     """An opened EnMAP L2A product: band table from its XML, windowed reflectance reads.
 
     Opening validates names, XML and band counts; :meth:`check` additionally reads the last
@@ -486,17 +485,6 @@ class L2AProduct:
             if src is not None:
                 src.close()
         self._masks = {}
-
-    def __enter__(self) -> L2AProduct:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"L2AProduct({self.name!r}, {self.sensor.num_bands} bands, {self.width}x{self.height} px)"
 
 
 def _cause(exc: BaseException) -> str:
