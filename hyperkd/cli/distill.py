@@ -19,7 +19,13 @@ from hyperkd.cli.train import (
     SetOpt,
     StrategyOpt,
     StudentOpt,
+    TestListOpt,
+    TrainListOpt,
+    ValDataOpt,
+    ValFractionOpt,
+    ValListOpt,
     _report,
+    split_fields,
     trainer_fields,
 )
 
@@ -48,6 +54,11 @@ def distill_cmd(
     strategy: StrategyOpt = None,
     precision: PrecisionOpt = None,
     num_nodes: NumNodesOpt = None,
+    val_data: ValDataOpt = None,
+    val_fraction: ValFractionOpt = None,
+    train_list: TrainListOpt = None,
+    val_list: ValListOpt = None,
+    test_list: TestListOpt = None,
 ) -> None:
     """Distil a frozen multispectral teacher into a hyperspectral MAE student (HyperKD)."""
     from hyperkd.training.distill import distill
@@ -62,5 +73,6 @@ def distill_cmd(
         overrides=overrides or [],
         resume=resume,
         **trainer_fields(devices, accelerator, strategy, precision, num_nodes),
+        **split_fields(val_data, val_fraction, train_list, val_list, test_list),
     )
     _report(result)

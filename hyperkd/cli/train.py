@@ -69,6 +69,51 @@ AcceleratorOpt = Annotated[str | None, typer.Option("--accelerator", help="cpu, 
 StrategyOpt = Annotated[str | None, typer.Option("--strategy", help="auto, ddp, fsdp, ...")]
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="32-true, bf16-mixed, 16-mixed.")]
 NumNodesOpt = Annotated[int | None, typer.Option("--num-nodes")]
+ValDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--val-data", help="Validate on every chip of this chip store (bands checked by wavelength)."
+    ),
+]
+ValFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--val-fraction", help="Share of --data's chips held out for validation (recipe default 0.125)."
+    ),
+]
+_LIST_HELP = (
+    "a text file (one chip index or source file per line) or a CSV whose first column holds them; "
+    "no random split is drawn for it"
+)
+TrainListOpt = Annotated[
+    str | None, typer.Option("--train-list", help=f"Train on exactly these chips of --data: {_LIST_HELP}.")
+]
+ValListOpt = Annotated[
+    str | None, typer.Option("--val-list", help=f"Validate on exactly these chips of --data: {_LIST_HELP}.")
+]
+TestListOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--test-list", help=f"Keep these chips of --data out of training and validation: {_LIST_HELP}."
+    ),
+]
+
+
+def split_fields(
+    val_data: str | None,
+    val_fraction: float | None,
+    train_list: str | None,
+    val_list: str | None,
+    test_list: str | None,
+) -> dict[str, object]:
+    """The split flags shared by pretrain and distill, as dotted recipe fields (``__`` for ``.``)."""
+    return {
+        "data__val_store": val_data,
+        "data__val_fraction": val_fraction,
+        "data__train_list": train_list,
+        "data__val_list": val_list,
+        "data__test_list": test_list,
+    }
 
 
 def trainer_fields(
@@ -101,6 +146,11 @@ def pretrain_cmd(
     strategy: StrategyOpt = None,
     precision: PrecisionOpt = None,
     num_nodes: NumNodesOpt = None,
+    val_data: ValDataOpt = None,
+    val_fraction: ValFractionOpt = None,
+    train_list: TrainListOpt = None,
+    val_list: ValListOpt = None,
+    test_list: TestListOpt = None,
 ) -> None:
     """MAE-pretrain a student from scratch (the no-KD baseline)."""
     from hyperkd.training.runner import pretrain
@@ -113,6 +163,7 @@ def pretrain_cmd(
         student__name=student,
         data__store=data,
         **trainer_fields(devices, accelerator, strategy, precision, num_nodes),
+        **split_fields(val_data, val_fraction, train_list, val_list, test_list),
     )
     _report(result)
 
@@ -141,8 +192,13 @@ def quickstart_cmd(
     out: Annotated[Path, typer.Option("--out", help="Report folder (replaced).")] = Path("demo"),
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
     teacher: Annotated[
-        str, typer.Option("--teacher", help="'tiny' (trained here) or a registered teacher, e.g. prithvi.")
-    ] = "tiny",
+        str,
+        typer.Option(
+            "--teacher",
+            help="Registered teacher (default: the packaged prithvi-tiny-synth), e.g. prithvi; "
+            "'tiny' trains one here in seconds.",
+        ),
+    ] = "prithvi-tiny-synth",
     teacher_weights: Annotated[
         str | None, typer.Option("--teacher-weights", help="Weights for --teacher (file, folder or repo).")
     ] = None,

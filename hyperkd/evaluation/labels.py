@@ -38,6 +38,10 @@ class TaskLabels:
         self.raster_values = raster_values
         self.unknown_pixels = unknown_pixels
 
+    def record(self) -> dict[str, Any]:
+        """What a run records about the training labels it used: all of them (no label fraction)."""
+        return {"label_fraction": None}
+
     def target(self, index: int, item: Mapping[str, Any] | None = None) -> np.ndarray:
         """The ``(S, S)`` target of chip ``index`` (``item``: the chip, if already read)."""
         item = item if item is not None else self.store[index]
@@ -165,6 +169,125 @@ def bind_labels(
     return bound, TaskLabels(store, bound, values)
 
 
+class FractionLabels(TaskLabels):
+    """Training targets thinned to a fixed fraction of their labelled pixels (the label-scarce protocol).
+
+    Built by :func:`label_fraction_subset`; wraps the full :class:`TaskLabels` (whose ``task``
+    it shares) and marks every pixel outside the subset "no label". Only the training loader
+    reads it: validation and test targets are never thinned.
+    """
+
+    def __init__(
+        self,
+        base: TaskLabels,
+        fraction: float,
+        seed: int,
+        threshold: float,
+        class_floor: Mapping[int, float],
+        labelled: int,
+        kept: int,
+    ) -> None:
+        self.base = base
+        self.store = base.store
+        self.raster_values = base.raster_values
+        self.unknown_pixels = base.unknown_pixels
+        self.fraction, self.seed = fraction, seed
+        self.threshold, self.class_floor = threshold, dict(class_floor)
+        self.labelled, self.kept = labelled, kept
+
+    @property  # type: ignore[override]
+    def task(self) -> Task:
+        """The full labels' task (a regression task's target statistics set later apply here too)."""
+        return self.base.task
+
+    @task.setter
+    def task(self, task: Task) -> None:
+        self.base.task = task
+
+    def keep(self, index: int, target: np.ndarray) -> np.ndarray:
+        """Which labelled pixels of chip ``index`` (its full ``target``) are in the subset."""
+        key = pixel_keys(self.seed, index, target.shape)
+        keep = _labelled(target, self.task) & (key <= self.threshold)
+        if isinstance(self.task, SegmentationTask):
+            for c, floor in self.class_floor.items():
+                keep |= (target == c) & (key <= floor)
+        return keep
+
+    def target(self, index: int, item: Mapping[str, Any] | None = None) -> np.ndarray:
+        t = self.base.target(index, item)
+        no_label = self.task.ignore_index if isinstance(self.task, SegmentationTask) else np.nan
+        return np.where(self.keep(index, t), t, np.asarray(no_label, dtype=t.dtype))
+
+    def record(self) -> dict[str, Any]:
+        """What a run records about its subset (``finetune.json``, ``metrics.json``, the model config)."""
+        return {
+            "label_fraction": self.fraction,
+            "label_subset_seed": self.seed,
+            "train_pixels": self.kept,
+            "train_pixels_labelled": self.labelled,
+        }
+
+
+def pixel_keys(seed: int, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A fixed uniform key per pixel of chip ``index``, from ``seed`` alone (not the run's seed or the
+    other chips): the label-scarce subset of fraction ``f`` is the labelled pixels with the smallest
+    keys, so subsets are nested (1 % inside 5 % inside 25 %) and equal across rows and seeds."""
+    return np.random.default_rng([int(seed), 0x5CA2CE, int(index)]).random(shape)
+
+
+def _labelled(target: np.ndarray, task: Task) -> np.ndarray:
+    if isinstance(task, SegmentationTask):
+        return np.asarray(target != task.ignore_index)
+    return np.isfinite(target)
+
+
+def label_fraction_subset(
+    labels: TaskLabels, indices: Sequence[int], fraction: float | None, seed: int
+) -> TaskLabels:
+    """``labels`` thinned to ``fraction`` of the labelled pixels of chips ``indices`` (``None``: all of them).
+
+    The subset is the ``max(1, round(fraction * N))`` labelled pixels (of ``N``) with the smallest
+    :func:`pixel_keys` drawn from ``seed`` (fine-tuning's ``split_seed``), plus, for a class
+    present in the training pixels but not in that subset, its pixel with the smallest key, so
+    every class keeps at least one labelled pixel. Raises :class:`DataError` for a fraction
+    outside (0, 1] or training chips without a labelled pixel.
+    """
+    if fraction is None:
+        return labels
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(
+            f"--label-fraction {fraction:g} must be above 0 and at most 1 (a share of the labelled pixels)"
+        )
+    task = labels.task
+    keys: list[np.ndarray] = []
+    class_min: dict[int, float] = {}
+    for i in indices:
+        t = labels.target(i)
+        k = pixel_keys(seed, i, t.shape)
+        lab = _labelled(t, task)
+        keys.append(k[lab])
+        if isinstance(task, SegmentationTask):
+            for c in np.unique(t[lab]).tolist():
+                class_min[int(c)] = min(class_min.get(int(c), 1.0), float(k[lab & (t == c)].min()))
+    all_keys = np.concatenate(keys) if keys else np.zeros(0)
+    n = int(all_keys.size)
+    if not n:
+        raise DataError(f"the training chips have no labelled pixel for {task.label!r} to take a fraction of")
+    k = max(1, round(fraction * n))
+    threshold = float(np.partition(all_keys, k - 1)[k - 1])
+    floor = {c: m for c, m in class_min.items() if m > threshold}  # classes the subset would miss
+    sub = FractionLabels(labels, fraction, seed, threshold, floor, labelled=n, kept=k + len(floor))
+    logger.info(
+        "label-scarce: training on %d of %d labelled pixels (fraction %g, split seed %d)%s",
+        sub.kept,
+        n,
+        fraction,
+        seed,
+        f"; {len(floor)} class(es) kept by one pixel each" if floor else "",
+    )
+    return sub
+
+
 def target_stats(labels: TaskLabels, indices: Sequence[int]) -> tuple[float, float]:
     """Mean and standard deviation of the labelled target pixels of chips ``indices``
     (what a regression task standardises its targets with)."""
@@ -178,4 +301,11 @@ def target_stats(labels: TaskLabels, indices: Sequence[int]) -> tuple[float, flo
     return float(m["target_mean"]), float(m["target_std"] or 1.0)
 
 
-__all__ = ["TaskLabels", "bind_labels", "target_stats"]
+__all__ = [
+    "FractionLabels",
+    "TaskLabels",
+    "bind_labels",
+    "label_fraction_subset",
+    "pixel_keys",
+    "target_stats",
+]

@@ -17,6 +17,7 @@ at the end of ``trainer.fit``; the LightningModules themselves train under any T
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from hyperkd.training.callbacks import (
     final_metrics,
 )
 from hyperkd.training.parts import build_losses
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RunResult",
@@ -79,17 +82,37 @@ def student_sensor(spec: str) -> str:
 
 def data_module(recipe: Mapping[str, Any], run_dir: Path) -> ChipDataModule:
     """The recipe's data as a Lightning data module: its chip store, or ``synthetic`` chips that the
-    module's ``prepare_data`` generates inside the run folder (on rank 0; reused on resume)."""
+    module's ``prepare_data`` generates inside the run folder (on rank 0; reused on resume).
+
+    Validation: ``data.val_store`` (every chip of another store, its bands checked by wavelength)
+    or ``data.val_fraction`` of the store's chips; ``data.train_list`` / ``val_list`` /
+    ``test_list`` fix parts by chip lists (:mod:`hyperkd.data.splits`; test chips are left out).
+    A chip store's split and validation store are checked here, before any run folder or model.
+    """
     data = recipe["data"]
-    loader = {
+    val_fraction = float(data.get("val_fraction", 0.125))
+    if not 0.0 <= val_fraction < 1.0:
+        raise RecipeError(
+            f"data.val_fraction {val_fraction:g} must be at least 0 and below 1 (a share of the store's chips)"
+        )
+    loader: dict[str, Any] = {
         "batch_size": int(data.get("batch_size", 8)),
-        "val_fraction": float(data.get("val_fraction", 0.125)),
+        "val_fraction": val_fraction,
         "num_workers": int(data.get("num_workers", 0)),
         "seed": int(recipe.get("seed", 0)),
+        "augment": bool(data.get("augment", False)),  # flips + 90-degree rotations of training chips
+        "val_store": data.get("val_store"),
+        **{k: data.get(k) for k in ("train_list", "val_list", "test_list")},
     }
     store = data.get("store", "synthetic")
     if store != "synthetic":
-        return ChipDataModule(ChipStore(store), **loader)
+        dm = ChipDataModule(ChipStore(store), **loader)
+        dm.setup()
+        where = (
+            f"every chip of {dm.val_store.root}" if dm.val_store is not None else f"{len(dm.val_idx)} chips"
+        )
+        log.info("%s: training on %d chips, validating on %s", dm.root, len(dm.train_idx), where)
+        return dm
     from hyperkd.core.sensors import get_sensor
 
     syn = dict(data.get("synthetic") or {})
@@ -272,10 +295,10 @@ def fit(
     """
     out = Path(out)
     recipes_mod.validate(recipe)
+    dm = data_module(recipe, out)  # a bad store, list or validation store fails before the run folder
     resume_from = prepare_run_dir(out, recipe, resume)
     seed = int(recipe.get("seed", 0))
     L.seed_everything(seed, workers=True, verbose=False)
-    dm = data_module(recipe, out)
     reports: list[Any] = [MetricsReport(out / "metrics.json"), ExportStudent(out / "student", run_dir=out)]
     if isinstance(dm, SyntheticChipDataModule) and not dm.is_prepared():
         # the chips (and their statistics) appear in prepare_data: build for the band table now,
@@ -322,7 +345,9 @@ def pretrain(
     """MAE-pretrain a student from scratch (the no-KD baseline).
 
     ``fields`` are dotted recipe keys given as keyword arguments with ``.`` written as
-    ``__`` (``student__name="enmap"``, ``data__store="/data/store"``).
+    ``__`` (``student__name="enmap"``, ``data__store="/data/store"``; the split:
+    ``data__val_store``, ``data__val_fraction``, ``data__train_list`` / ``val_list`` /
+    ``test_list``, see :func:`data_module`).
     """
     resolved = recipes_mod.resolve_for_run(recipe, overrides, fields)
     return fit(resolved, out, resume=resume, callbacks=callbacks)
