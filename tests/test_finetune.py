@@ -447,6 +447,39 @@ def test_cli_finetune_runs_end_to_end(store, tmp_path, capsys):
     assert s["seed"] == 3 and len(s["train_chips"]) == 4 and s["protocol"] == "linear"
 
 
+def test_the_default_protocol_is_fused_in_python_and_cli_and_weighted_loss_is_recorded(
+    store, student_dir, tmp_path, capsys
+):
+    """No --protocol: the fused head on the student's blocks; --loss weighted: weights from the
+    training chips' labels, recorded with the run (and the CLI's default is the library's)."""
+    import inspect
+
+    from hyperkd.cli.finetune import finetune_cmd
+    from hyperkd.models.heads import FusedHead
+    from hyperkd.models.pixel import DEFAULT_PROTOCOL
+    from hyperkd.training.finetune import class_weights_from_counts
+
+    assert DEFAULT_PROTOCOL == "fused"
+    assert inspect.signature(finetune).parameters["protocol"].default == DEFAULT_PROTOCOL
+    cli_default = inspect.signature(finetune_cmd).parameters["protocol"].default
+    assert cli_default == DEFAULT_PROTOCOL
+    out = tmp_path / "w"
+    args = ["finetune", "--student", str(student_dir), "--data", str(store.root), "--epochs", "1"]
+    rc = main([*args, "--task", "landcover", "--loss", "weighted", "--out", str(out), "--json"])
+    assert rc == 0
+    s = json.loads((out / "finetune.json").read_text())
+    assert s["protocol"] == "fused" and s["loss"] == "weighted" and s["layers"] == [0, 1]
+    counts = np.bincount(_test_pixels(store, s["train_chips"], "landcover") + 1)[1:]  # -1: unlabelled
+    k = len(store.labels["landcover"].classes)
+    expect = class_weights_from_counts(np.pad(counts, (0, k - len(counts))))
+    np.testing.assert_allclose(s["class_weights"], expect.numpy(), rtol=1e-5)
+    model = PixelModel.load(out)
+    assert isinstance(model.head, FusedHead) and model.head.feature_dim == 2 * 64
+    capsys.readouterr()
+    rc = main([*args, "--task", "soc", "--loss", "focal", "--out", str(tmp_path / "s")])
+    assert rc == 1 and "is for segmentation tasks" in capsys.readouterr().err
+
+
 def _json_from(stdout: str) -> dict:
     """The JSON document a ``--json`` command printed (Lightning may print lines before it)."""
     lines = stdout.splitlines()

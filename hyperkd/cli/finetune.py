@@ -68,18 +68,56 @@ def finetune_cmd(
     label_field: LabelField = None,
     legend: Legend = None,
     protocol: Annotated[
-        str, typer.Option("--protocol", help="frozen (CNN head), linear (probe) or full.")
-    ] = "frozen",
+        str,
+        typer.Option(
+            "--protocol",
+            help="fused (spectra + encoder features at pixel resolution), fused-full (encoder trained "
+            "too), upernet (multi-level decoder), frozen (the paper's CNN head on tokens), linear, full.",
+        ),
+    ] = "fused",
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="Segmentation loss: ce, weighted (class weights 1/sqrt(frequency) of the training "
+            "labels, clipped at 10) or focal (gamma 2).",
+        ),
+    ] = "ce",
     init: Annotated[
         str, typer.Option("--init", help="pretrained, or random: the untrained-encoder control.")
     ] = "pretrained",
     train_chips: Annotated[
         int | None, typer.Option("--train-chips", help="Label-scarce: train on N chips only.")
     ] = None,
+    label_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--label-fraction",
+            help="Label-scarce: train on this fraction (0-1] of the labelled training pixels, a subset "
+            "fixed by --split-seed and nested across fractions; validation and test labels stay whole.",
+        ),
+    ] = None,
+    train_list: Annotated[
+        Path | None,
+        typer.Option(
+            "--train-list",
+            help="Train on exactly these chips of --data: a text file (chip index or source file per "
+            "line) or a CSV whose first column holds them (e.g. EnMAP-Box's train_files.csv).",
+        ),
+    ] = None,
+    val_list: Annotated[
+        Path | None,
+        typer.Option("--val-list", help="Validate on exactly these chips of --data (as --train-list)."),
+    ] = None,
+    test_list: Annotated[
+        Path | None,
+        typer.Option("--test-list", help="Test on exactly these chips of --data (as --train-list)."),
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 20,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     lr: Annotated[
-        float, typer.Option("--lr", help="Head learning rate (encoder: x0.1 with --protocol full).")
+        float,
+        typer.Option("--lr", help="Head learning rate (encoder: x0.1 with --protocol full / fused-full)."),
     ] = 1e-3,
     seed: Annotated[
         int, typer.Option("--seed", help="Initialisation, batch order, --train-chips subset.")
@@ -123,6 +161,7 @@ def finetune_cmd(
         store=data,
         out=out,
         protocol=protocol,
+        loss=loss,
         init=init,
         seed=seed,
         labels=labels,
@@ -131,6 +170,10 @@ def finetune_cmd(
         label_field=label_field,
         legend=legend,
         train_chips=train_chips,
+        label_fraction=label_fraction,
+        train_list=train_list,
+        val_list=val_list,
+        test_list=test_list,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

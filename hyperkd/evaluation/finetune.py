@@ -4,8 +4,8 @@ One call fine-tunes one (student, task, protocol, seed) and evaluates it on held
 
     from hyperkd.evaluation.finetune import finetune, evaluate
 
-    res = finetune(student="runs/kd", task="landcover", store="data/enmap", protocol="frozen",
-                   seed=0, out="runs/ft/kd-landcover-s0")
+    res = finetune(student="runs/kd", task="landcover", store="data/enmap", seed=0,
+                   out="runs/ft/kd-landcover-s0")                        # protocol "fused"
     res.metrics["miou"], res.metrics["overall_accuracy"]
     finetune(student="raw", task="landcover", store="data/enmap", out="runs/ft/raw")      # control
     finetune(student="runs/kd", init="random", task="landcover", store="data/enmap",
@@ -29,12 +29,22 @@ same test chips, and at one seed two students see the same training chips in the
 and start from the same head weights (paired comparisons). ``eval_store=`` tests and
 ``val_store=`` validates on a separate store instead of a split (``eval_labels=`` /
 ``val_labels=`` default to ``labels=``: one national raster usually covers every store).
+``train_list=`` / ``val_list=`` / ``test_list=`` fix parts by chip lists (chip indices or source
+files; :mod:`hyperkd.data.splits`). ``label_fraction=F`` trains on a fixed fraction of the
+labelled training pixels, drawn from ``split_seed`` and nested across fractions
+(:func:`~hyperkd.evaluation.labels.label_fraction_subset`); validation and test labels are whole.
 :func:`evaluate` never scores a chip the model trained or validated on unless asked.
+
+Protocols (:mod:`hyperkd.models.pixel`): ``fused`` (the default: spectra + encoder
+features of several blocks at pixel resolution), ``fused-full``, ``upernet``, and the
+token-grid heads ``frozen`` (the HyperKD paper's), ``linear``, ``full``. ``loss`` is ``ce``,
+``weighted`` (class weights from the training chips' labels) or ``focal``
+(:mod:`hyperkd.training.finetune`); the weights used are recorded in ``finetune.json``.
 
 Training uses Lightning (:func:`hyperkd.training.runner.make_trainer`: CSV/TensorBoard logs,
 safetensors checkpoints) with :class:`~hyperkd.training.finetune.FinetuneModule`,
-which also trains under a plain ``lightning.Trainer``. With a fixed encoder (``frozen``,
-``linear``) the encoder's output for a chip never changes (no augmentation), so it is
+which also trains under a plain ``lightning.Trainer``. With a fixed encoder (every protocol
+but ``full`` / ``fused-full``) the encoder's output for a chip never changes (no augmentation), so it is
 computed once and cached on the CPU (up to ``cache_mb``): later epochs only train the head.
 
 The pieces live by concern: splits in :mod:`hyperkd.data.splits`, label binding in
@@ -50,6 +60,7 @@ metrics), ``figures/`` (confusion matrix or scatter, predicted maps), ``logs/``.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import warnings
@@ -64,17 +75,25 @@ from torch.utils.data import DataLoader
 
 from hyperkd.core.errors import DataError, HyperKDError
 from hyperkd.core.io import atomic_write_json
-from hyperkd.data.splits import split_chips
+from hyperkd.data.splits import ChipList, check_heldout_store, list_record, split_chips, split_store
 from hyperkd.data.store import ChipStore
 from hyperkd.evaluation.compare import headline
 from hyperkd.evaluation.datasets import TaskDataset, open_store
-from hyperkd.evaluation.labels import TaskLabels, bind_labels, target_stats
+from hyperkd.evaluation.labels import TaskLabels, bind_labels, label_fraction_subset, target_stats
 from hyperkd.evaluation.metrics import RegressionAccumulator
 from hyperkd.evaluation.results import EvalResult, FinetuneResult
 from hyperkd.evaluation.tasks import RegressionTask, SegmentationTask, Task, get_task
 from hyperkd.models.mae import HyperspectralMAE
-from hyperkd.models.pixel import PROTOCOLS, PixelModel, encoder_config, layers_tuple, recompute_batchnorm
-from hyperkd.training.finetune import FinetuneModule
+from hyperkd.models.pixel import (
+    DEFAULT_PROTOCOL,
+    PixelModel,
+    check_protocol,
+    encoder_config,
+    recompute_batchnorm,
+)
+from hyperkd.training.finetune import DEFAULT_LOSS, FinetuneModule, check_loss, class_weights_from_counts
+
+log = logging.getLogger(__name__)
 
 RAW = "raw"
 INITS = ("pretrained", "random")
@@ -147,19 +166,7 @@ def resolve_student(
 
 def _check_eval_store(train: ChipStore, other: ChipStore, task: Task, eval_labels: str | Path | None) -> None:
     """Refuse, before any training, a test store the model could not be scored on."""
-    from hyperkd.core.sensors import match_bands
-
-    order = match_bands(train.sensor, other.sensor, f"evaluation store {other.root} vs {train.root}")
-    if order != list(range(train.sensor.num_bands)) or other.sensor.num_bands != train.sensor.num_bands:
-        raise HyperKDError(
-            f"the evaluation store {other.root} holds {train.root}'s bands in another order or with others "
-            "beside them; evaluate on a store made with the same band selection"
-        )
-    if other.chip_size != train.chip_size:
-        raise HyperKDError(
-            f"the evaluation store {other.root} has other bands or chip size than {train.root}; "
-            "evaluate on a store made with the same band selection and --size"
-        )
+    check_heldout_store(train, other, "evaluation store")  # bands by wavelength, chip size
     if eval_labels is None and task.label not in other.labels:
         have = ", ".join(other.labels) or "none"
         raise DataError(
@@ -182,7 +189,7 @@ def finetune(
     task: str | Task,
     store: str | Path | ChipStore,
     out: str | Path,
-    protocol: str = "frozen",
+    protocol: str = DEFAULT_PROTOCOL,
     init: str = "pretrained",
     seed: int = 0,
     labels: str | Path | None = None,
@@ -197,7 +204,8 @@ def finetune(
     encoder_lr_scale: float = 0.1,
     weight_decay: float = 1e-4,
     hidden: int = 128,
-    layers: Sequence[int] | int = (-1,),
+    layers: Sequence[int] | int | None = None,
+    loss: str = DEFAULT_LOSS,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     split_seed: int = 0,
@@ -205,6 +213,10 @@ def finetune(
     eval_labels: str | Path | None = None,
     val_store: str | Path | ChipStore | None = None,
     val_labels: str | Path | None = None,
+    train_list: ChipList | None = None,
+    val_list: ChipList | None = None,
+    test_list: ChipList | None = None,
+    label_fraction: float | None = None,
     cache_mb: float = 1024.0,
     num_workers: int = 0,
     trainer: Mapping[str, Any] | None = None,
@@ -220,8 +232,7 @@ def finetune(
     """
     t0 = time.time()
     out = Path(out)
-    if protocol not in PROTOCOLS:
-        raise HyperKDError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    check_protocol(protocol)
     if (out / "metrics.json").exists() or (out / "finetune.json").exists():
         if not overwrite:
             raise HyperKDError(
@@ -240,6 +251,7 @@ def finetune(
             f"--val-fraction {val_fraction:g} + --test-fraction {test_fraction:g} leave no chip to train on"
         )
     base_task = get_task(task, label=label)
+    check_loss(loss, base_task)
     train_store = open_store(store)
     eval_st = open_store(eval_store) if eval_store is not None else None
     val_st = open_store(val_store) if val_store is not None else None
@@ -249,14 +261,21 @@ def finetune(
                 f"{flag} {other.root} is the training store: its chips would be trained on; "
                 f"give another store, or omit {flag} to hold out a split of the training store"
             )
+    # before the labels are aligned: a bad list fails at once
+    train_idx, val_idx, test_idx = split_store(
+        train_store,
+        None if val_store is not None else val_fraction,  # None: from another store
+        None if eval_store is not None else test_fraction,
+        split_seed,
+        train_list=train_list,
+        val_list=val_list,
+        test_list=test_list,
+    )
     label_opts: dict[str, Any] = {"nodata": label_nodata, "field": label_field, "legend": legend}
     bound, task_labels = bind_labels(
         base_task, train_store, labels, cache=out / "labels" / "train.npy" if labels else None, **label_opts
     )
 
-    tf = 0.0 if eval_store is not None else test_fraction
-    vf = 0.0 if val_store is not None else val_fraction
-    train_idx, val_idx, test_idx = split_chips(len(train_store), vf, tf, split_seed)
     if train_chips is not None:
         if train_chips < 1 or train_chips > len(train_idx):
             raise HyperKDError(
@@ -265,9 +284,11 @@ def finetune(
                 f"{len(test_idx)} test chips)"
             )
         train_idx = sorted(np.random.default_rng(seed).permutation(train_idx)[:train_chips].tolist())
+    train_labels = label_fraction_subset(task_labels, train_idx, label_fraction, split_seed)  # whole if None
     if isinstance(bound, RegressionTask):
-        bound = bound.with_target_stats(*target_stats(task_labels, train_idx))
+        bound = bound.with_target_stats(*target_stats(train_labels, train_idx))
         task_labels.task = bound
+    weights = _class_weights(train_labels, train_idx) if loss == "weighted" else None
 
     if eval_st is not None:
         if labels is not None and eval_labels is None:
@@ -320,7 +341,9 @@ def finetune(
         "encoder_lr_scale": encoder_lr_scale,
         "weight_decay": weight_decay,
         "hidden": hidden,
-        "layers": list(layers_tuple(layers)),
+        "layers": list(model.layers),
+        "loss": loss,
+        "class_weights": weights,
         "train_chips": train_idx,
         "val_chips": val_idx,
         "test_chips": test_idx,
@@ -328,7 +351,11 @@ def finetune(
         "eval_labels": str(eval_labels) if eval_labels else None,
         "val_store": str(val_st.root.resolve()) if val_st is not None else None,
         "val_labels": str(val_labels) if val_labels else None,
-        "label_scarce": train_chips is not None,
+        "label_scarce": train_chips is not None or label_fraction is not None,
+        **train_labels.record(),
+        "train_list": list_record(train_list),
+        "val_list": list_record(val_list),
+        "test_list": list_record(test_list),
     }
     model.config["trained_on"] = {
         "store": settings["store"],
@@ -340,13 +367,14 @@ def finetune(
         "label_nodata": label_nodata,
         "label_field": label_field,
         "legend": _legend_record(legend),
+        "label_fraction": label_fraction,
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "finetune.json", settings)
 
     gen = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
-        TaskDataset(train_store, train_idx, task_labels),
+        TaskDataset(train_store, train_idx, train_labels),
         batch_size=min(batch_size, len(train_idx)),
         shuffle=True,
         generator=gen,
@@ -361,7 +389,13 @@ def finetune(
         else None
     )
     module = FinetuneModule(
-        model, lr=lr, encoder_lr_scale=encoder_lr_scale, weight_decay=weight_decay, cache_mb=cache_mb
+        model,
+        lr=lr,
+        encoder_lr_scale=encoder_lr_scale,
+        weight_decay=weight_decay,
+        cache_mb=cache_mb,
+        loss=loss,
+        class_weights=weights,
     )
     from hyperkd.training.runner import make_trainer
 
@@ -391,7 +425,7 @@ def finetune(
     recompute_batchnorm(
         module.model,
         ({k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in stats_loader),
-        lambda b: module.model.head_forward(module._features(b)),
+        module.forward_batch,
     )
 
     model = module.model.cpu().eval()
@@ -435,6 +469,19 @@ def finetune(
         settings=settings,
         figures=ev.figures,
     )
+
+
+def _class_weights(labels: TaskLabels, chips: Sequence[int]) -> list[float]:
+    """Loss weights of the classes from their pixel counts on the training chips
+    (:func:`~hyperkd.training.finetune.class_weights_from_counts`)."""
+    k = labels.task.out_channels
+    counts = np.zeros(k, dtype=np.float64)
+    for i in chips:
+        t = labels.target(i).ravel()
+        counts += np.bincount(t[(t >= 0) & (t < k)], minlength=k)[:k]
+    weights = class_weights_from_counts(counts).tolist()
+    log.info("class weights (inverse sqrt frequency, clipped): %s", ", ".join(f"{w:.2f}" for w in weights))
+    return weights
 
 
 def _legend_record(legend: str | Path | None) -> dict[str, list[str | None]] | None:

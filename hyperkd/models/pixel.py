@@ -2,26 +2,40 @@
 
 :class:`PixelModel` is a plain ``nn.Module`` whose whole construction is one JSON-able
 config, so it can be saved, shared and rebuilt without pickles (:meth:`PixelModel.save` /
-:meth:`PixelModel.load`; ``config.json`` carries ``"model_type": "hyperkd-pixel"``).
+:meth:`PixelModel.load`; ``config.json`` carries ``"model_type": "hyperkd-pixel"``). The
+heads themselves live in :mod:`hyperkd.models.heads`.
 
-Protocols (how the encoder is used):
+Protocols (how the encoder is used; :data:`DEFAULT_PROTOCOL` is the default):
 
+``fused`` (the default)
+    encoder fixed; :class:`~hyperkd.models.heads.FusedHead` reads each pixel's standardised
+    spectrum and 3x3 neighbourhood *and* the features of several encoder blocks, upsampled
+    to pixels. The encoder can only add to the spectra.
+``fused-full``
+    the fused head, with the encoder trained too (at a lower learning rate).
+``upernet``
+    encoder fixed; :class:`~hyperkd.models.heads.UPerNetHead`, a multi-level FPN/UPerNet
+    decoder over several blocks with the pixel spectra as its finest level.
 ``frozen`` (the HyperKD paper's)
-    encoder weights fixed; a small CNN head (:class:`TokenCNNHead`) reads the token grid,
-    upsamples it to pixels in x2 steps with 3x3 convolutions, and predicts per pixel.
+    encoder fixed; a small CNN head (:class:`~hyperkd.models.heads.TokenCNNHead`) reads the
+    token grid, upsamples it to pixels in x2 steps with 3x3 convolutions, predicts per pixel.
 ``linear``
     encoder fixed; one linear map per token, bilinearly upsampled to pixels
-    (:class:`LinearHead`). Linear-then-upsample equals upsample-then-linear (bilinear
-    weights sum to one) at a fraction of the cost: a linear probe of upsampled tokens.
+    (:class:`~hyperkd.models.heads.LinearHead`): a linear probe of upsampled tokens.
 ``full``
-    the CNN head, with the encoder trained too (at a lower learning rate).
+    the token CNN head, with the encoder trained too (at a lower learning rate).
+
+The pixel-resolution protocols (``fused``, ``fused-full``, ``upernet``) read blocks spread
+over the encoder's depth by default (:func:`default_layers`); the token protocols read the
+last block.
 
 Controls for honest comparisons:
 
-* **raw spectra** (``encoder=None``): no encoder at all; the head reads the standardised
-  pixel spectra. With ``protocol="linear"`` a per-pixel linear classifier; otherwise
-  :class:`PixelCNNHead` (1x1 spectral reduction, two 3x3 layers: a 5x5 px receptive field,
-  as wide as the token head is at pixel resolution);
+* **raw spectra** (``encoder=None``): no encoder at all. With a pixel-resolution protocol
+  it is *the same head without encoder features* (so "pretraining helps" means "the
+  encoder adds to the spectra"); with ``linear`` a per-pixel linear classifier; with
+  ``frozen``/``full`` :class:`~hyperkd.models.heads.PixelCNNHead` (1x1 spectral reduction,
+  two 3x3 layers), the control the paper's protocol had;
 * **untrained encoder**: the student's architecture with random weights (``init="random"``
   in :func:`hyperkd.evaluation.finetune.finetune`), fine-tuned exactly as a trained one.
 
@@ -34,139 +48,54 @@ The MAE decoder is not kept: only the encoder's weights are saved.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperkd.core.errors import HyperKDError, WeightsError
 from hyperkd.core.sensors import Sensor
 from hyperkd.evaluation.tasks import Task, task_from_dict
 from hyperkd.hub import HyperKDHubMixin
+from hyperkd.models.heads import (
+    FusedHead,
+    LinearHead,
+    PixelCNNHead,
+    PixelLinearHead,
+    TokenCNNHead,
+    UPerNetHead,
+    recompute_batchnorm,
+)
 from hyperkd.models.mae import HyperspectralMAE
 
 MODEL_TYPE = "hyperkd-pixel"
 FORMAT_VERSION = 1
-PROTOCOLS = ("frozen", "linear", "full")
+PROTOCOLS = ("fused", "fused-full", "upernet", "frozen", "linear", "full")
+"""Every protocol :class:`PixelModel` builds (the first is the default)."""
+DEFAULT_PROTOCOL = "fused"
+PIXEL_PROTOCOLS = ("fused", "fused-full", "upernet")
+"""Protocols whose head reads the pixel spectra next to the encoder's features."""
+TRAIN_ENCODER = ("full", "fused-full")
+"""Protocols that train the encoder (at ``lr * encoder_lr_scale``)."""
 
 
-def _conv_norm_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
-    """Conv, BatchNorm, ReLU.
-
-    BatchNorm normalises each channel over the batch's pixels, which turns the small
-    differences between neighbouring tokens of a frozen encoder into usable signal (a
-    per-sample GroupNorm learnt far more slowly in our tests). Fine-tunes are short,
-    so its running statistics are recomputed exactly after training
-    (:func:`recompute_batchnorm`) instead of being left as a moving average that is still
-    close to its initial values.
-    """
-    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if known, else a :class:`HyperKDError` listing the choices."""
+    if protocol not in PROTOCOLS:
+        raise HyperKDError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return protocol
 
 
-def recompute_batchnorm(model: nn.Module, batches: Iterable[Tensor], forward: Callable[[Tensor], Any]) -> int:
-    """Set every BatchNorm's running mean/variance to the exact average over ``batches``.
-
-    ``forward`` runs the model on one batch (in training mode, without gradients); the
-    statistics are the cumulative average of the per-batch statistics (``momentum=None``),
-    i.e. the statistics of the final weights rather than a moving average over weights
-    that kept changing ("precise BN"). Returns the number of batches used.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return 0
-    was_training = model.training
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    n = 0
-    with torch.no_grad():
-        for batch in batches:
-            forward(batch)
-            n += 1
-    for m, mom in zip(norms, momenta, strict=True):
-        m.momentum = mom
-    model.train(was_training)
-    return n
-
-
-class TokenCNNHead(nn.Module):
-    """Token grid ``(B, D, h, w)`` -> per-pixel outputs ``(B, K, H, W)``.
-
-    A 3x3 layer at token resolution mixes neighbouring tokens; then ``ceil(log2(patch))``
-    stages of (x2 bilinear upsampling, 3x3 conv, BN, ReLU) halve the width down to 32
-    channels; a final resize (for patch sizes that are not powers of two) and a 1x1
-    classifier.
-    """
-
-    def __init__(self, in_dim: int, out_channels: int, patch_size: int, hidden: int = 128) -> None:
-        super().__init__()
-        layers: list[nn.Module] = _conv_norm_relu(in_dim, hidden, 3)
-        c = hidden
-        for _ in range(max(math.ceil(math.log2(patch_size)), 0)):
-            nxt = max(c // 2, 32)
-            layers += [
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                *_conv_norm_relu(c, nxt, 3),
-            ]
-            c = nxt
-        self.body = nn.Sequential(*layers)
-        self.classifier = nn.Conv2d(c, out_channels, 1)
-
-    def forward(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
-        x = self.body(tokens)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self.classifier(x)
-
-
-class LinearHead(nn.Module):
-    """Linear probe: ``(B, D, h, w)`` -> 1x1 linear map -> bilinear upsampling to ``size``."""
-
-    def __init__(self, in_dim: int, out_channels: int) -> None:
-        super().__init__()
-        self.linear = nn.Conv2d(in_dim, out_channels, 1)
-
-    def forward(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
-        return F.interpolate(self.linear(tokens), size=size, mode="bilinear", align_corners=False)
-
-
-class PixelCNNHead(nn.Module):
-    """Raw-spectra baseline: ``(B, C, H, W)`` standardised spectra -> ``(B, K, H, W)``.
-
-    1x1 spectral reduction to ``hidden`` channels, two 3x3 layers (5x5 px receptive field),
-    1x1 classifier. :class:`PixelModel` gives it the width the token head has at pixel
-    resolution (32 by default), so the control does not win by spending more compute at
-    full resolution than the encoder heads do.
-    """
-
-    def __init__(self, in_chans: int, out_channels: int, hidden: int = 32) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            *_conv_norm_relu(in_chans, hidden, 1),
-            *_conv_norm_relu(hidden, hidden, 3),
-            *_conv_norm_relu(hidden, hidden, 3),
-        )
-        self.classifier = nn.Conv2d(hidden, out_channels, 1)
-
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        return self.classifier(self.body(x))
-
-
-class PixelLinearHead(nn.Module):
-    """Raw-spectra linear baseline: one linear map per pixel spectrum."""
-
-    def __init__(self, in_chans: int, out_channels: int) -> None:
-        super().__init__()
-        self.linear = nn.Conv2d(in_chans, out_channels, 1)
-
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        return self.linear(x)
+def default_layers(protocol: str, depth: int, n: int = 4) -> tuple[int, ...]:
+    """Encoder blocks a protocol reads by default: the last for the token protocols; for the
+    pixel-resolution ones ``min(n, depth)`` blocks spread evenly over the depth, ending with
+    the last (depth 4 -> 0,1,2,3; depth 12 -> 2,5,8,11)."""
+    if protocol not in PIXEL_PROTOCOLS:
+        return (-1,)
+    k = max(min(n, depth), 1)
+    return tuple(sorted({max(round((i + 1) * depth / k) - 1, 0) for i in range(k)}))
 
 
 def strip_decoder(mae: HyperspectralMAE) -> HyperspectralMAE:
@@ -188,8 +117,10 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
     ``config`` keys: ``task`` (:meth:`Task.to_dict`), ``protocol``, ``encoder`` (the
     student's ``HyperspectralMAE`` config, or ``None`` for raw spectra), ``sensor`` (band
     table with the mean/std that standardise raw spectra; the encoder has its own),
-    ``img_size``, ``layers`` (encoder layers whose tokens are concatenated), ``hidden``
-    (head width), and provenance (``student``, ``init``) that does not affect the weights.
+    ``img_size``, ``layers`` (encoder blocks whose tokens are concatenated; a saved config
+    without it means the last), ``hidden`` (head width: the token heads' at token
+    resolution; the pixel-resolution heads use half of it, at least 32), and provenance
+    (``student``, ``init``) that does not affect the weights.
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -197,37 +128,47 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
         self.config = json.loads(json.dumps(dict(config)))  # a private, JSON-clean copy
         cfg = self.config
         self.task: Task = task_from_dict(cfg["task"])
-        self.protocol = str(cfg.get("protocol", "frozen"))
-        if self.protocol not in PROTOCOLS:
-            raise HyperKDError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        self.protocol = check_protocol(str(cfg.get("protocol", "frozen")))
         self.img_size = int(cfg["img_size"])
         self.layers = tuple(int(i) for i in cfg.get("layers", (-1,)))
         hidden = int(cfg.get("hidden", 128))
+        width = max(hidden // 2, 32)  # pixel-resolution heads
         k = self.task.out_channels
         self.encoder: HyperspectralMAE | None
         if cfg.get("encoder") is not None:
             self.encoder = strip_decoder(HyperspectralMAE(**cfg["encoder"]))
             self.sensor = self.encoder.sensor
-            dim = self.encoder.embed_dim * len(self.layers)
-            if self.protocol == "linear":
-                self.head: nn.Module = LinearHead(dim, k)
+            enc = self.encoder
+            dim = enc.embed_dim * len(self.layers)
+            if self.protocol == "upernet":  # levels go shallow -> deep
+                self.layers = tuple(sorted(self.layers, key=lambda i: i % enc.depth))
+                self.head: nn.Module = UPerNetHead(
+                    enc.in_chans, k, enc.embed_dim, len(self.layers), enc.patch_size, enc.grid[0], width
+                )
+            elif self.protocol in PIXEL_PROTOCOLS:
+                self.head = FusedHead(enc.in_chans, k, dim, width)
+            elif self.protocol == "linear":
+                self.head = LinearHead(dim, k)
             else:
-                self.head = TokenCNNHead(dim, k, self.encoder.patch_size, hidden)
-            if self.protocol != "full":
-                self.encoder.requires_grad_(False)
-                self.encoder.eval()
+                self.head = TokenCNNHead(dim, k, enc.patch_size, hidden)
+            if self.protocol not in TRAIN_ENCODER:
+                enc.requires_grad_(False)
+                enc.eval()
         else:
             self.encoder = None
             self.sensor = Sensor.from_dict(cfg["sensor"])
             c = self.sensor.num_bands
             self.register_buffer("band_mean", torch.tensor(self.sensor.means or [0.0] * c).view(1, c, 1, 1))
             self.register_buffer("band_std", torch.tensor(self.sensor.stds or [1.0] * c).view(1, c, 1, 1))
-            # width at pixel resolution = the token head's width there (>= 32): comparable compute
-            self.head = (
-                PixelLinearHead(c, k)
-                if self.protocol == "linear"
-                else PixelCNNHead(c, k, max(hidden // 4, 32))
-            )
+            if self.protocol == "upernet":
+                self.head = UPerNetHead(c, k, width=width)
+            elif self.protocol in PIXEL_PROTOCOLS:
+                self.head = FusedHead(c, k, 0, width)  # the same head, without encoder features
+            elif self.protocol == "linear":
+                self.head = PixelLinearHead(c, k)
+            else:
+                # width at pixel resolution = the token head's width there (>= 32): comparable compute
+                self.head = PixelCNNHead(c, k, max(hidden // 4, 32))
 
     @classmethod
     def build(
@@ -237,22 +178,24 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
         encoder: HyperspectralMAE | None = None,
         sensor: Sensor | None = None,
         img_size: int | None = None,
-        protocol: str = "frozen",
-        layers: Sequence[int] | int = (-1,),
+        protocol: str = DEFAULT_PROTOCOL,
+        layers: Sequence[int] | int | None = None,
         hidden: int = 128,
         student: str | None = None,
         init: str | None = None,
     ) -> PixelModel:
         """A model for a *bound* ``task`` from plain arguments (the notebook way to make one).
 
-        With ``encoder`` (a student MAE) the head reads its tokens and its weights are copied
-        (decoder left out); without one the head reads ``sensor``'s standardised raw spectra
-        (``img_size`` required then). ``student``/``init`` only record provenance.
+        With ``encoder`` (a student MAE) the head reads its features and its weights are
+        copied (decoder left out); without one the head reads ``sensor``'s standardised raw
+        spectra (``img_size`` required then). ``layers=None``: the protocol's default
+        (:func:`default_layers`). ``student``/``init`` only record provenance.
         """
-        if protocol not in PROTOCOLS:
-            raise HyperKDError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        check_protocol(protocol)
         if encoder is None and (sensor is None or img_size is None):
             raise HyperKDError("a raw-spectra model (no encoder) needs the sensor and img_size of its chips")
+        if layers is None:
+            layers = default_layers(protocol, encoder.depth) if encoder is not None else (-1,)
         cfg: dict[str, Any] = {
             "task": task.to_dict(),
             "protocol": protocol,
@@ -280,8 +223,15 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
     # -- behaviour -----------------------------------------------------------------------------
     @property
     def encoder_frozen(self) -> bool:
-        """Whether the encoder's features are fixed (cacheable): frozen / linear, or no encoder."""
-        return self.encoder is None or self.protocol != "full"
+        """Whether the encoder's features are fixed (cacheable): every protocol but ``full`` /
+        ``fused-full``, or no encoder."""
+        return self.encoder is None or self.protocol not in TRAIN_ENCODER
+
+    @property
+    def reads_spectra(self) -> bool:
+        """Whether the head reads the pixel spectra next to the encoder's features (then
+        :meth:`head_forward` needs the image too)."""
+        return self.protocol in PIXEL_PROTOCOLS
 
     @property
     def in_chans(self) -> int:
@@ -289,12 +239,11 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
 
     def train(self, mode: bool = True) -> PixelModel:
         super().train(mode)
-        if self.encoder is not None and self.protocol != "full":
+        if self.encoder is not None and self.protocol not in TRAIN_ENCODER:
             self.encoder.eval()  # a fixed encoder stays in eval mode (no dropout / norm updates)
         return self
 
-    def features(self, x: Tensor) -> Tensor:
-        """What the head reads: ``(B, D*len(layers), h, w)`` tokens, or standardised spectra."""
+    def _check(self, x: Tensor) -> None:
         if (
             x.ndim != 4
             or x.shape[1] != self.in_chans
@@ -304,23 +253,41 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
                 f"this model expects (B, {self.in_chans}, {self.img_size}, {self.img_size}) reflectance, "
                 f"got {tuple(x.shape)}; check the chip size and band selection of the data"
             )
+
+    def spectra(self, x: Tensor) -> Tensor:
+        """Standardised pixel spectra of reflectance ``x`` (the encoder's statistics if there is one)."""
+        self._check(x)
+        if self.encoder is not None:
+            return self.encoder.standardize(x)
+        return (x - self.band_mean) / self.band_std
+
+    def features(self, x: Tensor) -> Tensor | None:
+        """The encoder's part of the head's input, cacheable while the encoder is fixed:
+        ``(B, D*len(layers), h, w)`` tokens; without an encoder the standardised spectra
+        (token protocols) or ``None`` (pixel-resolution protocols read the spectra themselves)."""
+        self._check(x)
         if self.encoder is None:
-            return (x - self.band_mean) / self.band_std
+            return None if self.reads_spectra else self.spectra(x)
         enc = self.encoder
-        feats = (
-            enc.encode(x, self.layers) if self.protocol == "full" else enc.forward_features(x, self.layers)
-        )
+        train = self.protocol in TRAIN_ENCODER
+        feats = enc.encode(x, self.layers) if train else enc.forward_features(x, self.layers)
         t = torch.cat(feats, dim=-1)
         gh, gw = enc.grid
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], gh, gw)
 
-    def head_forward(self, features: Tensor) -> Tensor:
-        """Raw outputs ``(B, K, H, W)`` from :meth:`features` (cached features skip the encoder)."""
-        return self.head(features, (self.img_size, self.img_size))
+    def head_forward(self, features: Tensor | None, x: Tensor | None = None) -> Tensor:
+        """Raw outputs ``(B, K, H, W)`` from :meth:`features` (cached features skip the encoder);
+        the pixel-resolution heads also need the reflectance ``x`` of the same chips."""
+        size = (self.img_size, self.img_size)
+        if self.reads_spectra:
+            if x is None:
+                raise HyperKDError(f"the {self.protocol!r} head reads the pixel spectra: pass the image too")
+            return self.head(self.spectra(x), features, size)
+        return self.head(features, size)
 
     def forward(self, x: Tensor) -> Tensor:
         """Raw outputs (logits, or standardised values for regression) ``(B, K, H, W)``."""
-        return self.head_forward(self.features(x))
+        return self.head_forward(self.features(x), x)
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
@@ -393,13 +360,20 @@ def layers_tuple(layers: Sequence[int] | int) -> tuple[int, ...]:
 
 
 __all__ = [
+    "DEFAULT_PROTOCOL",
     "MODEL_TYPE",
+    "PIXEL_PROTOCOLS",
     "PROTOCOLS",
+    "TRAIN_ENCODER",
+    "FusedHead",
     "LinearHead",
     "PixelCNNHead",
     "PixelLinearHead",
     "PixelModel",
     "TokenCNNHead",
+    "UPerNetHead",
+    "check_protocol",
+    "default_layers",
     "encoder_config",
     "recompute_batchnorm",
     "strip_decoder",

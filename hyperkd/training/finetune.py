@@ -7,48 +7,126 @@ caller (splits, seeds, logs, evaluation), a notebook is another::
     from hyperkd.evaluation.tasks import SegmentationTask
 
     task = SegmentationTask(classes=("water", "forest", "crops"))
-    module = FinetuneModule(task=task, encoder=student, protocol="frozen", lr=1e-3)
+    module = FinetuneModule(task=task, encoder=student, protocol="fused", lr=1e-3, loss="weighted")
     lightning.Trainer(max_epochs=5).fit(module, train_loader, val_loader)
     module.model.save("my-model")
 
 Batches are what :class:`~hyperkd.evaluation.datasets.TaskDataset` yields: ``image``,
-``target`` and the chip ``index``. With a fixed encoder (``frozen``, ``linear``) a chip's
-encoder output never changes (no augmentation), so it is computed once and kept on the
-CPU (:class:`~hyperkd.data.cache.FeatureCache`, up to ``cache_mb``); later epochs only
-train the head. Validation logs ``val/loss`` and the headline metrics of the whole
-validation set, summed over DDP ranks (:mod:`hyperkd.evaluation.metrics`).
+``target`` and the chip ``index``. With a fixed encoder (every protocol but ``full`` and
+``fused-full``) a chip's encoder output never changes (no augmentation), so it is computed
+once and kept on the CPU (:class:`~hyperkd.data.cache.FeatureCache`, up to ``cache_mb``);
+later epochs only train the head. The pixel-resolution heads read the spectra from the
+batch itself, next to the cached encoder features. Validation logs ``val/loss`` and the
+headline metrics of the whole validation set, summed over DDP ranks
+(:mod:`hyperkd.evaluation.metrics`).
+
+Losses for segmentation (``loss=``, :data:`LOSSES`); the task's ignore index is never scored:
+
+``ce``
+    plain cross-entropy (the task's own loss).
+``weighted``
+    cross-entropy with class weights from the training labels' pixel frequencies
+    (:func:`class_weights_from_counts`: inverse square root of the frequency, normalised to a mean weight
+    of 1 over the training pixels, clipped to at most ``10``), so a class with 1/100 of the
+    pixels counts 10 times as much per pixel as an average one, not 100 times.
+``focal``
+    focal loss (Lin et al. 2017), ``(1 - p_t)**2 * -log p_t``: confidently right pixels
+    count little, hard ones fully; no class weights.
+
+Regression tasks always use their MSE on standardised targets.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from hyperkd.core.errors import HyperKDError
 from hyperkd.core.sensors import Sensor
 from hyperkd.data.cache import FeatureCache
 from hyperkd.evaluation.compare import headline
-from hyperkd.evaluation.tasks import Task, task_from_dict
+from hyperkd.evaluation.tasks import SegmentationTask, Task, task_from_dict
 from hyperkd.models.mae import HyperspectralMAE
-from hyperkd.models.pixel import PixelModel
+from hyperkd.models.pixel import DEFAULT_PROTOCOL, PixelModel
 from hyperkd.training.optim import adamw_warmup_cosine
+
+LOSSES = ("ce", "weighted", "focal")
+"""Segmentation losses :class:`FinetuneModule` trains with (see the module docstring)."""
+DEFAULT_LOSS = "ce"
+MAX_CLASS_WEIGHT = 10.0
+FOCAL_GAMMA = 2.0
+
+
+def check_loss(loss: str, task: Task) -> str:
+    """``loss`` if known and usable for ``task``, else a :class:`HyperKDError` saying what to do."""
+    if loss not in LOSSES:
+        raise HyperKDError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if loss != "ce" and not isinstance(task, SegmentationTask):
+        raise HyperKDError(
+            f"loss {loss!r} is for segmentation tasks; task {task.name or task.kind!r} is "
+            f"{task.kind} and trains with MSE (use --loss ce)"
+        )
+    return loss
+
+
+def class_weights_from_counts(
+    counts: Sequence[float] | Tensor, max_weight: float = MAX_CLASS_WEIGHT
+) -> Tensor:
+    """Per-class loss weights from training pixel counts: ``w_c = 1 / sqrt(f_c)`` (``f_c`` the
+    class's share of the labelled pixels), scaled so that the average weight over the
+    training pixels ``sum_c f_c w_c`` is 1, then clipped to ``max_weight``. Classes without
+    a training pixel get ``max_weight`` (they never occur in the loss anyway)."""
+    n = torch.as_tensor(counts, dtype=torch.float64).clamp_min(0)
+    if not bool((n > 0).any()):
+        raise HyperKDError("no labelled training pixel to compute class weights from")
+    f = n / n.sum()
+    w = torch.where(f > 0, f.clamp_min(1e-12).rsqrt(), torch.zeros_like(f))
+    w = w / (f * w).sum()
+    w = torch.where(f > 0, w, torch.full_like(w, max_weight)).clamp(max=max_weight)
+    return w.float()
+
+
+def segmentation_loss(
+    output: Tensor,
+    target: Tensor,
+    ignore_index: int,
+    loss: str = "ce",
+    weight: Tensor | None = None,
+    gamma: float = FOCAL_GAMMA,
+) -> Tensor:
+    """Mean ``loss`` (``ce``, ``weighted`` with ``weight``, ``focal``) over the labelled pixels."""
+    keep = target != ignore_index
+    if not bool(keep.any()):
+        return output.sum() * 0.0  # a batch without labelled pixels: no signal, keep the graph
+    logits, t = output.float(), target.long()
+    if loss == "focal":
+        logp = F.log_softmax(logits, dim=1)
+        tt = torch.where(keep, t, torch.zeros_like(t))
+        logp_t = logp.gather(1, tt[:, None])[:, 0][keep]
+        return (-((1 - logp_t.exp()) ** gamma) * logp_t).mean()
+    w = weight.to(logits.device) if (loss == "weighted" and weight is not None) else None
+    return F.cross_entropy(logits, t, weight=w, ignore_index=ignore_index)
 
 
 class FinetuneModule(L.LightningModule):
-    """Trains a :class:`PixelModel`'s head (and, for ``full``, its encoder) on one task.
+    """Trains a :class:`PixelModel`'s head (and, for ``full``/``fused-full``, its encoder) on one task.
 
     Give either ``model`` (a :class:`PixelModel`, or its config mapping) or the plain
     arguments :meth:`PixelModel.build` takes (``task`` bound to its classes or unit,
     ``encoder`` or ``sensor`` + ``img_size``, ``protocol``, ``layers``, ``hidden``).
     The head learns at ``lr``, a trained encoder at ``lr * encoder_lr_scale``; AdamW with a
     linear warmup of ``warmup_steps`` and a cosine decay (:mod:`hyperkd.training.optim`).
-    ``save_hyperparameters`` records the optimiser settings and the model's config, so
-    ``FinetuneModule.load_from_checkpoint(path)`` rebuilds the module with its weights.
+    ``loss`` is one of :data:`LOSSES` (segmentation); ``weighted`` uses ``class_weights``
+    (one per class), or, if not given, :func:`class_weights_from_counts` of the training loader's
+    labels, counted once when fitting starts.
+    ``save_hyperparameters`` records the optimiser and loss settings and the model's
+    config, so ``FinetuneModule.load_from_checkpoint(path)`` rebuilds the module with its weights.
     """
 
     def __init__(
@@ -59,14 +137,16 @@ class FinetuneModule(L.LightningModule):
         encoder: HyperspectralMAE | None = None,
         sensor: Sensor | None = None,
         img_size: int | None = None,
-        protocol: str = "frozen",
-        layers: Sequence[int] | int = (-1,),
+        protocol: str = DEFAULT_PROTOCOL,
+        layers: Sequence[int] | int | None = None,
         hidden: int = 128,
         lr: float = 1e-3,
         encoder_lr_scale: float = 0.1,
         weight_decay: float = 1e-4,
         warmup_steps: int = 0,
         cache_mb: float = 1024.0,
+        loss: str = DEFAULT_LOSS,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if model is None:
@@ -85,7 +165,16 @@ class FinetuneModule(L.LightningModule):
         elif task is not None or encoder is not None or sensor is not None:
             raise HyperKDError("FinetuneModule: pass either model= or task=/encoder=/sensor=, not both")
         self.model = model if isinstance(model, PixelModel) else PixelModel(model)
-        self.save_hyperparameters("lr", "encoder_lr_scale", "weight_decay", "warmup_steps", "cache_mb")
+        self.loss_name = check_loss(loss, self.model.task)
+        if class_weights is not None:
+            k = self.model.task.out_channels
+            if len(class_weights) != k:
+                raise HyperKDError(f"class_weights has {len(class_weights)} values; the task has {k} classes")
+            class_weights = [float(w) for w in class_weights]
+        self.class_weights = class_weights
+        self.save_hyperparameters(
+            "lr", "encoder_lr_scale", "weight_decay", "warmup_steps", "cache_mb", "loss", "class_weights"
+        )
         # the model's whole construction (load_from_checkpoint passes it back as ``model``)
         self.hparams["model"] = {**self.model.config, "task": self.model.task.to_dict()}
         self.lr, self.encoder_lr_scale, self.weight_decay = lr, encoder_lr_scale, weight_decay
@@ -94,17 +183,48 @@ class FinetuneModule(L.LightningModule):
         self.cache = FeatureCache(cache_mb) if cacheable else None
         self._val_acc: Any = None
 
-    def _features(self, batch: Mapping[str, Any]) -> Tensor:
-        """Head inputs of a batch; a fixed encoder's are cached per chip."""
+    def _features(self, batch: Mapping[str, Any]) -> Tensor | None:
+        """The encoder's part of a batch's head input; a fixed encoder's is cached per chip."""
         image = batch["image"]
         if self.cache is None:
             return self.model.features(image)
         keys = [int(i) for i in batch["index"]]
-        return self.cache.fetch(keys, lambda missing: [self.model.features(image[missing])], image.device)[0]
+
+        def encode(missing: list[int]) -> list[Tensor]:
+            # the cache exists only with an encoder, whose features are tokens, never None
+            return [cast(Tensor, self.model.features(image[missing]))]
+
+        return self.cache.fetch(keys, encode, image.device)[0]
+
+    def forward_batch(self, batch: Mapping[str, Any]) -> Tensor:
+        """Raw model outputs for a batch (cached encoder features + the batch's own spectra)."""
+        return self.model.head_forward(self._features(batch), batch["image"])
+
+    def criterion(self, output: Tensor, target: Tensor) -> Tensor:
+        """The training loss (:data:`LOSSES` for segmentation; the task's MSE for regression)."""
+        task = self.model.task
+        if not isinstance(task, SegmentationTask):
+            return task.loss(output, target)
+        weight = torch.tensor(self.class_weights) if self.class_weights is not None else None
+        return segmentation_loss(output, target, task.ignore_index, self.loss_name, weight)
+
+    def on_fit_start(self) -> None:
+        if self.loss_name == "weighted" and self.class_weights is None:
+            k = self.model.task.out_channels
+            counts = torch.zeros(k, dtype=torch.float64)
+            ignore = getattr(self.model.task, "ignore_index", -1)
+            loader = self.trainer.train_dataloader
+            if loader is None:
+                raise HyperKDError("loss 'weighted' without class_weights needs a training dataloader")
+            for batch in loader:
+                t = batch["target"].reshape(-1)
+                t = t[(t != ignore) & (t >= 0) & (t < k)]
+                counts += torch.bincount(t.long(), minlength=k).double()
+            self.class_weights = class_weights_from_counts(counts).tolist()
+            self.hparams["class_weights"] = self.class_weights
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        out = self.model.head_forward(self._features(batch))
-        loss = self.model.task.loss(out, batch["target"])
+        loss = self.criterion(self.forward_batch(batch), batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -114,8 +234,8 @@ class FinetuneModule(L.LightningModule):
         self._val_acc = self.model.task.accumulator().to(dev)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        out = self.model.head_forward(self._features(batch))
-        self.log("val/loss", self.model.task.loss(out, batch["target"]), batch_size=batch["image"].shape[0])
+        out = self.forward_batch(batch)
+        self.log("val/loss", self.criterion(out, batch["target"]), batch_size=batch["image"].shape[0])
         self._val_acc.update(self.model.task.predict(out), batch["target"])
 
     def on_validation_epoch_end(self) -> None:
@@ -137,4 +257,11 @@ class FinetuneModule(L.LightningModule):
         )
 
 
-__all__ = ["FinetuneModule"]
+__all__ = [
+    "DEFAULT_LOSS",
+    "LOSSES",
+    "FinetuneModule",
+    "check_loss",
+    "class_weights_from_counts",
+    "segmentation_loss",
+]
