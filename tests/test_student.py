@@ -44,4 +44,4 @@ def test_any_sensor_gets_a_student_and_bad_inputs_are_named():
     with pytest.raises(HyperKDError, match="unknown student 'nope-mae-huge'"):
         build_student("nope-mae-huge")
     with pytest.raises(HyperKDError, match="not a multiple of patch_size"):
-        build_student("enmap", img_size=30)
+        build_student("enmap", img_size=30, patch_size=8)  # an explicit patch size is kept, even a bad one

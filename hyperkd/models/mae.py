@@ -14,6 +14,17 @@ stack's first layers combined). ``embedding="factorized"`` first mixes the C ban
 ``spectral_dim`` learned components per pixel (a 1x1 convolution, ``C*k`` weights) and then
 patchifies those (``k*p*p*D``): 202 -> 32 components cuts the embedding 6x. The decoder
 still predicts all C bands. ``benchmarks/train_step.py`` measures the speed trade-off.
+``embedding="spectral-conv"`` replaces that 1x1 reduction with a spectral 1-D convolution stem
+(:class:`~hyperkd.models.layers.SpectralConvStem`: filters shared along each pixel's
+spectrum, non-linear) before patching; ``stem_channels`` sets its width.
+
+Patch size: the named sizes carry a preferred patch (8 for ``tiny``, 16 above), but a student
+built through the factory without an explicit ``patch_size`` (or with ``patch_size="auto"``)
+gets one that gives at least an 8 x 8 token grid on its chips (:func:`chip_patch_size`: 32 px
+chips get 4 px patches, not a 4 x 4 grid that no head can turn back into field edges;
+``min_grid=16`` asks for a finer grid, as the ``mae-small-data`` recipe does); the choice is
+logged and saved in ``config.json`` like any other argument (``min_grid`` itself is not: it
+only picks the patch size).
 
 Inputs are ``(B, C, H, W)`` surface reflectance; the model standardises them with the
 sensor's per-band mean/std (from the chip store's statistics) stored as buffers.
@@ -21,6 +32,7 @@ sensor's per-band mean/std (from the chip store's statistics) stored as buffers.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +45,16 @@ from hyperkd.core.errors import HyperKDError
 from hyperkd.core.registry import register
 from hyperkd.core.sensors import Sensor
 from hyperkd.hub import HyperKDHubMixin
-from hyperkd.models.layers import init_linear_and_norm, sincos_2d
+from hyperkd.models.layers import SpectralConvStem, init_linear_and_norm, sincos_2d
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS = ("plain", "factorized", "spectral-conv")
+"""Patch embeddings a student can use (``embedding=``)."""
+MIN_GRID = 8
+"""Token grid side an automatically chosen patch size aims for (:func:`chip_patch_size`)."""
+DEFAULT_IMG_SIZE = 64
+"""Chip size a student is built for when none is given."""
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -77,26 +98,48 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 class SpectralPatchEmbed(nn.Module):
-    """``(B, C, H, W) -> (B, N, D)``: plain or spectrally factorised patch embedding."""
+    """``(B, C, H, W) -> (B, N, D)``: plain, spectrally factorised or spectral-conv patch embedding."""
 
     def __init__(
-        self, in_chans: int, embed_dim: int, patch_size: int, kind: str = "factorized", spectral_dim: int = 32
+        self,
+        in_chans: int,
+        embed_dim: int,
+        patch_size: int,
+        kind: str = "factorized",
+        spectral_dim: int = 32,
+        stem_channels: int = 16,
     ) -> None:
         super().__init__()
-        if kind not in ("plain", "factorized"):
-            raise HyperKDError(f"student embedding must be 'plain' or 'factorized', got {kind!r}")
+        if kind not in EMBEDDINGS:
+            raise HyperKDError(f"student embedding must be one of {', '.join(EMBEDDINGS)}, got {kind!r}")
         self.kind = kind
         self.patch_size = patch_size
+        self.spectral: nn.Module
         if kind == "factorized":
             k = min(spectral_dim, in_chans)
             self.spectral = nn.Conv2d(in_chans, k, kernel_size=1, bias=False)
-            self.proj = nn.Conv2d(k, embed_dim, kernel_size=patch_size, stride=patch_size)
+        elif kind == "spectral-conv":
+            k = spectral_dim
+            self.spectral = SpectralConvStem(in_chans, k, stem_channels)
         else:
+            k = in_chans
             self.spectral = nn.Identity()
-            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(k, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.spectral(x)).flatten(2).transpose(1, 2)
+
+
+def chip_patch_size(img_size: int, preferred: int, min_grid: int = MIN_GRID) -> int:
+    """The patch size for ``img_size`` px chips: ``preferred`` if it tiles the chip into at least a
+    ``min_grid`` x ``min_grid`` grid, else the largest smaller divisor of ``img_size`` that does
+    (32 px with preferred 8 -> 4); chips under ``min_grid`` px get 1 px patches."""
+    if img_size < 1 or preferred < 1:
+        raise HyperKDError(f"img_size and patch_size must be positive, got {img_size} and {preferred}")
+    for p in range(preferred, 0, -1):
+        if img_size % p == 0 and img_size // p >= min_grid:
+            return p
+    return 1
 
 
 @dataclass
@@ -142,6 +185,7 @@ class HyperspectralMAE(
         decoder_num_heads: int = 4,
         embedding: str = "factorized",
         spectral_dim: int = 32,
+        stem_channels: int = 16,
         norm_pix_loss: bool = False,
         size: str | None = None,
     ) -> None:
@@ -160,7 +204,9 @@ class HyperspectralMAE(
         self.register_buffer("band_mean", torch.tensor(means or [0.0] * c).view(1, c, 1, 1))
         self.register_buffer("band_std", torch.tensor(stds or [1.0] * c).view(1, c, 1, 1))
 
-        self.patch_embed = SpectralPatchEmbed(c, embed_dim, patch_size, embedding, spectral_dim)
+        self.patch_embed = SpectralPatchEmbed(
+            c, embed_dim, patch_size, embedding, spectral_dim, stem_channels
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.register_buffer("pos_embed", sincos_2d(embed_dim, g, g), persistent=False)
         self.blocks = nn.ModuleList(
@@ -354,14 +400,28 @@ def _factory(size: str):
     def make(
         sensor: str | Sensor | dict[str, Any] = "enmap", selection: str | None = None, **overrides: Any
     ) -> HyperspectralMAE:
+        min_grid = int(overrides.pop("min_grid", None) or MIN_GRID)
         cfg = {**SIZES[size], **overrides}
+        if overrides.get("patch_size") in (None, "auto"):
+            img = int(cfg.get("img_size", DEFAULT_IMG_SIZE))
+            cfg["patch_size"] = chip_patch_size(img, int(SIZES[size]["patch_size"]), min_grid)
+            g = img // cfg["patch_size"]
+            log.info(
+                "student mae-%s: %d px patches for %d px chips (token grid %dx%d); set "
+                "student.patch_size to choose another",
+                size,
+                cfg["patch_size"],
+                img,
+                g,
+                g,
+            )
         return HyperspectralMAE(sensor=_sensor_dict(sensor, selection), size=size, **cfg)
 
     make.__name__ = f"mae_{size}"
     d = SIZES[size]
     make.__doc__ = (
         f"Hyperspectral MAE, {size}: D={d['embed_dim']}, depth {d['depth']}, {d['num_heads']} heads, "
-        f"patch {d['patch_size']} (any sensor: <sensor>-mae-{size})."
+        f"patch {d['patch_size']} or smaller for an 8x8 token grid (any sensor: <sensor>-mae-{size})."
     )
     return make
 
@@ -419,6 +479,8 @@ def flops_per_chip(model: HyperspectralMAE, mask_ratio: float = 0.75) -> float:
     if emb.kind == "factorized":
         k = emb.proj.in_channels
         embed = n * p2 * c * k + n * p2 * k * d
+    elif isinstance(emb.spectral, SpectralConvStem):
+        embed = n * p2 * emb.spectral.macs_per_pixel() + n * p2 * emb.proj.in_channels * d
     else:
         embed = n * p2 * c * d
 

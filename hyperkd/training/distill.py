@@ -40,6 +40,8 @@ from hyperkd.core.errors import HyperKDError, RecipeError, WeightsError
 from hyperkd.core.interfaces import Aligner, Teacher
 from hyperkd.core.registry import create
 from hyperkd.data.cache import FeatureCache as TeacherCache  # teacher features per chip
+from hyperkd.data.loader import NUM_TRANSFORMS
+from hyperkd.hub.teachers import teacher_spec
 from hyperkd.models.mae import HyperspectralMAE, MAEOutput
 from hyperkd.training.callbacks import DistillReport
 from hyperkd.training.parts import Spec, build_student, plain_hparams, split_spec
@@ -244,6 +246,9 @@ class DistillModule(MAEModule):
         if self.cache is None or "index" not in batch:
             return self._run_teacher(image)
         keys = [int(i) for i in torch.as_tensor(batch["index"]).flatten().tolist()]
+        if "augment" in batch:  # data.augment: each flip/rotation of a chip is its own teacher input
+            codes = torch.as_tensor(batch["augment"]).flatten().tolist()
+            keys = [k * NUM_TRANSFORMS + int(a) for k, a in zip(keys, codes, strict=True)]
         return self.cache.fetch(
             keys,
             lambda missing: self._run_teacher(image[missing] if len(missing) < len(keys) else image),
@@ -309,8 +314,9 @@ def build_teacher(recipe: Mapping[str, Any]) -> Teacher:
 
 
 def teacher_from_spec(spec: Spec) -> Teacher:
-    """The frozen teacher a name or a ``teacher`` section (``name`` + factory keywords) names."""
-    name, cfg = split_spec(spec, "teacher")
+    """The frozen teacher a name, a ``teacher`` section (``name`` + factory keywords) or a teacher
+    folder (``hyperkd teacher pretrain``; architecture from its config.json) names."""
+    name, cfg = teacher_spec(*split_spec(spec, "teacher"))
     try:
         teacher = create("teacher", name, **cfg)
     except WeightsError as exc:
