@@ -79,6 +79,18 @@ def test_teachers_show_json(capsys, hub):
     assert json.loads(out)["default_weights_cached"] is True
 
 
+def test_the_packaged_teacher_is_listed_with_its_packaged_weights(capsys):
+    code, out, _ = run(capsys, "teachers", "show", "prithvi-tiny-synth", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["default_weights"] == "packaged: hyperkd_prithvi/assets/prithvi-tiny-synth"
+    assert d["config"]["patch_size"] == [1, 4, 4] and d["repo_id"] is None
+    assert "NOT NASA/IBM" in d["description"]
+    code, out, _ = run(capsys, "teachers", "list", "--json")
+    row = next(r for r in json.loads(out) if r["name"] == "prithvi-tiny-synth")
+    assert code == 0 and row["default_weights"] == d["default_weights"] and row["embed_dim"] == 128
+
+
 def test_teachers_show_human_and_v2_stats(capsys):
     code, out, _ = run(capsys, "teachers", "show", "prithvi-eo-2.0-600m")
     assert code == 0

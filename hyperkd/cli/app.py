@@ -42,8 +42,10 @@ def _add_core_commands() -> None:
     from hyperkd.cli import finetune as _finetune  # noqa: F401 - register finetune and evaluate
     from hyperkd.cli import predict as _predict  # noqa: F401 - register predict
     from hyperkd.cli.data import data_app
+    from hyperkd.cli.teacher import teacher_app
 
     app.add_typer(data_app, name="data")
+    app.add_typer(teacher_app, name="teacher")
 
 
 console = Console()

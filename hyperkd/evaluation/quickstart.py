@@ -6,14 +6,17 @@ spectra (:func:`hyperkd.synth.kd_stores`):
 1. **data** — a large multispectral (HLS) set for the teacher, a small hyperspectral
    (EnMAP) set for the student that lacks some crops and soils the teacher's set has, and a
    labelled EnMAP evaluation set (all classes);
-2. **teacher** — pretrains a *tiny Prithvi-architecture* teacher on the HLS set with its
-   own MAE objective. It is not NASA/IBM's Prithvi-EO; with real weights available,
-   ``--teacher prithvi`` uses those instead;
+2. **teacher** — by default ``prithvi-tiny-synth``, the small Prithvi-architecture teacher
+   whose weights ship with hyperkd (``hyperkd teacher pretrain`` trained it for minutes on a
+   large, varied synthetic HLS corpus; docs/teachers.md). ``--teacher tiny`` instead
+   pretrains a *tiny* one on the HLS set here in seconds. Neither is NASA/IBM's Prithvi-EO;
+   with real weights available, ``--teacher prithvi`` uses those;
 3. **students**, same budget, for every seed: ``no-KD`` (plain MAE), ``HyperKD`` (the
    ``hyperkd`` recipe, trained teacher), ``random-teacher KD`` (same recipe, frozen
    random-init teacher of the same architecture);
-4. **downstream** — frozen encoder + CNN head (the paper's protocol), label-scarce, for land
-   cover and crop type, on the evaluation set; plus two more controls: the ``untrained
+4. **downstream** — frozen encoder + ``fused`` head (``finetune``'s default: encoder features
+   and each pixel's spectrum at pixel resolution; ``protocol="frozen"`` is the paper's token-CNN
+   head), label-scarce, for land cover and crop type, on the evaluation set; plus two more controls: the ``untrained
    encoder`` and a head on ``raw spectra``;
 5. **report** — one table (mean ± std over seeds; ↑/↓ where a row beats/trails no-KD by more
    than the seed spread), figures, ``report.md`` / ``report.json``; ``--docs FILE`` also
@@ -68,9 +71,10 @@ class QuickstartConfig:
     teacher_epochs: int = 10
     student_epochs: int = 12
     finetune_epochs: int = 15
+    protocol: str = "fused"  # finetune's default head; "frozen" is the paper's token-CNN head
     train_chips: int = 12
     tasks: tuple[str, ...] = ("landcover", "croptype")
-    teacher: str = "tiny"  # "tiny" (trained here) or a registered teacher with weights, e.g. prithvi
+    teacher: str = "prithvi-tiny-synth"  # packaged; "tiny" (trained here); or e.g. prithvi
     teacher_weights: str | None = None
     data_seed: int = 0
     extra_sets: tuple[str, ...] = field(default_factory=tuple)
@@ -200,7 +204,7 @@ def _run(
         teacher_sets = [f"teacher.{k}={json.dumps(v)}" for k, v in TINY_TEACHER.items()]
         teacher_sets.append(f"teacher.img_size={cfg.size}")
     else:
-        log(f"[2/5] teacher: {cfg.teacher} with weights {cfg.teacher_weights or 'default (official)'}")
+        log(f"[2/5] teacher: {cfg.teacher} with weights {cfg.teacher_weights or 'default'}")
         weights = cfg.teacher_weights or "default"
         teacher_name = cfg.teacher
         teacher_sets = []
@@ -239,7 +243,7 @@ def _run(
     records: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         log(
-            f"[4/5] seed {seed}: frozen encoder + CNN head on {', '.join(cfg.tasks)} "
+            f"[4/5] seed {seed}: frozen encoder + {cfg.protocol} head on {', '.join(cfg.tasks)} "
             f"({cfg.train_chips} labelled chips) for {len(ROWS)} rows"
         )
         for row in ROWS:
@@ -261,7 +265,7 @@ def _run(
                     task=task,
                     store=stores["eval"],
                     out=out / "finetune" / f"{row.replace(' ', '-')}-{task}-s{seed}",
-                    protocol="frozen",
+                    protocol=cfg.protocol,
                     seed=seed,
                     train_chips=cfg.train_chips,
                     epochs=cfg.finetune_epochs,
@@ -294,10 +298,13 @@ def _run(
         "teacher": {
             "name": teacher_name,
             "weights": weights,
-            "note": "tiny Prithvi-architecture teacher trained here on synthetic HLS chips; "
-            "not NASA/IBM's weights"
-            if cfg.teacher == "tiny"
-            else "",
+            "note": {
+                "tiny": "tiny Prithvi-architecture teacher trained here on synthetic HLS chips; "
+                "not NASA/IBM's weights",
+                "prithvi-tiny-synth": "small Prithvi-architecture teacher packaged with hyperkd, trained by "
+                "`hyperkd teacher pretrain` on a synthetic HLS corpus (its card: hyperkd_prithvi/assets/"
+                "prithvi-tiny-synth/README.md); not NASA/IBM's weights",
+            }.get(cfg.teacher, ""),
         },
         "table": table.to_dict(),
         "records": records,
@@ -404,7 +411,7 @@ def _bar_figure(table: Any, path: Path) -> None:
         ax.set_title(m, fontsize=9)
         lo = np.nanmin(np.array(means) - np.array(stds))
         ax.set_ylim(max(0.0, lo - 0.05), None)
-    fig.suptitle("downstream (frozen encoder + CNN head), mean ± std over seeds — SYNTHETIC data", fontsize=9)
+    fig.suptitle("downstream (frozen encoder + head), mean ± std over seeds — SYNTHETIC data", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -426,7 +433,7 @@ a model does on real EnMAP imagery.
   evaluation; {c["size"]} px.
 - teacher: {report["teacher"]["name"]} ({report["teacher"]["note"] or report["teacher"]["weights"]}).
 - students: tiny MAEs, {c["student_epochs"]} epochs each; seeds {seeds}.
-- downstream: frozen encoder + CNN head, {c["train_chips"]} labelled training chips,
+- downstream: frozen encoder + `{c.get("protocol", "frozen")}` head, {c["train_chips"]} labelled training chips,
   {c["finetune_epochs"]} epochs; metrics on held-out evaluation chips.
 
 Mean ± std over seeds. ↑ / ↓: better / worse than no-KD beyond the seed spread ({rule});

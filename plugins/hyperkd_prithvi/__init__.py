@@ -2,7 +2,7 @@
 
 Registered through the ``hyperkd`` entry-point group like any third-party plugin. This module
 is imported on every plugin discovery (``hyperkd --help`` included), so it imports nothing
-heavy: ``hyperkd_components`` declares the ``hls`` sensor and the ``prithvi-eo-*`` teachers,
+heavy: ``hyperkd_components`` declares the ``hls`` sensor and the ``prithvi-*`` teachers,
 whose modules (torch, the model code) are imported when one is first built;
 ``hyperkd_cli`` adds ``hyperkd teachers ...`` and ``hyperkd convert prithvi ...``.
 """
@@ -21,6 +21,7 @@ TEACHERS: dict[str, tuple[str, ...]] = {
     "prithvi-eo-2.0-600m": (),
     "prithvi-eo-2.0-600m-tl": (),
     "prithvi-eo-tiny": (),
+    "prithvi-tiny-synth": (),
 }
 """Teacher names and their aliases. ``hyperkd_prithvi.teacher`` registers one factory per
 name of its ``VARIANTS`` on import (descriptions come from there); a test checks the two agree."""

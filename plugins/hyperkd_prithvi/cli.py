@@ -154,7 +154,7 @@ def teachers_list(
             str(r["patch_size"]),
             str(r["num_frames"]),
             _fmt_params(r["encoder_parameters"]),
-            r["default_repo"] or "random init",
+            r["default_repo"] or r["default_weights"],
         )
     console.print(table)
 

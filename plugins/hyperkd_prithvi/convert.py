@@ -22,7 +22,7 @@ from torch import Tensor
 from hyperkd.core.errors import WeightsError
 from hyperkd.core.io import atomic_path, atomic_write_json
 from hyperkd_prithvi.model import build_mae
-from hyperkd_prithvi.teacher import VARIANTS, PrithviVariant, parameter_counts, prithvi_reference
+from hyperkd_prithvi.teacher import VARIANTS, folder_config
 from hyperkd_prithvi.weights import (
     CONFIG_FILENAME,
     CONVERTED_FILENAME,
@@ -33,8 +33,6 @@ from hyperkd_prithvi.weights import (
     resolve,
     to_prefixed,
 )
-
-FORMAT_VERSION = 1
 
 
 def detect_variant(state: dict[str, Tensor]) -> str:
@@ -57,34 +55,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _config_json(variant: PrithviVariant, source: dict[str, Any]) -> dict[str, Any]:
-    ref = prithvi_reference()
-    cfg = variant.config
-    pretrained_cfg = {  # the official config.json's pretrained_cfg keys, for other tools
-        **{k: v for k, v in cfg.to_dict().items() if k not in ("norm_eps", "pos_embed_mode")},
-        "bands": list(ref["bands"]),
-        "mean": list(variant.mean),
-        "std": list(variant.std),
-    }
-    return {
-        "hyperkd_format": FORMAT_VERSION,
-        "family": "prithvi-eo",
-        "variant": variant.name,
-        "architecture": cfg.to_dict(),
-        "pretrained_cfg": pretrained_cfg,
-        "bands": list(ref["bands"]),
-        "band_names": list(ref["band_names"]),
-        "mean": list(variant.mean),
-        "std": list(variant.std),
-        "stats": variant.stats,
-        "input_unit": "HLS digital numbers (surface reflectance x 10000); hyperkd teachers take "
-        "reflectance and scale it themselves",
-        "key_layout": "prefixed (encoder./decoder.)",
-        "num_parameters": parameter_counts(variant.name),
-        "source": source,
-    }
 
 
 def convert_prithvi(
@@ -128,7 +98,7 @@ def convert_prithvi(
     with atomic_path(weights_path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "hyperkd_variant": name})
     src_info = {"spec": os.fspath(src), "file": str(path), "sha256": _sha256(path), "layout": layout}
-    atomic_write_json(out_dir / CONFIG_FILENAME, _config_json(spec, src_info))
+    atomic_write_json(out_dir / CONFIG_FILENAME, folder_config(spec, spec.config, src_info))
     return {
         "variant": name,
         "weights": str(weights_path),

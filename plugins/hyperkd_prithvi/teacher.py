@@ -12,11 +12,15 @@ prithvi-eo-2.0-300m-tl    1024    24     16     16     4       .../Prithvi-EO-2.
 prithvi-eo-2.0-600m       1280    32     16     14     4       .../Prithvi-EO-2.0-600M
 prithvi-eo-2.0-600m-tl    1280    32     16     14     4       .../Prithvi-EO-2.0-600M-TL
 prithvi-eo-tiny           64      2      4      16     1       none: random init (tests, CPU demos)
+prithvi-tiny-synth        128     4      4      4      1       packaged (assets/, trained by hyperkd)
 ========================  ======  =====  =====  =====  ======  ============================
 
 ``prithvi-eo-tiny`` has the Prithvi architecture at toy widths. It is **not** a NASA/IBM
 model and has no official weights; it exists so tests and CPU demos can exercise the exact
-code path of the real teachers in seconds.
+code path of the real teachers in seconds. ``prithvi-tiny-synth`` is the same architecture
+trained by ``hyperkd teacher pretrain`` on synthetic HLS scenes; its weights ship inside
+the package (``hyperkd_prithvi/assets/prithvi-tiny-synth/``, with a model card saying how
+they were made), so it works offline. It is not NASA/IBM's Prithvi either.
 
 Factory keywords: ``weights`` (``"default"`` = official file through the HF cache; ``None`` =
 random init, the random-teacher control; or a file / folder / ``org/name[@rev][/file]``),
@@ -36,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,6 +93,9 @@ class PrithviVariant:
     filename: str | None
     description: str
     default_weights: str | None = "default"
+    asset: str | None = None
+    """Folder under ``hyperkd_prithvi/assets/`` whose weights ``weights="default"`` loads
+    (a packaged teacher); ``None``: the default is the Hugging Face file (or random init)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (``hyperkd teachers show --json``)."""
@@ -100,10 +108,14 @@ class PrithviVariant:
             "stats": self.stats,
             "repo_id": self.repo_id,
             "filename": self.filename,
-            "default_weights": (
-                f"{self.repo_id} / {self.filename}" if self.default_weights == "default" else "random init"
-            ),
+            "default_weights": self.default_weights_text(),
         }
+
+    def default_weights_text(self) -> str:
+        """Where ``weights="default"`` comes from, in words."""
+        if self.asset:
+            return f"packaged: hyperkd_prithvi/assets/{self.asset}"
+        return f"{self.repo_id} / {self.filename}" if self.default_weights == "default" else "random init"
 
 
 def _variants() -> dict[str, PrithviVariant]:
@@ -184,7 +196,37 @@ def _variants() -> dict[str, PrithviVariant]:
         description="tiny Prithvi-architecture teacher for tests and CPU demos; NOT NASA/IBM weights "
         "(random init unless given a checkpoint)",
     )
+    for name, description in PACKAGED.items():
+        path = asset_dir(name) / CONFIG_JSON
+        if not path.is_file():  # pragma: no cover - a broken install; tests check the asset ships
+            continue
+        cfg = json.loads(path.read_text())
+        out[name] = PrithviVariant(
+            name=name,
+            config=PrithviConfig.from_dict(cfg["architecture"]),
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            stats=cfg["stats"],
+            repo_id=None,
+            filename=None,
+            asset=name,
+            description=description,
+        )
     return out
+
+
+CONFIG_JSON = "config.json"
+PACKAGED: dict[str, str] = {
+    "prithvi-tiny-synth": "small Prithvi-architecture teacher trained by hyperkd on synthetic HLS scenes, "
+    "weights packaged (offline); NOT NASA/IBM weights",
+}
+"""Teachers whose weights ship in ``hyperkd_prithvi/assets/NAME/`` (config.json, model.safetensors
+and a README.md model card), by name, with their one-line descriptions."""
+
+
+def asset_dir(name: str) -> Path:
+    """The packaged folder of teacher ``name`` (a real folder: the package is installed unzipped)."""
+    return Path(str(resources.files("hyperkd_prithvi").joinpath("assets", name)))
 
 
 VARIANTS: dict[str, PrithviVariant] = _variants()
@@ -326,6 +368,12 @@ class PrithviTeacher(Teacher):
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", "variant": self.variant.name})
 
+    def folder_config(self, source: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``config.json`` of a folder holding this teacher's :meth:`save_weights` file:
+        its variant, full architecture (factory overrides that rebuild it), bands and
+        normalisation (what ``hyperkd teacher pretrain`` writes, see :func:`folder_config`)."""
+        return folder_config(self.variant, self.config, source or dict(self.weights_info))
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid ``(h, w)`` of an ``H x W`` input."""
         return (height // self.config.patch_size[1], width // self.config.patch_size[2])
@@ -346,6 +394,43 @@ def _sensor_with_stats(variant: PrithviVariant) -> Sensor:
         for b, m, s in zip(hls.bands, variant.mean, variant.std, strict=True)
     )
     return replace(hls, bands=bands, source=f"{hls.source}; mean/std: Prithvi {variant.stats} statistics")
+
+
+FOLDER_FORMAT = 1
+"""Version of the teacher folder's ``config.json`` (``hyperkd_format``)."""
+
+
+def folder_config(variant: PrithviVariant, cfg: PrithviConfig, source: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` of a teacher folder (``hyperkd convert prithvi``, ``hyperkd teacher
+    pretrain``): variant, architecture ``cfg``, bands, normalisation, parameter counts and
+    ``source`` (where the weights came from). ``pretrained_cfg`` repeats the fields under the
+    names of the official config.json, for other tools."""
+    ref = prithvi_reference()
+    mae = build_mae(cfg, device="meta")
+    enc, dec = count_parameters(mae.encoder), count_parameters(mae.decoder)
+    pretrained_cfg = {
+        **{k: v for k, v in cfg.to_dict().items() if k not in ("norm_eps", "pos_embed_mode")},
+        "bands": list(ref["bands"]),
+        "mean": list(variant.mean),
+        "std": list(variant.std),
+    }
+    return {
+        "hyperkd_format": FOLDER_FORMAT,
+        "family": "prithvi-eo",
+        "variant": variant.name,
+        "architecture": cfg.to_dict(),
+        "pretrained_cfg": pretrained_cfg,
+        "bands": list(ref["bands"]),
+        "band_names": list(ref["band_names"]),
+        "mean": list(variant.mean),
+        "std": list(variant.std),
+        "stats": variant.stats,
+        "input_unit": "HLS digital numbers (surface reflectance x 10000); hyperkd teachers take "
+        "reflectance and scale it themselves",
+        "key_layout": "prefixed (encoder./decoder.)",
+        "num_parameters": {"encoder": enc, "decoder": dec, "total": enc + dec},
+        "source": source,
+    }
 
 
 def variant_config(name: str, **overrides: Any) -> PrithviConfig:
@@ -377,6 +462,10 @@ def build_teacher(
     variant = VARIANTS[name]
     cfg = variant_config(name, **overrides)
     info: dict[str, Any] = {"source": "random init"}
+    packaged = variant.asset is not None and weights is not None and str(weights) == "default"
+    if packaged:
+        assert variant.asset is not None
+        weights = asset_dir(variant.asset)
     if weights is None:
         mae: PrithviMAE = build_mae(cfg)
     else:
@@ -397,6 +486,8 @@ def build_teacher(
                         "so the official weights cannot fit; pass weights=None or a matching checkpoint"
                     ) from exc
             raise
+        if packaged:
+            info["source"] = f"packaged {name} ({info['path']})"
     teacher = PrithviTeacher(
         variant, mae.encoder, mae.decoder if keep_decoder else None, layers=layers, weights_info=info
     )
