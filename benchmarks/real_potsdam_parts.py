@@ -1,0 +1,365 @@
+"""The parts of ``benchmarks/real_potsdam.py`` that train no network: split lists, labelled pixels,
+the scikit-learn baselines, seed aggregation, the generated page and the maps figure.
+
+:func:`render_markdown` turns a results dict (the benchmark's ``results.json``) into
+``docs/real-data.md``; :func:`aggregate` is
+:func:`hyperkd.evaluation.compare.compare` over the runs (mean ± std over seeds, and the
+"exceeds the seed spread" rule: |Δ mean| > std + std of the reference), and
+:func:`verdicts` turns it into plain sentences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS = ("miou", "overall_accuracy", "macro_f1")
+METRIC_TITLES = {"miou": "mIoU", "overall_accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]], reference: str | None = None) -> Any:
+    """Mean ± std over seeds per row (:func:`hyperkd.evaluation.compare.compare`), verdicts vs ``reference``."""
+    from hyperkd.evaluation.compare import compare
+
+    order = list(dict.fromkeys(r["row"] for r in runs))
+    records = [{"row": r["row"], "seed": r["seed"], "metrics": r["metrics"]} for r in runs]
+    return compare(records, metrics=list(METRICS), reference=reference or order[0], order=order)
+
+
+def per_class_means(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Row -> class -> IoU averaged over seeds (seeds where a class has no IoU are left out)."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        for c, v in (r.get("per_class_iou") or {}).items():
+            if v is not None:
+                acc.setdefault(r["row"], {}).setdefault(c, []).append(float(v))
+    return {row: {c: float(np.mean(v)) for c, v in cls.items()} for row, cls in acc.items()}
+
+
+def comparison_sentence(name: str, ref: str, table: Any, metric: str = "miou") -> str:
+    """``name`` against ``ref`` on ``metric``: beats / trails / within the seed spread, with the numbers.
+
+    The rule is :mod:`hyperkd.evaluation.compare`'s: a difference counts when it exceeds the
+    sum of the two rows' standard deviations over seeds.
+    """
+    a, b = table.rows[name][metric], table.rows[ref][metric]
+    delta, spread = a.mean - b.mean, a.std + b.std
+    title = METRIC_TITLES.get(metric, metric)
+    if abs(delta) > spread:
+        verb = "beats" if delta > 0 else "trails"
+        ratio = (
+            f"{abs(delta) / spread:.1f} x the seed spread {spread:.3f}" if spread > 0 else "no seed spread"
+        )
+        return f"{name} {verb} {ref} on {title} by {abs(delta):.3f} ({ratio})."
+    return f"{name} and {ref} are within the seed spread on {title} (difference {delta:+.3f}, spread {spread:.3f})."
+
+
+def verdicts(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Plain sentences: each hyperkd row vs the random forest and raw spectra, KD vs its controls."""
+    table = aggregate(runs)
+    have = set(table.rows)
+    kinds = {r["name"]: r["kind"] for r in rows if r["name"] in have}
+    raw = next((n for n, k in kinds.items() if k == "raw"), None)
+    rf = next((r["name"] for r in rows if r.get("recipe") == "rf" and r["name"] in have), None)
+    out: list[str] = []
+    ours = [n for n, k in kinds.items() if k != "sklearn"]
+    if ours and rf is not None:
+        best = max(ours, key=lambda n: table.rows[n]["miou"].mean)
+        a, b = table.rows[best]["miou"], table.rows[rf]["miou"]
+        beyond = abs(a.mean - b.mean) > a.std + b.std
+        verdict = (
+            ("beats" if a.mean > b.mean else "does not beat")
+            if beyond
+            else "is level with (within the seed spread of)"
+        )
+        out.append(
+            f"**In short: hyperkd's best row here, {best} (mIoU {a.mean:.3f} ± {a.std:.3f}), {verdict} "
+            f"the {rf} (mIoU {b.mean:.3f} ± {b.std:.3f}).**"
+        )
+    for name in ours:
+        kind = kinds[name]
+        parts = [comparison_sentence(name, ref, table) for ref in (rf, raw) if ref and ref != name]
+        if kind != "raw" and raw is not None:
+            a, b = table.rows[name]["miou"], table.rows[raw]["miou"]
+            if a.mean - b.mean < -(a.std + b.std):
+                parts.append("This encoder loses to raw spectra: it is not yet useful for this task.")
+            elif a.mean - b.mean <= a.std + b.std:
+                parts.append("It adds nothing to the spectra beyond the seed spread.")
+            else:
+                parts.append("Here the encoder adds to the spectra.")
+        if parts:
+            out.append(" ".join(parts))
+    kd = [
+        r["name"]
+        for r in rows
+        if r["kind"] == "distill" and r.get("teacher") == "trained" and r["name"] in have
+    ]
+    ctrl = [
+        r["name"]
+        for r in rows
+        if r["kind"] == "distill" and r.get("teacher") == "random" and r["name"] in have
+    ]
+    mae = [r["name"] for r in rows if r["kind"] == "pretrain" and r["name"] in have]
+    for k in kd:
+        for c in ctrl + mae:
+            out.append("Knowledge transfer check: " + comparison_sentence(k, c, table))
+    return out
+
+
+def render_markdown(results: Mapping[str, Any], figure: str | None = None) -> str:
+    """The page ``docs/real-data.md`` from a results dict (``OUT/results.json``); ``figure``: its path from the page."""
+    prov = results["provenance"]
+    runs, rows = results["runs"], results["rows"]
+    ran = {r["row"] for r in runs}
+    ref = next((r["name"] for r in rows if r["kind"] == "raw" and r["name"] in ran), None)
+    table = aggregate(runs, reference=ref)
+    seeds = ", ".join(str(s) for s in prov["seeds"])
+    budget = prov["budget"]
+    lines = [
+        f"<!-- generated by `{prov['command']}`; do not edit by hand -->",
+        "",
+        "# hyperkd on real EnMAP tiles (Potsdam)",
+        "",
+        "Real EnMAP L2A imagery, not synthetic: the EnMAP-Box project's Potsdam tiles "
+        f"({len(prov['train_tiles']) + len(prov['val_tiles'])} tiles of {prov['chip_size']} x "
+        f"{prov['chip_size']} px, {prov['file_bands']} bands as exported by the EnMAP-Box; labels 0 = no label, "
+        "1-6 = land cover; see `../shared/data/enmap-potsdam/SOURCE.md`). The tiles are prepared as they are "
+        f"(`hyperkd.prepare`, {prov['bands']} usable bands; {prov['dropped']}) and split as the EnMAP-Box split them: "
+        f"{len(prov['train_tiles'])} training tiles ({prov['pixels']['train']} labelled pixels), "
+        f"{len(prov['val_tiles'])} validation tiles ({prov['pixels']['val']} labelled pixels, "
+        f"on which every row is scored: {', '.join(prov['val_tiles'])}).",
+        "",
+        "## How this page was made",
+        "",
+        f"- command: `{prov['command']}` ({prov['date']}, {prov['elapsed_s']:.0f} s"
+        + (f"; the runs took {prov['runs_time_s']:.0f} s in all" if prov.get("runs_time_s") else "")
+        + "; the machine was shared, so times are upper bounds)",
+        f"- machine: {prov['machine']}",
+        f"- seeds: {seeds} (each row is trained once per seed; the data split is fixed)",
+        *(
+            [
+                f"- {prov['reused']} of {len(runs)} runs were reused from an earlier invocation with the same settings"
+            ]
+            if prov.get("reused")
+            else []
+        ),
+        f"- budget: pretraining and distillation {budget['pretrain_steps']} steps of {budget['batch_size']} chips; "
+        f"fine-tuning {budget['finetune_epochs']} epochs on all training tiles (`finetune` protocol: "
+        f"{prov.get('protocol') or 'its default'}); random forest {budget['rf_trees']} trees",
+        f"- teacher: {prov['teacher']['description']}",
+        "",
+        "## Results on the validation tiles",
+        "",
+        f"Mean ± std over seeds; ↑ / ↓ / ≈: better / worse than *{table.reference}* beyond the seed spread / "
+        "within it (a difference exceeds the seed spread when |Δ mean| > std + std of the reference).",
+        "",
+        table.markdown(digits=3).replace(
+            " | miou | overall_accuracy | macro_f1 |", " | mIoU | accuracy | macro-F1 |"
+        ),
+        "",
+        "| row | what it is |",
+        "|---|---|",
+        *[f"| {r['name']} | {r['description']} |" for r in rows if r["name"] in table.rows],
+        "",
+        "## Per-class IoU (mean over seeds)",
+        "",
+    ]
+    pcm = per_class_means(runs)
+    classes = sorted({c for v in pcm.values() for c in v}, key=lambda c: float(c.split()[-1]))
+    support = prov.get("val_support") or {}
+    lines += [
+        "| row | " + " | ".join(f"{c} ({support[c]} px)" if c in support else c for c in classes) + " |",
+        "|---|" + "---|" * len(classes),
+    ]
+    for row in table.rows:
+        vals = pcm.get(row, {})
+        lines.append(
+            f"| {row} | " + " | ".join(f"{vals[c]:.3f}" if c in vals else "" for c in classes) + " |"
+        )
+    lines += ["", "## What the numbers say", ""]
+    lines += [f"- {s}" for s in verdicts(runs, rows)]
+    if figure:
+        lines += [
+            "",
+            "## Maps of the validation tiles",
+            "",
+            f"{results.get('figure_caption', '')}",
+            "",
+            f"![maps of the validation tiles]({figure})",
+        ]
+    lines += [
+        "",
+        "Reproduce: `pip install -e '.[bench]'`, then "
+        "`python benchmarks/real_potsdam.py --docs docs/real-data.md`; every run's metrics are in "
+        "`runs/real_potsdam/results.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def maps_figure(
+    titles: Sequence[str], rgbs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+    columns: Mapping[str, Sequence[np.ndarray]], codes: Sequence[int], path: Path,
+) -> Path:  # fmt: skip
+    """One row per tile: false colour, labels, then each model's map (same class colours; grey = none)."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from hyperkd.viz.maps import class_colors
+
+    rgb = [(r / 255, g / 255, b / 255) for r, g, b in class_colors(len(codes))]
+    cmap = ListedColormap(rgb).with_extremes(bad="lightgrey")
+    lo, hi = min(codes) - 0.5, max(codes) + 0.5
+    ncol = 2 + len(columns)
+    fig = Figure(figsize=(2.3 * ncol, 2.7 * len(titles) + 0.7))
+    axes = fig.subplots(len(titles), ncol, squeeze=False)
+    for r, title in enumerate(titles):
+        panels = [("false colour", rgbs[r]), ("labels", labels[r]), *((k, v[r]) for k, v in columns.items())]
+        for c, (name, img) in enumerate(panels):
+            ax = axes[r, c]
+            if img.ndim == 3:
+                ax.imshow(img)
+            else:
+                ax.imshow(np.ma.masked_invalid(img), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_title(f"{title}\n{name}" if c == 0 else name, fontsize=8)
+            ax.set_axis_off()
+    fig.legend(
+        handles=[Patch(color=rgb[i], label=f"class {c}") for i, c in enumerate(codes)]
+        + [Patch(color="lightgrey", label="no label / no data")],
+        loc="lower center",
+        ncol=len(codes) + 1,
+        fontsize=8,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def dropped_text(store: Any) -> str:
+    """The bands ``prepare`` dropped, in one phrase."""
+    dropped = (store.manifest.get("attrs") or {}).get("dropped_bands") or {}
+    if not dropped:
+        return "no band dropped"
+    reasons = sorted({r for d in dropped.values() for r in d.get("reasons", [])})
+    nm = [d.get("center_nm") for d in dropped.values() if d.get("center_nm") is not None]
+    span = f", {min(nm):.0f}-{max(nm):.0f} nm" if nm else ""
+    return f"{len(dropped)} bands dropped by `prepare` ({', '.join(dropped)}{span}: {'; '.join(reasons)})"
+
+
+def split_files(data: Path, name: str) -> list[Path]:
+    """The image files a split CSV (``image,mask`` header, paths relative to ``data``) lists."""
+    path = data / name
+    if not path.exists():
+        raise SystemExit(
+            f"{path} does not exist: {data} should hold train_files.csv and validation_files.csv"
+        )
+    with path.open(newline="") as fh:
+        files = [data / rec["image"] for rec in csv.DictReader(fh)]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise SystemExit(f"{path} lists {missing[0]}, which does not exist")
+    return files
+
+
+def pixels(store: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labelled pixels of every chip: ``(X (n, bands) reflectance, y (n,) codes, chip index (n,))``.
+
+    A pixel counts where the chip holds data and the label is not the ignore value (NaN in
+    ``values``, as :func:`hyperkd.data.labels.align_labels` returns them): the pixels a
+    hyperkd head trains or is scored on.
+    """
+    xs, ys, idx = [], [], []
+    for i in range(len(store)):
+        item = store[i]
+        keep = item["valid"] & np.isfinite(values[i])
+        xs.append(item["image"][:, keep].T)
+        ys.append(values[i][keep])
+        idx.append(np.full(int(keep.sum()), i))
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64), np.concatenate(idx)
+
+
+def paste(arr: np.ndarray, tile: np.ndarray, row: int, col: int) -> np.ndarray:
+    """``tile`` written into ``arr`` at (``row``, ``col``), growing ``arr`` (NaN) if needed."""
+    if arr.shape[0] < row + tile.shape[0] or arr.shape[1] < col + tile.shape[1]:
+        grown = np.full(
+            (max(arr.shape[0], row + tile.shape[0]), max(arr.shape[1], col + tile.shape[1])), np.nan
+        )
+        grown[: arr.shape[0], : arr.shape[1]] = arr
+        arr = grown
+    arr[row : row + tile.shape[0], col : col + tile.shape[1]] = tile
+    return arr
+
+
+def sklearn_model(kind: str, seed: int, trees: int = 500) -> Any:
+    """``rf``: random forest on reflectance; ``svm``: RBF SVM on standardised reflectance."""
+    try:
+        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVC
+    except ImportError:
+        raise SystemExit(
+            "the random forest and SVM rows need scikit-learn: pip install -e '.[bench]'"
+        ) from None
+    if kind == "rf":
+        return RandomForestClassifier(n_estimators=trees, n_jobs=-1, random_state=seed)
+    if kind == "svm":
+        return make_pipeline(StandardScaler(), SVC(kernel="rbf", C=1.0, gamma="scale"))
+    raise ValueError(f"unknown scikit-learn baseline {kind!r}; known: rf, svm")
+
+
+def baseline_metrics(
+    kind: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    trees: int = 500,
+) -> tuple[dict[str, Any], np.ndarray, Any]:
+    """Fit a baseline on ``train`` pixels ``(X, codes)`` and score it on ``test``.
+
+    Classes are the codes present in the training pixels (as hyperkd names them:
+    ``class <code>``); metrics come from :func:`hyperkd.evaluation.metrics.classification_metrics`,
+    exactly as for the hyperkd rows. Returns ``(metrics, predicted codes of test, model)``.
+    """
+    from hyperkd.evaluation.metrics import classification_metrics, confusion_matrix
+
+    (xtr, ytr), (xte, yte) = train, test
+    codes = np.unique(ytr)
+    model = sklearn_model(kind, seed, trees).fit(xtr, ytr)
+    pred = model.predict(xte)
+    lookup = {int(c): i for i, c in enumerate(codes)}
+    t = np.array([lookup.get(int(c), -1) for c in yte])
+    p = np.array([lookup[int(c)] for c in pred])
+    cm = confusion_matrix(p[t >= 0], t[t >= 0], len(codes))
+    return classification_metrics(cm, [f"class {c:g}" for c in codes]), pred, model
+
+
+# ----------------------------------------------------------------------------------------------
+def machine() -> str:
+    """CPU, cores, load and versions, in one line."""
+    import torch
+
+    import hyperkd
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        )
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at start), {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, hyperkd {hyperkd.__version__}"
+    )
