@@ -100,3 +100,20 @@ def test_saved_model_folder_is_group_and_other_readable(tmp_path, umask):
     assert any(p.suffix == ".safetensors" for p in files)
     for p in files:
         assert mode(p) & 0o044 == 0o044, f"{p.name}: {oct(mode(p))}"
+
+
+def test_atomic_folder_swaps_in_whole_or_leaves_the_old_folder(tmp_path):
+    from hyperkd.core.io import atomic_folder
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left behind
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    with atomic_folder(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]

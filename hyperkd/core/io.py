@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,34 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; swap it in for ``target`` on success.
+
+    For outputs that are a folder of files (a shared model: weights, config, card): the old
+    folder is renamed aside, the new one renamed into place, then the old one removed, so
+    ``target`` is at every moment either the complete old folder or the complete new one. A
+    failure inside the block removes the temporary and leaves ``target`` untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hyperkd.core.errors import HyperKDError, WeightsError
-from hyperkd.core.io import atomic_write_json, atomic_write_text
+from hyperkd.core.io import atomic_folder, atomic_write_json, atomic_write_text
 
 NOT_PRITHVI = "a small Prithvi-architecture teacher trained by hyperkd; NOT NASA/IBM's Prithvi-EO weights"
 CONFIG_JSON = "config.json"
@@ -51,20 +50,10 @@ def write_teacher_folder(
     sibling folder renamed into place); an existing non-empty ``out`` needs ``overwrite``."""
     out = Path(out)
     check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_weights(str(tmp / WEIGHTS_FILE))
-    atomic_write_json(tmp / CONFIG_JSON, dict(config))
-    atomic_write_text(tmp / CARD_FILE, teacher_card(config, name=out.name))
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    with atomic_folder(out) as tmp:
+        model.save_weights(str(tmp / WEIGHTS_FILE))
+        atomic_write_json(tmp / CONFIG_JSON, dict(config))
+        atomic_write_text(tmp / CARD_FILE, teacher_card(config, name=out.name))
     return out
 
 

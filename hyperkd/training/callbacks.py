@@ -14,7 +14,6 @@ writes exports, figures or reports. They run in the order given: the runner puts
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from hyperkd.core.io import atomic_write_json
+from hyperkd.core.io import atomic_folder, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +81,8 @@ def export_student(student: Any, folder: Path, provenance: Mapping[str, Any] | N
     see :mod:`hyperkd.hub`), replacing ``folder`` atomically. ``provenance`` (recipe, metrics,
     training data: :func:`hyperkd.hub.run_provenance`) goes into the config and the card."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    student.save_pretrained(tmp, provenance=provenance)
-    old = folder.with_name(f".{folder.name}.old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    with atomic_folder(folder) as tmp:
+        student.save_pretrained(tmp, provenance=provenance)
     return folder
 
 
