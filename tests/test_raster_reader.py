@@ -216,8 +216,10 @@ def test_envi_unknown_units_no_map_info(tmp_path, interleave, caplog):
         pw = p.read()
         assert not pw.valid[0, 0] and pw.valid.sum() == H * W - 1
         np.testing.assert_allclose(pw.image[:, 1:, 1:], stored[:, 1:, 1:] / 1e4, atol=1e-6)
+    with pytest.raises(DataError, match=r"cube\.\w+: has no CRS .* or pass --allow-no-crs"):
+        prepare([tmp_path], tmp_path / "S", size=8, progress=False)
     with caplog.at_level(logging.WARNING, logger="hyperkd.data.prepare"):
-        store = prepare([tmp_path], tmp_path / "S", size=8, progress=False)
+        store = prepare([tmp_path], tmp_path / "S", size=8, progress=False, allow_no_crs=True)
     assert store.sensor.centers_nm == pytest.approx(fx.CENTERS)
     text = caplog.text
     assert "no CRS" in text and "cannot be georeferenced" in text and "read as micrometres" in text

@@ -74,6 +74,14 @@ def prepare_cmd(
             show_default=False,
         ),
     ] = None,
+    allow_no_crs: Annotated[
+        bool,
+        typer.Option(
+            "--allow-no-crs",
+            help="Prepare products without a CRS on their pixel grid (refused by default: their chips "
+            "cannot be matched to label rasters).",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the store's per-product summary as JSON.")
     ] = False,
@@ -102,6 +110,7 @@ def prepare_cmd(
             if reflectance_scale_factor is not None
             else None,
             progress=not as_json,
+            allow_no_crs=allow_no_crs,
         )
     except KeyboardInterrupt:
         err.print(f"interrupted: finished products are safe in {out}; rerun the same command with --resume")

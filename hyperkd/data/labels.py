@@ -131,11 +131,29 @@ def _fill_chips(
 
 def _open_raster(path: Path) -> Any:
     import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.windows import Window
 
     try:
         src = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
         raise DataError(f"cannot read label raster {path}: {exc}") from None
+    try:  # a truncated file opens (its header is intact) and then lacks its georeferencing
+        src.read(1, window=Window(src.width - 1, src.height - 1, 1, 1))
+    except rasterio.errors.RasterioError as exc:
+        src.close()
+        raise DataError(
+            f"cannot read label raster {path} ({str(exc.__cause__ or exc).strip().rstrip('.')}); "
+            "the file is truncated or corrupt"
+        ) from None
+    data_bands = [c for c in src.colorinterp[1:] if c != ColorInterp.alpha]
+    if data_bands:
+        kinds = ", ".join(c.name for c in src.colorinterp)
+        src.close()
+        raise DataError(
+            f"label raster {path} has {len(data_bands) + 1} bands ({kinds}); labels are one band of class "
+            "codes or values (a colour rendering of a map cannot be read back as codes): give that band alone"
+        )
     if src.crs is None:
         src.close()
         raise DataError(f"label raster {path} has no CRS; it cannot be aligned to the chips")
@@ -475,26 +493,30 @@ def read_legend(path: str | Path) -> tuple[dict[int, str], dict[int, str]]:
         return _qml_legend(path)
     names: dict[int, str] = {}
     colours: dict[int, str] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for n, row in enumerate(csv.reader(fh), 1):
-            row = [c.strip() for c in row]
-            if not row or not any(row) or row[0].startswith("#"):
-                continue
-            try:
-                code = float(row[0])
-            except ValueError:
-                if n == 1:
-                    continue  # a header line
-                raise DataError(f"legend {path}, line {n}: code {row[0]!r} is not a number") from None
-            if code != round(code) or len(row) < 2 or not row[1]:
-                raise DataError(
-                    f"legend {path}, line {n}: expected 'code,name[,colour]' with an integer code"
-                )
-            if int(code) in names:
-                raise DataError(f"legend {path}, line {n}: code {int(code)} is listed twice")
-            names[int(code)] = row[1]
-            if len(row) > 2 and row[2]:
-                colours[int(code)] = row[2]
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"legend {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as a UTF-8 CSV "
+            "of 'code,name[,colour]' lines"
+        ) from None
+    for n, row in enumerate(rows, 1):
+        row = [c.strip() for c in row]
+        if not row or not any(row) or row[0].startswith("#"):
+            continue
+        try:
+            code = float(row[0])
+        except ValueError:
+            if n == 1:
+                continue  # a header line
+            raise DataError(f"legend {path}, line {n}: code {row[0]!r} is not a number") from None
+        if code != round(code) or len(row) < 2 or not row[1]:
+            raise DataError(f"legend {path}, line {n}: expected 'code,name[,colour]' with an integer code")
+        if int(code) in names:
+            raise DataError(f"legend {path}, line {n}: code {int(code)} is listed twice")
+        names[int(code)] = row[1]
+        if len(row) > 2 and row[2]:
+            colours[int(code)] = row[2]
     if not names:
         raise DataError(f"legend {path} lists no class (expected lines 'code,name[,colour]')")
     return names, colours

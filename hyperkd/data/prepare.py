@@ -238,7 +238,7 @@ def _remove_store(out: Path, created_dir: bool) -> None:
     if created_dir:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for path in [out / MANIFEST, *out.glob("shard-*.npy")]:
+    for path in [out / MANIFEST, out / "index.npy", *out.glob("shard-*.*")]:
         path.unlink(missing_ok=True)
 
 
@@ -257,6 +257,7 @@ def prepare(
     reader: str | None = None,
     reader_options: Mapping[str, Any] | None = None,
     progress: bool = True,
+    allow_no_crs: bool = False,
 ) -> ChipStore:
     """Tile the products in ``inputs`` into a chip store at ``out``; returns the sealed store.
 
@@ -280,6 +281,9 @@ def prepare(
     reader_options: keyword arguments for the reader's ``open`` (EnMAP: ``cloud_layers``,
         ``use_pixelmask``; raster: ``reflectance_scale_factor``).
     progress: show a progress bar (also off when ``HYPERKD_DISABLE_PROGRESS=1``).
+    allow_no_crs: prepare products without a CRS on their pixel grid (with a warning);
+        otherwise such a product is refused, since its chips could never be matched to label
+        rasters or vectors, nor its maps placed on the ground.
     """
     if not 0.0 <= max_nodata <= 1.0 or not 0.0 <= max_cloud <= 1.0:
         raise DataError(
@@ -298,6 +302,12 @@ def prepare(
         for path in paths:
             products.append(fmt.open(path, **options))
             products[-1].check()
+            if products[-1].crs is None and not allow_no_crs:
+                raise DataError(
+                    f"{products[-1].info().get('image') or path}: has no CRS (coordinate reference system), so "
+                    "its chips could not be matched to labels nor its maps placed on the ground; assign one "
+                    "(gdal_edit.py -a_srs EPSG:<code> FILE) or pass --allow-no-crs to prepare it on its pixel grid"
+                )
         seen: dict[str, Path] = {}
         for p in products:
             if p.name in seen:
@@ -339,6 +349,7 @@ def prepare(
                 "max_nodata": max_nodata,
                 "max_cloud": max_cloud,
                 "inputs": [str(i) for i in inputs],
+                "allow_no_crs": allow_no_crs,
             },
         )
         writer.attrs.setdefault("products", {})

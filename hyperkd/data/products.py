@@ -205,7 +205,8 @@ def product_format_for(sensor: str, reader: str | None = None) -> ProductFormat:
                 f"no product reader named {reader!r}; installed readers: {known} (`hyperkd list reader`)"
             )
         fmt = _format_of(readers.get(reader))
-        if sensor not in fmt.sensors and "*" not in fmt.sensors:  # "*": reads any sensor's files
+        # "*" in fmt.sensors: reads any sensor's files; sensor "*": none was asked for
+        if sensor != "*" and sensor not in fmt.sensors and "*" not in fmt.sensors:
             raise DataError(
                 f"product reader {reader!r} reads {', '.join(fmt.sensors)} products, not {sensor!r}"
             )

@@ -241,6 +241,18 @@ class RasterProduct(ProductBase):
             raise DataError(
                 f"{path}: band wavelengths must be positive numbers, got {meta['wavelength'][:5]}..."
             )
+        bad_fwhm = next((i for i, f in enumerate(fwhms) if not (math.isfinite(f) and f > 0)), None)
+        if bad_fwhm is not None:
+            raise DataError(
+                f"{path}: band {bad_fwhm + 1} has FWHM {meta['fwhm'][bad_fwhm]!r}; every 'fwhm' value must be a "
+                "positive number (fix the metadata, or remove the fwhm tags to use the band spacing)"
+            )
+        twins = sorted({c for c in centers if centers.count(c) > 1})
+        if twins:
+            self.warnings.append(
+                f"bands share a centre wavelength ({', '.join(f'{c:g}' for c in twins[:5])} nm): "
+                "is the band table right?"
+            )
         names = [f"B{i + 1}" for i in range(n)]
         adhoc = Sensor(
             name=ADHOC_SENSOR,
@@ -285,11 +297,20 @@ class RasterProduct(ProductBase):
         scales = [1.0 if s is None else float(s) for s in self._src.scales]
         offsets = [0.0 if o is None else float(o) for o in self._src.offsets]
         if factor is not None:
+            _check_factor(factor, f"{self.path}: the given reflectance_scale_factor")
             return [1.0 / factor] * n, [0.0] * n, f"reflectance scale factor {factor:g} (given)"
         if any(s != 1.0 for s in scales) or any(o != 0.0 for o in offsets):
+            for i, (s, o) in enumerate(zip(scales, offsets, strict=True)):
+                if not (math.isfinite(s) and s != 0.0 and math.isfinite(o)):
+                    raise DataError(
+                        f"{self.path}: band {i + 1} has GDAL scale {s:g}, offset {o:g}; a scale must be a "
+                        "finite non-zero number and an offset finite (fix the metadata, or pass "
+                        "reflectance_scale_factor)"
+                    )
             return scales, offsets, f"GDAL scale {scales[0]:g}, offset {offsets[0]:g}"
-        if meta["scale_factor"]:
+        if meta["scale_factor"] is not None:
             f = meta["scale_factor"]
+            _check_factor(f, f"{self.path}: its 'reflectance scale factor' metadata")
             return [1.0 / f] * n, [0.0] * n, f"reflectance scale factor {f:g} (metadata)"
         return [1.0] * n, [0.0] * n, None
 
@@ -415,6 +436,15 @@ class RasterProduct(ProductBase):
         """Close the file."""
         if self._src is not None:
             self._src.close()
+
+
+def _check_factor(factor: float, what: str) -> None:
+    """DataError unless ``factor`` (stored value / factor = reflectance) is a finite number above 0."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise DataError(
+            f"{what} is {factor:g}; it must be a positive number (stored value / factor = reflectance, "
+            "e.g. 10000)"
+        )
 
 
 def _spacing(centers: Sequence[float]) -> list[float]:

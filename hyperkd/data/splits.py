@@ -112,6 +112,11 @@ def read_list(path: str | os.PathLike[str]) -> tuple[list[tuple[int, str]], bool
         raise DataError(
             f"chip list {p}: cannot read it ({exc.strerror or exc}); give an existing file"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"chip list {p}: not UTF-8 text ({exc.reason} at byte {exc.start}); give a text or CSV file "
+            "of chip indices or source file names"
+        ) from None
     lines = [
         (n, line)
         for n, line in enumerate(text.splitlines(), 1)
@@ -289,8 +294,11 @@ def split_listed(
 
 
 class _Store(Protocol):
-    chips: list[dict[str, Any]]
-    root: Path
+    @property
+    def chips(self) -> Sequence[Mapping[str, Any]]: ...
+
+    @property
+    def root(self) -> Path: ...
 
 
 def split_store(

@@ -162,11 +162,45 @@ def bind_labels(
         )
         bound_seg.bind(spec)
         ids, unknown = encode_classes(values, codes, task.ignore_index)
+        scored = bool((ids != task.ignore_index).any())
+        if unknown:  # only given codes (a trained model's, a legend's) can miss some
+            _unknown_codes(labels, store, values, codes, scored, nodata)
+        if not scored:  # e.g. labels beside the chips: metrics would read "pixels: 0"
+            raise DataError(f"labels {labels} have no labelled pixel over the chips of {store.root}")
         return bound_seg, TaskLabels(store, bound_seg, ids, unknown)
     if not np.isfinite(values).any():
         raise DataError(f"labels {labels} have no valid value over the chips of {store.root}")
     bound = task.bind(LabelSpec("continuous", unit=getattr(task, "unit", "")))
     return bound, TaskLabels(store, bound, values)
+
+
+def _unknown_codes(
+    labels: str | Path,
+    store: ChipStore,
+    values: np.ndarray,
+    codes: Sequence[int],
+    scored: bool,
+    nodata: float | None,
+) -> None:
+    """Refuse labels none of whose codes the model knows (nothing would be ``scored``, and the
+    metrics would read "pixels: 0"); warn, naming the codes, when only some are unknown."""
+    from hyperkd.data.labels import class_codes
+
+    extra = sorted(set(class_codes(values)) - {int(c) for c in codes})
+    known = [int(c) for c in codes]
+    if not scored:
+        hint = "" if nodata is not None else ", or pass --label-nodata CODE if one of them means 'no label'"
+        raise DataError(
+            f"labels {labels} hold codes {extra[:20]} over the chips of {store.root}, none of which the model "
+            f"was trained on (its codes: {known}); give labels with the model's codes{hint}"
+        )
+    logger.warning(
+        "labels %s: %d pixel(s) hold codes %s the model was not trained on (its codes: %s); they are not scored",
+        labels,
+        int(np.isin(values, extra).sum()),
+        extra[:20],
+        known,
+    )
 
 
 class FractionLabels(TaskLabels):

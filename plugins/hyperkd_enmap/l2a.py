@@ -80,6 +80,10 @@ CLOUD_FLAGS: dict[str, tuple[int, ...]] = {
 DEFAULT_CLOUD_LAYERS = ("CLOUD", "CLOUDSHADOW")
 MASK_BACKGROUND = 255
 """Value of quality-layer pixels outside the scene."""
+DN_TYPES = ("int16", "uint16", "int32")
+"""Pixel types a SPECTRAL_IMAGE may hold: DLR delivers int16 (reflectance x 1e4 with the XML's
+gains); 16/32-bit copies keep every value. 8-bit (gain 1e-4 caps reflectance at 0.0255) or
+float (already scaled, the gain would apply twice) means the file was converted."""
 
 
 def pixelmask_defective(pm: np.ndarray) -> np.ndarray:
@@ -222,7 +226,12 @@ def locate_l2a(path: str | Path) -> L2AFiles:
             )
     where = f"{path}!{folder}" if zip_path is not None and folder else str(path / folder if folder else path)
     if METADATA not in files:
-        raise DataError(f"{where}: has a SPECTRAL_IMAGE but no ...-METADATA.XML; {_LAYOUT_HINT}")
+        xml = f"{product}-METADATA.XML" if product else "METADATA.XML"
+        raise DataError(
+            f"{where}: has a SPECTRAL_IMAGE but no {xml} (it holds the band "
+            "table, gains and offsets); copy it from the delivery, or pass --reader raster to read the image "
+            "alone with its own wavelength tags"
+        )
     if SPECTRAL_IMAGE not in files:
         other = sorted(
             n for n in names if n.rpartition("/")[0] == folder and _classify(n.rpartition("/")[2]) is None
@@ -269,20 +278,22 @@ def find_l2a_products(path: str | Path) -> list[Path]:
         if _classify(path.name) is not None:
             return [path.parent]
         raise DataError(f"{path}: unexpected file name; {_LAYOUT_HINT}")
-    if any(_is_metadata(p) for p in path.iterdir() if p.is_file()):
+    if any(_is_product_file(p) for p in path.iterdir() if p.is_file()):
         return [path]
     found: set[Path] = set()
     for p in path.rglob("*"):
-        if p.is_file() and _is_metadata(p):
+        if p.is_file() and _is_product_file(p):
             found.add(p.parent)
         elif p.is_file() and ZIP_RE.match(p.name):
             found.add(p)
     return sorted(found)
 
 
-def _is_metadata(p: Path) -> bool:
+def _is_product_file(p: Path) -> bool:
+    """A METADATA.XML or a SPECTRAL_IMAGE: either makes its folder a product (one without
+    the other is then named by :func:`locate_l2a`, not passed to another reader)."""
     hit = _classify(p.name)
-    return hit is not None and hit[1] == METADATA
+    return hit is not None and hit[1] in (METADATA, SPECTRAL_IMAGE)
 
 
 def _base_sensor(num_bands: int) -> Sensor:
@@ -353,10 +364,15 @@ class L2AProduct(ProductBase):
                 f"{self.files.image_display}: the image has {src.count} bands but its METADATA.XML describes "
                 f"{meta.num_bands}; the two files belong to different products or one is damaged"
             )
-        if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+        if src.dtypes[0] not in DN_TYPES:
+            cap = ""
+            if np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+                top = np.iinfo(src.dtypes[0]).max * max(meta.gains) + max(meta.offsets)
+                cap = f" (with its gains, reflectance could not exceed {top:.4g})" if top < 1.0 else ""
             raise DataError(
-                f"{self.files.image_display}: pixels are {src.dtypes[0]}, but L2A images hold integer "
-                "digital numbers (int16); was this file converted? Use the delivered SPECTRAL_IMAGE"
+                f"{self.files.image_display}: pixels are {src.dtypes[0]}{cap}, but L2A images hold int16 "
+                "digital numbers (reflectance = DN * gain + offset); was this file converted? Use the "
+                "delivered SPECTRAL_IMAGE"
             )
         base = _base_sensor(meta.num_bands)
         tif_nodata, xml_nodata = src.nodata, meta.background
@@ -385,6 +401,11 @@ class L2AProduct(ProductBase):
         self.height: int = src.height
         self.crs = src.crs
         self.transform = src.transform
+        if self.crs is None:
+            self.warnings.append(
+                "no CRS: read on its pixel grid (delivered L2A images have one; was it converted?); "
+                "maps made from it cannot be georeferenced"
+            )
         self._gains = np.asarray(meta.gains, dtype=np.float64)
         self._offsets = np.asarray(meta.offsets, dtype=np.float64)
 

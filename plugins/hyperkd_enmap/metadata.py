@@ -6,6 +6,7 @@ Read by :mod:`hyperkd_enmap.l2a`; any schema version of the DLR product metadata
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,13 @@ def parse_l2a_metadata(data: bytes, source: str) -> L2AMetadata:
                 raise DataError(
                     f"{source}: bandID number={number} <{_FIELD_LABEL[key]}> is {text!r}, not a number"
                 ) from None
+            if not (math.isfinite(values[key]) and (key == "offset" or values[key] > 0)):
+                need = "a finite number" if key == "offset" else "a finite number above 0"
+                why = " (reflectance = DN * gain + offset)" if key in ("gain", "offset") else ""
+                raise DataError(
+                    f"{source}: bandID number={number} <{_FIELD_LABEL[key]}> is {text!r}, but it must be "
+                    f"{need}{why}; the METADATA.XML is damaged, re-download the product"
+                )
         rows.append((number, values))
     rows.sort(key=lambda r: r[0])
     numbers = [r[0] for r in rows]
