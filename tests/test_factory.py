@@ -246,3 +246,21 @@ def test_bad_specs_fail_in_one_clear_line(saved, tmp_path):
         create_model("hls-mae-tiny", sensor=get_sensor("enmap"))
     with pytest.raises(HyperKDError, match="is an architecture name, not a saved student"):
         load_student("enmap-mae-tiny")
+
+
+def test_init_from_weights_of_another_architecture_is_one_line(saved, run_folder, tmp_path):
+    from hyperkd import recipes
+    from hyperkd.training.parts import build_student as build_part
+    from hyperkd.training.runner import build_student_for
+
+    store = toy_store(tmp_path / "store", chips=8, size=16)
+    deeper = [*TINY, "student.depth=2", "student.name=enmap", f"student.init_from={run_folder}"]
+    with pytest.raises(WeightsError) as info:
+        build_student_for(recipes.resolve("mae", deeper), store)
+    msg = one_line(info)
+    assert msg.startswith(
+        f"student.init_from '{run_folder}' does not fit the model: tensors 12 missing (blocks.1."
+    )
+    assert "pass those weights as --student" in msg
+    with pytest.raises(WeightsError, match=r"init_from .* of another shape, file vs model \(band_mean"):
+        build_part({"name": "hls-mae-tiny", "init_from": str(run_folder), **TINY_ARCH})

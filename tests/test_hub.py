@@ -87,15 +87,20 @@ def offline_cache(tmp_path, monkeypatch) -> Path:
     return cache
 
 
+def save_tiny_student(parent: Path, **overrides: Any) -> tuple[HyperspectralMAE, Path]:
+    """A tiny random enmap student (``TINY_ARCH`` with ``overrides``), saved as ``parent/student``."""
+    load_plugins()
+    torch.manual_seed(0)
+    model = build_student("enmap", **{**TINY_ARCH, **overrides}).eval()
+    folder = parent / "student"
+    model.save_pretrained(folder)
+    return model, folder
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[HyperspectralMAE, Path]:
     """A tiny random student and its saved folder."""
-    load_plugins()
-    torch.manual_seed(0)
-    model = build_student("enmap", **TINY_ARCH).eval()
-    folder = tmp_path_factory.mktemp("saved") / "student"
-    model.save_pretrained(folder)
-    return model, folder
+    return save_tiny_student(tmp_path_factory.mktemp("saved"))
 
 
 class FakeHub:
@@ -166,7 +171,7 @@ def test_local_folder_round_trip_is_exact_and_typed(saved):
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "hyperspectral-mae" and cfg["hyperkd_version"] == hyperkd.__version__
-    assert cfg["hyperkd_format"] == hub.FORMAT_VERSION and cfg["architecture"] == "HyperspectralMAE"
+    assert cfg["hyperkd_format"] == hub.FORMAT_VERSION and cfg["architecture"] == "mae-tiny"
     assert len(cfg["sensor"]["bands"]) == model.in_chans == 202 and cfg["embed_dim"] == 32
     assert {r["kind"]: r["plugin"] for r in cfg["requires"]} == {"model_type": "hyperkd", "sensor": "enmap"}
     loaded = hyperkd.from_pretrained(folder)
@@ -525,3 +530,114 @@ def test_push_to_hub_from_python_uploads_the_same_folder(saved, tmp_path, monkey
     assert fake.files["config.json"] == (folder / "config.json").read_bytes()
     assert 'hyperkd.from_pretrained("me/from-python")' in fake.files["README.md"].decode()
     assert_same_outputs(model, hyperkd.from_pretrained(fake.write(tmp_path / "remote")))
+
+
+# -- timm-style config fields (issue 15) ----------------------------------------------------------
+def test_config_carries_timm_style_fields_that_rebuild_the_architecture(saved):
+    model, folder = saved
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["architecture"] == "mae-tiny"  # a name hyperkd.create_model builds, as in timm
+    assert cfg["model_args"]["embed_dim"] == 32 and "sensor" not in cfg["model_args"]
+    pcfg = cfg["pretrained_cfg"]
+    c = model.in_chans
+    assert pcfg["input_size"] == [c, 16, 16] and pcfg["fixed_input_size"] and pcfg["standardizes_input"]
+    assert pcfg["mean"] == model.band_mean.flatten().tolist() and len(pcfg["std"]) == c
+    assert pcfg["wavelengths_nm"] == model.sensor.centers_nm and pcfg["band_names"][0] == "B1"
+    assert len(pcfg["fwhm_nm"]) == c and pcfg["sensor"] == "enmap"
+    # the architecture from the timm fields alone, untrained; the saved weights fit it strictly
+    rebuilt = hyperkd.create_model(cfg["architecture"], sensor=cfg["sensor"], **cfg["model_args"])
+    rebuilt.load_state_dict(hub.read_safetensors(folder / "model.safetensors"))
+    assert_same_outputs(model, rebuilt.eval())
+    # a student built without a size preset still gets a buildable name
+    direct = HyperspectralMAE(sensor=model.sensor.to_dict(), **TINY_ARCH)
+    name, args = direct.hub_architecture()
+    assert name == "mae-tiny" and args["embed_dim"] == 32 and "size" not in args
+
+
+def test_a_config_without_the_timm_fields_still_loads(saved, tmp_path):
+    model, folder = saved
+    older = tmp_path / "older"
+    shutil.copytree(folder, older)
+    cfg = json.loads((older / "config.json").read_text())
+    for key in ("model_args", "pretrained_cfg"):
+        del cfg[key]
+    (older / "config.json").write_text(json.dumps({**cfg, "architecture": "HyperspectralMAE"}))
+    assert_same_outputs(model, hyperkd.create_model(older))
+
+
+def test_create_model_loads_a_hub_repo_in_one_call(saved, tmp_path, monkeypatch):
+    """Online (HF_HUB_OFFLINE=0) with hf_hub_download answering from files in the official cache
+    layout: ``hf-hub:`` loads in one call and only config.json + model.safetensors are asked for."""
+    import huggingface_hub
+    from huggingface_hub import hub_mixin
+
+    model, folder = saved
+    cache = tmp_path / "cache"
+    install_folder_in_cache(cache, "me/enmap-mae", folder, revision="v1", commit="b" * 40)
+    asked: list[str] = []
+
+    def download(repo_id, filename, *, revision=None, **kw):
+        asked.append(filename)
+        assert repo_id == "me/enmap-mae" and revision == "v1"
+        snap = cache / "models--me--enmap-mae" / "snapshots" / ("b" * 40) / filename
+        if not snap.exists():
+            from huggingface_hub.errors import EntryNotFoundError
+
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(snap)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(hub_mixin, "hf_hub_download", download)
+    loaded = hyperkd.create_model("hf-hub:me/enmap-mae@v1")
+    assert type(loaded) is HyperspectralMAE and not loaded.training
+    assert_same_outputs(model, loaded)
+    assert set(asked) == {"config.json", "model.safetensors"}
+
+
+# -- weight files: one line each (issue 14) -------------------------------------------------------
+def test_a_truncated_weights_file_is_one_line_naming_it(saved, tmp_path, offline_cache):
+    _, folder = saved
+    bad = tmp_path / "truncated"
+    shutil.copytree(folder, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError) as info:
+        hyperkd.from_pretrained(bad)
+    msg = str(info.value)
+    assert "\n" not in msg and f"{bad / 'model.safetensors'} is not a readable safetensors file" in msg
+    assert "truncated or corrupt" in msg and "SafetensorError" not in msg
+    (bad / "model.safetensors").write_bytes(b"\x00" * 64)  # not safetensors at all
+    with pytest.raises(WeightsError, match="is not a readable safetensors file"):
+        hyperkd.create_model(str(bad))
+    install_folder_in_cache(offline_cache, "me/broken", bad)  # the same from the HF cache
+    with pytest.raises(WeightsError, match=r"snapshots/.*model\.safetensors is not a readable"):
+        hyperkd.from_pretrained("me/broken")
+
+
+def test_weights_of_another_architecture_are_one_line_with_counts(saved, tmp_path):
+    _, folder = saved
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "depth": 2}))  # config of a deeper model
+    with pytest.raises(WeightsError) as info:
+        hyperkd.from_pretrained(other)
+    msg = str(info.value)
+    assert "\n" not in msg and f"folder {other}: model.safetensors does not fit the model" in msg
+    assert (
+        "12 missing (blocks.1.attn.proj.bias, blocks.1.attn.proj.weight, blocks.1.attn.qkv.bias, ... (9 more))"
+        in msg
+    )
+    assert "save the folder again with save_pretrained" in msg
+    (other / "config.json").write_text(json.dumps({**cfg, "embed_dim": 64, "num_heads": 2}))
+    with pytest.raises(
+        WeightsError,
+        match=r"18 of another shape, file vs model \(blocks.0.attn.proj.bias \(32,\) vs \(64,\), ",
+    ):
+        hyperkd.from_pretrained(other)
+    assert hub.mismatch_message({"a": torch.zeros(1)}, {"a": torch.zeros(1)}) is None
+    assert (
+        hub.mismatch_message({"a": torch.zeros(1)}, {"b": torch.zeros(1)})
+        == "1 missing (a); 1 unexpected (b)"
+    )

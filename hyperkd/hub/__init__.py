@@ -36,7 +36,8 @@ folder and ``HF_HUB_OFFLINE`` read from the environment *at call time*.
 Modules: :mod:`~hyperkd.hub.sources` (where a model lives: ``local-dir:`` / ``hf-hub:`` specs,
 fetching through the HF cache, Hub error messages), :mod:`~hyperkd.hub.config` (the folder
 format, config checks, model types), :mod:`~hyperkd.hub.card` (model card, citations, a run's
-provenance), :mod:`~hyperkd.hub.mixin` (:class:`HyperKDHubMixin`) and :mod:`~hyperkd.hub.api`
+provenance), :mod:`~hyperkd.hub.weights` (reading ``model.safetensors`` into a model with
+one-line errors), :mod:`~hyperkd.hub.mixin` (:class:`HyperKDHubMixin`) and :mod:`~hyperkd.hub.api`
 (:func:`from_pretrained`, :func:`pull`, :func:`push`). Everything public is re-exported here.
 """
 
@@ -89,6 +90,7 @@ from hyperkd.hub.sources import (
     refuse_missing_safetensors,
     shareable_folder,
 )
+from hyperkd.hub.weights import load_state, load_weights_file, mismatch_message, read_safetensors
 
 __all__ = [
     "BUILTIN_MODEL_TYPES",
@@ -123,6 +125,9 @@ __all__ = [
     "hub_offline",
     "installed_version",
     "is_repo_id",
+    "load_state",
+    "load_weights_file",
+    "mismatch_message",
     "model_type_class",
     "normalize_config",
     "not_cached_error",
@@ -131,6 +136,7 @@ __all__ = [
     "pull",
     "push",
     "read_config",
+    "read_safetensors",
     "refuse_missing_safetensors",
     "register_model_type",
     "render_card",

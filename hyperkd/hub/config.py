@@ -24,6 +24,7 @@ from hyperkd.core.errors import DuplicateComponentError, HyperKDError
 from hyperkd.hub.sources import CONFIG_NAME, Source, fetch_file, parse_source
 
 if TYPE_CHECKING:
+    from hyperkd.core.sensors import Sensor
     from hyperkd.hub.mixin import HyperKDHubMixin
 
 FORMAT_VERSION = 1
@@ -34,6 +35,7 @@ MIN_READER_VERSION = "0.1.0"
 BUILTIN_MODEL_TYPES: dict[str, str] = {
     "hyperspectral-mae": "hyperkd.models.mae",
     "hyperkd-pixel": "hyperkd.models.pixel",
+    "any-sensor-mae": "hyperkd.models.anymae",
 }
 """Core model types -> the module whose import registers them (imported on first use)."""
 
@@ -41,6 +43,8 @@ HUB_FIELDS = frozenset(
     {
         "model_type",
         "architecture",
+        "model_args",
+        "pretrained_cfg",
         "hyperkd_version",
         "hyperkd_format",
         "min_hyperkd_version",
@@ -49,7 +53,8 @@ HUB_FIELDS = frozenset(
         "training",
     }
 )
-"""config.json fields hyperkd adds around a model's own constructor arguments."""
+"""config.json fields hyperkd adds around a model's own constructor arguments (``architecture``,
+``model_args`` and ``pretrained_cfg`` are the fields timm's Hub configs have)."""
 
 LEGACY_STUDENT_KEYS = frozenset({"sensor", "embed_dim", "patch_size", "decoder_embed_dim", "img_size"})
 """Constructor fields of a student saved before the folder format existed (plain mixin config)."""
@@ -166,6 +171,30 @@ def _requirement_text(req: Mapping[str, Any]) -> str:
         else (f" (pip install {dist})" if dist else "")
     )
     return f"install the hyperkd plugin {plugin!r}{pkg}"
+
+
+def pretrained_cfg(sensor: Sensor, img_size: int | None = None) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for a model of ``sensor``'s bands at ``img_size`` px.
+
+    ``input_size`` is ``[bands, H, W]``; ``mean`` / ``std`` are per band in reflectance units,
+    the statistics the model standardises its input with *itself* (``standardizes_input``: feed
+    it reflectance, not standardised values); ``band_names``, ``wavelengths_nm`` (centres) and
+    ``fwhm_nm`` say which band each input channel is."""
+    c = sensor.num_bands
+    return {
+        "input_size": [c, img_size, img_size] if img_size else [c, None, None],
+        "fixed_input_size": img_size is not None,
+        "mean": sensor.means or [0.0] * c,  # (a sensor without statistics: the model uses 0 and 1)
+        "std": sensor.stds or [1.0] * c,
+        "standardizes_input": True,
+        "input_units": "surface reflectance (0-1)",
+        "sensor": sensor.name,
+        "band_names": sensor.band_names,
+        "wavelengths_nm": sensor.centers_nm,
+        "fwhm_nm": sensor.fwhms_nm,
+        "gsd_m": sensor.gsd_m,
+        "num_classes": 0,
+    }
 
 
 # -- model types --------------------------------------------------------------------------------

@@ -25,10 +25,12 @@ from hyperkd.hub.config import (
     installed_version,
     normalize_config,
     plugin_record,
+    pretrained_cfg,
     provider_of,
     register_model_type,
 )
 from hyperkd.hub.sources import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, fetch_weights, parse_source
+from hyperkd.hub.weights import load_weights_file
 
 
 class HyperKDHubMixin(
@@ -70,14 +72,41 @@ class HyperKDHubMixin(
             reqs.append({"kind": "sensor", "name": sensor.name, **plugin_record(prov, plugin_infos())})
         return reqs
 
+    def hub_architecture(self) -> tuple[str, dict[str, Any]] | None:
+        """timm's ``architecture`` and ``model_args`` for ``config.json``: a name that
+        :func:`hyperkd.create_model` builds and the keyword arguments that give it this model's
+        shape (the sensor goes in as ``sensor=``), or ``None`` (then ``architecture`` is the class
+        name and there are no ``model_args``). Model types that have named architectures override it."""
+        return None
+
+    def hub_pretrained_cfg(self) -> dict[str, Any] | None:
+        """timm's ``pretrained_cfg`` for a model with a ``sensor`` (and ``img_size``): the input it
+        takes and the per-band ``mean``/``std`` it standardises with, plus each band's name,
+        centre wavelength and FWHM; ``None`` for a model without a sensor."""
+        from hyperkd.core.sensors import Sensor
+
+        sensor = getattr(self, "sensor", None)
+        if not isinstance(sensor, Sensor):
+            return None
+        size = getattr(self, "img_size", None)
+        return pretrained_cfg(sensor, int(size) if size is not None else None)
+
     def hub_config(self) -> dict[str, Any]:
-        """The full ``config.json``: identity and versions, constructor args, requirements, provenance."""
+        """The full ``config.json``: identity and versions, timm-style ``architecture`` /
+        ``model_args`` / ``pretrained_cfg``, constructor args, requirements, provenance."""
         if self.hyperkd_model_type is None:
             raise HyperKDError(f"{type(self).__name__} has no model_type; define it with model_type='...'")
         prov = dict(getattr(self, "hub_provenance", None) or {})
+        arch = self.hub_architecture()
+        timm_fields: dict[str, Any] = {"architecture": type(self).__name__ if arch is None else arch[0]}
+        if arch is not None:
+            timm_fields["model_args"] = dict(arch[1])
+        pcfg = self.hub_pretrained_cfg()
+        if pcfg is not None:
+            timm_fields["pretrained_cfg"] = pcfg
         return {
             "model_type": self.hyperkd_model_type,
-            "architecture": type(self).__name__,
+            **timm_fields,
             "hyperkd_version": installed_version(),
             "hyperkd_format": FORMAT_VERSION,
             "min_hyperkd_version": MIN_READER_VERSION,
@@ -176,7 +205,8 @@ class HyperKDHubMixin(
         strict: bool = True,
         **model_kwargs: Any,
     ) -> HyperKDHubMixin:
-        """Check the config, then load ``model.safetensors`` strictly. No pickle fallback."""
+        """Check the config, then load ``model.safetensors`` strictly. No pickle fallback; an
+        unreadable file or tensors that do not fit are one-line errors (:mod:`hyperkd.hub.weights`)."""
         for legacy in ("proxies", "resume_download"):  # passed by huggingface-hub < 1.0; unused here
             model_kwargs.pop(legacy, None)
         source = parse_source(model_id, revision)
@@ -202,12 +232,7 @@ class HyperKDHubMixin(
             # without hyperkd's identity and provenance fields
             model_kwargs["config"] = {k: v for k, v in config.items() if k not in HUB_FIELDS}
         model = cls(**model_kwargs)
-        try:
-            cls._load_as_safetensor(model, str(weights), map_location, strict)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise WeightsError(
-                f"{where}: {WEIGHTS_NAME} does not fit the model its config describes: {exc}"
-            ) from exc
+        load_weights_file(model, weights, where=where, device=map_location, strict=strict)
         model.eval()  # huggingface-hub < 1.0 leaves safetensors-loaded models in training mode
         model.hub_provenance = {"recipe": config.get("recipe"), "training": config.get("training")}
         return model

@@ -22,6 +22,7 @@ Architectures (3, 4) are built untrained; folders and repos (1, 2, 5) are loaded
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,20 +154,25 @@ def create_model(
     spec: str | os.PathLike[str] | Sensor | ModelSpec,
     *,
     kind: str = "student",
-    sensor: Sensor | str | None = None,
+    sensor: Sensor | str | Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Build or load the model ``spec`` names (``hyperkd.create_model``).
 
     Architectures are built untrained: ``kwargs`` override their fields (``img_size=224``,
     ``embedding="plain"``) and ``sensor`` (a :class:`Sensor`, e.g. a chip store's with its
-    statistics, or a name) is the band table a student is built for; it must be the sensor the
-    spec names, if it names one. Trained models are loaded with
+    statistics, a name, or a band-table dict as config.json's ``sensor``) is the band table a
+    student is built for; it must be the sensor the spec names, if it names one. A saved
+    config.json's timm-style fields rebuild its architecture untrained:
+    ``create_model(cfg["architecture"], sensor=cfg["sensor"], **cfg["model_args"])``.
+    Trained models are loaded with
     :func:`hyperkd.hub.from_pretrained` in eval mode; ``kwargs`` may only be its loading options
     (``revision``, ``token``, ``map_location``...), since the saved config fixes the architecture.
     """
     from hyperkd.core.registry import create
 
+    if isinstance(sensor, Mapping):
+        sensor = Sensor.from_dict(sensor)
     resolved = resolve_spec(spec, kind=kind, sensor=sensor)
     if resolved.trained:
         extra = sorted(set(kwargs) - LOAD_OPTIONS)

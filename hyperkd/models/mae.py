@@ -227,6 +227,14 @@ class HyperspectralMAE(
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * c)
         self._init_weights()
 
+    def hub_architecture(self) -> tuple[str, dict[str, Any]]:
+        """``("mae-<size>", model_args)`` for config.json: ``hyperkd.create_model(name,
+        sensor=..., **model_args)`` rebuilds this architecture (a student built without a size
+        gets ``mae-tiny``, whose every field ``model_args`` then overrides)."""
+        config = getattr(self, "_hub_mixin_config", None) or {}  # the constructor's arguments
+        args = {k: v for k, v in config.items() if k not in ("sensor", "size")}
+        return f"mae-{self.size if self.size in SIZES else 'tiny'}", args
+
     # -- init ---------------------------------------------------------------------------
     def _init_weights(self) -> None:
         w = self.patch_embed.proj.weight.data

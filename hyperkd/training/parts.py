@@ -49,9 +49,16 @@ def build_student(spec: HyperspectralMAE | Spec) -> HyperspectralMAE:
     if not isinstance(model, HyperspectralMAE):
         raise RecipeError(f"student {name!r} is a {type(model).__name__}, not a hyperspectral MAE student")
     if init_from:
+        from hyperkd.hub import load_state
         from hyperkd.models.factory import create_model
 
-        model.load_state_dict(create_model(str(init_from)).state_dict())
+        load_state(
+            model,
+            create_model(str(init_from)).state_dict(),
+            where=f"student.init_from {init_from!r}",
+            advice="give the recipe the same student architecture, or pass those weights as --student "
+            "(which keeps their architecture)",
+        )
     return model
 
 
