@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hyperkd-installed
 DEMO_OUT ?= demo
 
-.PHONY: demo test test-lowest lint install clean
+.PHONY: demo test test-lowest test-terratorch lint install clean
 
 install: $(STAMP)
 
@@ -30,6 +30,13 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+# The TerraTorch backbone (hyperkd.integrations.terratorch) against terratorch 1.2.11, in its own venv
+# (terratorch pins its own stack; the default suite skips tests/test_terratorch.py without it).
+test-terratorch:
+	@test -x .venv-terratorch/bin/python || $(PYTHON) -m venv .venv-terratorch
+	.venv-terratorch/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,terratorch]" terratorch==1.2.11
+	.venv-terratorch/bin/python -m pytest -q -p no:cacheprovider tests/test_terratorch.py
 
 # The suite against the lowest versions pyproject.toml allows (constraints-lowest.txt), in its own venv.
 test-lowest:
