@@ -22,7 +22,7 @@ another protocol, recipe, teacher or label fraction is one more line. The script
 ``OUT/results.json`` (every run's metrics), ``OUT/report.md`` and the maps figure, and with
 ``--docs docs/real-data.md`` regenerates that page (figure in ``docs/figures/real-data/``)::
 
-    python benchmarks/real_potsdam.py --docs docs/real-data.md    # 3 seeds, ~15 min on 2 cores
+    python benchmarks/real_potsdam.py --docs docs/real-data.md    # 3 seeds; the page says how long it took
     python benchmarks/real_potsdam.py --quick --rows raw,rf        # 1 seed, tiny budget, ~30 s
     python benchmarks/real_potsdam.py --report-only --docs docs/real-data.md   # re-render OUT/results.json
 """
@@ -52,6 +52,7 @@ from real_potsdam_parts import (
     METRICS,
     aggregate,
     baseline_metrics,
+    curve_table,
     dropped_text,
     machine,
     maps_figure,
@@ -84,9 +85,9 @@ class Row:
     with ``recipe``), ``distill`` (:func:`hyperkd.distill` with ``recipe`` from the
     ``--teacher``, ``teacher="random"``: the same architecture with random weights),
     ``untrained`` (the encoder of row ``of`` with ``init="random"``) or ``sklearn``
-    (``recipe`` ``rf`` / ``svm``, per pixel). ``overrides`` are recipe ``key=value`` strings,
-    ``finetune`` extra keyword arguments of :func:`hyperkd.finetune` (``protocol``,
-    ``label_fraction``...). ``own_budget``: keep the recipe's own steps and batch size instead
+    (``recipe`` ``rf`` / ``svm``, per pixel); a ``pretrain``/``distill`` row with ``of`` reuses
+    that row's encoders. ``overrides`` are recipe ``key=value`` strings, ``finetune`` extra
+    keyword arguments of :func:`hyperkd.finetune` (``protocol``, ``loss``, ``epochs``...). ``own_budget``: keep the recipe's own steps and batch size instead
     of the benchmark's :class:`Budget`; ``default``: part of the default selection (else only
     ``--rows KEY`` or ``--rows all`` runs it).
     """
@@ -128,6 +129,24 @@ ROWS: tuple[Row, ...] = (
         "pretrain",
         recipe="mae-small-data",
         own_budget=True,
+    ),
+    # longer, class-weighted fine-tuning (60 epochs = 120 steps on 14 chips instead of 40): a head
+    # study, not yet the default (issue 13)
+    Row(
+        "raw-w60",
+        "raw spectra, weighted loss, 60 epochs",
+        "raw",
+        finetune={"loss": "weighted", "epochs": 60},
+        default=False,
+    ),
+    Row(
+        "mae-small-w60",
+        "MAE, recipe mae-small-data, weighted loss, 60 epochs",
+        "pretrain",
+        recipe="mae-small-data",
+        of="mae-small",  # the same encoders, fine-tuned differently
+        own_budget=True,
+        finetune={"loss": "weighted", "epochs": 60},
         default=False,
     ),
     Row("rf", "random forest", "sklearn", recipe="rf"),
@@ -148,6 +167,12 @@ class Budget:
 
 QUICK = Budget(pretrain_steps=6, batch_size=4, finetune_epochs=2, rf_trees=50)
 """``--quick``: a smoke run (one seed), not a measurement."""
+
+
+def scarce_keys(keys: str, rows: Sequence[Row]) -> list[str]:
+    """The ``--scarce-rows`` keys that are among the selected ``rows`` (in their order)."""
+    wanted = {k.strip() for k in keys.split(",") if k.strip()}
+    return [r.key for r in rows if r.key in wanted]
 
 
 def select_rows(keys: str | None) -> list[Row]:
@@ -292,15 +317,35 @@ class Runner:
         self._pixels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # -- data --------------------------------------------------------------------------------
-    def labelled(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``pixels`` of the training or validation store (labels aligned by hyperkd)."""
-        if split not in self._pixels:
+    def labelled(
+        self, split: str, fraction: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``pixels`` of the training or validation store (labels aligned by hyperkd); with
+        ``fraction`` only the training pixels of hyperkd's label-scarce subset
+        (:func:`hyperkd.evaluation.labels.label_fraction_subset`, subset seed 0 as
+        :func:`hyperkd.finetune` draws it), so the baselines see exactly the heads' pixels."""
+        key = f"{split}@{fraction}"
+        if key not in self._pixels:
             from hyperkd.data.labels import align_labels
 
             store = self.train if split == "train" else self.val
             values, _ = align_labels(self.labels, store, "class", nodata=LABEL_NODATA)
-            self._pixels[split] = pixels(store, values)
-        return self._pixels[split]
+            if fraction is not None:
+                values = self._thin(values, fraction)
+            self._pixels[key] = pixels(store, values)
+        return self._pixels[key]
+
+    def _thin(self, values: np.ndarray, fraction: float) -> np.ndarray:
+        """``values`` (NaN = no label) with the training pixels outside the label-scarce subset set to NaN."""
+        from hyperkd.evaluation.labels import bind_labels, label_fraction_subset
+        from hyperkd.evaluation.tasks import get_task
+
+        _, full = bind_labels(get_task("segmentation"), self.train, self.labels, nodata=LABEL_NODATA)
+        sub = label_fraction_subset(full, range(len(self.train)), fraction, 0)
+        out = values.copy()
+        for i in range(len(self.train)):
+            out[i][~sub.keep(i, full.target(i))] = np.nan  # type: ignore[attr-defined]
+        return out
 
     # -- encoders ----------------------------------------------------------------------------
     def encoder(self, row: Row, seed: int, rows: Mapping[str, Row]) -> tuple[str, str]:
@@ -316,6 +361,8 @@ class Runner:
                 )
             student, _ = self.encoder(rows[row.of], seed, rows)
             return student, "random"
+        if row.of is not None:  # another row's encoder, fine-tuned differently
+            return self.encoder(rows[row.of], seed, rows)
         b = self.budget
         budget = [
             f"trainer.max_steps={b.pretrain_steps}",
@@ -368,27 +415,39 @@ class Runner:
         return str(out), "pretrained"
 
     # -- one run -----------------------------------------------------------------------------
-    def run(self, row: Row, seed: int, rows: Mapping[str, Row]) -> dict[str, Any]:
-        """Train and score ``row`` at ``seed``; returns its record."""
+    def run(
+        self, row: Row, seed: int, rows: Mapping[str, Row], fraction: float | None = None
+    ) -> dict[str, Any]:
+        """Train and score ``row`` at ``seed`` (on ``fraction`` of the labelled training pixels);
+        returns its record."""
         t0 = time.time()
+        tag = "" if fraction is None else f"@{fraction:g}"
         if row.kind == "sklearn":
-            xtr, ytr, _ = self.labelled("train")
+            xtr, ytr, _ = self.labelled("train", fraction)
             xte, yte, _ = self.labelled("val")
             metrics, _, self._fitted[(row.key, seed)] = baseline_metrics(
                 row.recipe or "rf", (xtr, ytr), (xte, yte), seed, self.budget.rf_trees
             )
-            rec = run_record(row, seed, metrics, time_s=round(time.time() - t0, 1))
+            rec = run_record(
+                row,
+                seed,
+                metrics,
+                time_s=round(time.time() - t0, 1),
+                fraction=fraction,
+                train_pixels=int(ytr.size),
+            )
         else:
             import hyperkd
 
             student, init = self.encoder(row, seed, rows)
-            out = self.work / "finetune" / f"{row.key}-s{seed}"
+            out = self.work / "finetune" / f"{row.key}{tag}-s{seed}"
+            extra = dict(row.finetune) | ({} if fraction is None else {"label_fraction": fraction})
             spec = {
                 "student": student,
                 "init": init,
                 "encoder": _read_json(Path(student) / "bench-spec.json"),
                 "epochs": self.budget.finetune_epochs,
-                "finetune": dict(row.finetune),
+                "finetune": extra,
                 "default_protocol": inspect.signature(hyperkd.finetune).parameters["protocol"].default,
             }
             saved = None if self.fresh else _read_json(out / "bench-record.json")
@@ -405,11 +464,10 @@ class Runner:
                 eval_store=self.val,
                 out=out,
                 seed=seed,
-                epochs=self.budget.finetune_epochs,
                 val_fraction=0.0,
                 figures=False,
                 overwrite=True,
-                **dict(row.finetune),
+                **({"epochs": self.budget.finetune_epochs} | extra),  # a row may set its own epochs
             )
             rec = run_record(
                 row,
@@ -418,12 +476,16 @@ class Runner:
                 time_s=round(time.time() - t0, 1),
                 model=str(res.model_dir),
                 protocol=res.settings.get("protocol"),
+                fraction=fraction,
+                train_pixels=res.settings.get("train_pixels"),
             )
             (out / "bench-record.json").write_text(json.dumps({"spec": spec, "record": rec}, default=str))
+        if fraction is not None:  # its own row in the tables: the curve section reads "base" and "fraction"
+            rec.update(row=f"{row.name} @ {fraction:.0%} labels", key=f"{row.key}{tag}", base=row.name)
         m = rec["metrics"]
         log.info(
             "%-30s seed %d: mIoU %.3f, accuracy %.3f, macro-F1 %.3f (%.0f s)",
-            row.name, seed, m["miou"], m["overall_accuracy"], m["macro_f1"], rec["time_s"],
+            row.name + (f" ({fraction:.0%} labels)" if fraction is not None else ""), seed, m["miou"], m["overall_accuracy"], m["macro_f1"], rec["time_s"],
         )  # fmt: skip
         return rec
 
@@ -516,14 +578,23 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "%d rows x %d seeds on %d training / %d validation tiles",
             len(rows), len(seeds), len(runner.train_files), len(runner.val_files),
         )  # fmt: skip
+        scarce = [all_rows[k] for k in scarce_keys(args.scarce_rows, rows)]
+        fractions = [float(f) for f in args.fractions.split(",") if f.strip()] if scarce else []
         for seed in seeds:
             for row in rows:
                 runs.append(runner.run(row, seed, all_rows))
+            for row in scarce:  # the label-scarce curve: the same rows on nested subsets of the labels
+                for f in fractions:
+                    runs.append(runner.run(row, seed, all_rows, fraction=f))
         figure_caption = ""
         fig_path = None
         if not args.no_maps:
             fig_path, figure_caption = make_maps(
-                runner, rows, runs, seeds[0], work / "figures" / "real-data-maps.png"
+                runner,
+                rows,
+                [r for r in runs if r.get("fraction") is None],
+                seeds[0],
+                work / "figures" / "real-data-maps.png",
             )
         _, ytr, _ = runner.labelled("train")
         _, yte, _ = runner.labelled("val")
@@ -540,6 +611,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "reused": sum(bool(r.get("reused")) for r in runs),
             "runs_time_s": round(sum(float(r.get("time_s") or 0) for r in runs), 1),
             "budget": asdict(budget),
+            "fractions": fractions,
             "teacher": asdict(teacher) if teacher else {"description": "not used by these rows"},
             "protocol": ", ".join(protocols) if protocols else None,
             "bands": runner.train.sensor.num_bands,
@@ -650,6 +722,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra teacher.* recipe override",
     )
+    ap.add_argument(
+        "--fractions",
+        default="0.01,0.05,0.25",
+        help="label-scarce curve: fractions of the labelled training pixels (default: %(default)s; '' for none)",
+    )
+    ap.add_argument(
+        "--scarce-rows",
+        default="raw,mae-small,rf",
+        help="rows of the label-scarce curve, among the selected rows (default: %(default)s)",
+    )
     ap.add_argument("--no-maps", action="store_true", help="skip the maps figure")
     ap.add_argument(
         "--fresh",
@@ -674,7 +756,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         results = run_benchmark(args)
     write_outputs(results, work, Path(args.docs) if args.docs else None)
-    print(aggregate(results["runs"]).markdown(digits=3))
+    print(aggregate([r for r in results["runs"] if r.get("fraction") is None]).markdown(digits=3))
+    if results["provenance"].get("fractions"):
+        print(curve_table(results["runs"]))
     return results
 
 

@@ -113,10 +113,59 @@ def verdicts(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]
     return out
 
 
+def curve_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The label-scarce curve as markdown: one line per row, mIoU mean ± std at each fraction of the
+    labelled training pixels (100 %: the row's main run)."""
+    scarce = [r for r in runs if r.get("fraction") is not None]
+    bases = list(dict.fromkeys(r["base"] for r in scarce))
+    fractions = sorted({float(r["fraction"]) for r in scarce})
+    cell: dict[tuple[str, float], list[float]] = {}
+    for r in runs:
+        base = r.get("base", r["row"])
+        f = 1.0 if r.get("fraction") is None else float(r["fraction"])
+        if base in bases:
+            cell.setdefault((base, f), []).append(float(r["metrics"]["miou"]))
+    cols = [*fractions, 1.0]
+    lines = [
+        "| row | " + " | ".join(f"{f:.0%} labels" for f in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for b in bases:
+        vals = [cell.get((b, f)) for f in cols]
+        lines.append(
+            f"| {b} | "
+            + " | ".join(
+                f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}" if v else "" for v in vals
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def curve_verdicts(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """At each fraction of the labels: every encoder row against raw spectra and the random forest."""
+    kinds = {r["name"]: r["kind"] for r in rows}
+    out: list[str] = []
+    for f in sorted({float(r["fraction"]) for r in runs if r.get("fraction") is not None}):
+        at = [r for r in runs if r.get("fraction") is not None and float(r["fraction"]) == f]
+        table = aggregate(at)
+        by_base = {r["base"]: r["row"] for r in at}
+        raw = next((n for b, n in by_base.items() if kinds.get(b) == "raw"), None)
+        rf = next((n for b, n in by_base.items() if kinds.get(b) == "sklearn"), None)
+        for b, name in by_base.items():
+            if kinds.get(b) in ("raw", "sklearn"):
+                continue
+            out += [comparison_sentence(name, ref, table) for ref in (raw, rf) if ref]
+        if raw and rf:
+            out.append(comparison_sentence(raw, rf, table))
+    return out
+
+
 def render_markdown(results: Mapping[str, Any], figure: str | None = None) -> str:
     """The page ``docs/real-data.md`` from a results dict (``OUT/results.json``); ``figure``: its path from the page."""
     prov = results["provenance"]
-    runs, rows = results["runs"], results["rows"]
+    all_runs, rows = results["runs"], results["rows"]
+    runs = [r for r in all_runs if r.get("fraction") is None]  # the main tables: all the labels
     ran = {r["row"] for r in runs}
     ref = next((r["name"] for r in rows if r["kind"] == "raw" and r["name"] in ran), None)
     table = aggregate(runs, reference=ref)
@@ -185,6 +234,20 @@ def render_markdown(results: Mapping[str, Any], figure: str | None = None) -> st
         )
     lines += ["", "## What the numbers say", ""]
     lines += [f"- {s}" for s in verdicts(runs, rows)]
+    if any(r.get("fraction") is not None for r in all_runs):
+        lines += [
+            "",
+            "## Label-scarce curve",
+            "",
+            "The same rows fine-tuned on a fraction of the labelled training pixels (validation mIoU, mean ± std "
+            "over seeds). The subsets are nested (1 % inside 5 % inside 25 %), keep at least one pixel of every "
+            "class, and are the same for every row and seed (`hyperkd finetune --label-fraction F`, subset seed 0); "
+            "the random forest is trained on exactly the same pixels. This is where pretraining is supposed to matter.",
+            "",
+            curve_table(all_runs),
+            "",
+        ]
+        lines += [f"- {s}" for s in curve_verdicts(all_runs, rows)]
     if figure:
         lines += [
             "",

@@ -132,6 +132,24 @@ def test_the_page_has_the_table_per_class_iou_and_plain_verdicts():
     assert "![maps" not in parts.render_markdown(_results(runs), None)
 
 
+def test_the_label_scarce_curve_has_one_line_per_row_and_a_column_per_fraction():
+    runs = []
+    for s in (0, 1):
+        runs += [_run("raw spectra", s, 0.40 + 0.01 * s), _run("random forest", s, 0.43)]
+        for f, m in ((0.01, 0.30), (0.25, 0.38)):
+            for base, delta in (("raw spectra", 0.0), ("random forest", 0.05)):
+                runs.append(
+                    {**_run(f"{base} @ {f:.0%} labels", s, m + delta + 0.01 * s), "base": base, "fraction": f}
+                )
+    md = parts.render_markdown(_results(runs))
+    assert "| raw spectra @ 1% labels" not in md.split("## Label-scarce curve")[0]  # main table: all labels
+    curve = md.split("## Label-scarce curve")[1]
+    assert "| row | 1% labels | 25% labels | 100% labels |" in curve
+    assert "| raw spectra | 0.305 ± 0.007 | 0.385 ± 0.007 | 0.405 ± 0.007 |" in curve
+    assert "| random forest | 0.355 ± 0.007 | 0.435 ± 0.007 | 0.430 ± 0.000 |" in curve
+    assert "raw spectra @ 1% labels trails random forest @ 1% labels on mIoU by 0.050" in curve
+
+
 def test_a_row_without_seed_spread_is_compared_without_dividing_by_zero():
     runs = [_run("raw spectra", 0, 0.4), _run("random forest", 0, 0.43)]
     text = " ".join(parts.verdicts(runs, ROWS))
@@ -142,7 +160,11 @@ def test_rows_are_data_and_are_chosen_by_key():
     keys = [r.key for r in bench.ROWS]
     assert len(keys) == len(set(keys))
     by_key = {r.key: r for r in bench.ROWS}
-    assert all(r.of in by_key for r in bench.ROWS if r.kind == "untrained")
+    assert all(r.of in by_key for r in bench.ROWS if r.kind == "untrained" or r.of)
+    # a head study on the same encoders: it reuses mae-small's pretraining and sets its own epochs
+    assert by_key["mae-small-w60"].of == "mae-small" and by_key["mae-small-w60"].finetune["epochs"] == 60
+    assert [r.key for r in bench.select_rows(None)] == [r.key for r in bench.ROWS if r.default]
+    assert "mae-small" in [r.key for r in bench.select_rows(None)]  # the documented pipeline is a default row
     assert {r.kind for r in bench.ROWS} == {"raw", "untrained", "pretrain", "distill", "sklearn"}
     assert [r.key for r in bench.select_rows("svm,raw")] == ["raw", "svm"]
     with pytest.raises(SystemExit, match=r"unknown row.*nope"):
@@ -218,7 +240,18 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("real_potsdam")
     docs = out / "docs" / "real-data.md"
     results = bench.main(
-        [str(POTSDAM), "--quick", "--rows", "raw,rf", "--out", str(out), "--docs", str(docs)]
+        [
+            str(POTSDAM),
+            "--quick",
+            "--rows",
+            "raw,rf",
+            "--fractions",
+            "0.05",
+            "--out",
+            str(out),
+            "--docs",
+            str(docs),
+        ]
     )
     return out, docs, results
 
@@ -232,12 +265,19 @@ def test_the_quick_run_prepares_the_real_tiles_and_writes_results_and_the_page(q
     assert (len(prov["train_tiles"]), len(prov["val_tiles"]), prov["bands"]) == (14, 2, 218)
     assert prov["pixels"]["val"] == 1206  # every labelled validation pixel, label 0 ignored
     assert sorted(prov["val_support"]) == [f"class {c}" for c in range(1, 7)]
-    assert [(r["key"], r["seed"]) for r in results["runs"]] == [("raw", 0), ("rf", 0)]
+    keys = [(r["key"], r["seed"]) for r in results["runs"]]
+    assert keys == [("raw", 0), ("rf", 0), ("raw@0.05", 0), ("rf@0.05", 0)]
+    scarce = {r["key"]: r for r in results["runs"] if r.get("fraction")}
+    # the label-scarce curve: the forest is fitted on exactly the pixels of hyperkd's 5 % subset
+    n = scarce["raw@0.05"]["train_pixels"]
+    assert scarce["rf@0.05"]["train_pixels"] == n
+    assert round(0.05 * 3806) <= n <= round(0.05 * 3806) + 6  # + at most one pixel per class it would miss
     for r in results["runs"]:
         assert all(0 <= v <= 1 for v in r["metrics"].values())
         assert sorted(r["per_class_iou"]) == [f"class {c}" for c in range(1, 7)]
     page = docs.read_text()
     assert "| raw spectra (n=1) |" in page and "| random forest (n=1) |" in page
+    assert "## Label-scarce curve" in page and "| row | 5% labels | 100% labels |" in page
     assert "![maps of the validation tiles](figures/real-data/maps.png)" in page
     assert (docs.parent / "figures" / "real-data" / "maps.png").stat().st_size > 10_000
     assert (out / "report.md").read_text() == page.replace(
