@@ -432,7 +432,7 @@ def test_model_types_dispatch_and_refuse_duplicates(saved, tmp_path):
             type("Other", (nn.Module, hub.HyperKDHubMixin), {}, model_type="test-probe")
     finally:
         hub.MODEL_TYPES.pop("test-probe", None)
-    with pytest.raises(HyperKDError, match="known: hyperkd-pixel, hyperspectral-mae"):
+    with pytest.raises(HyperKDError, match="known: any-sensor-mae, hyperkd-pixel, hyperspectral-mae"):
         hub.model_type_class("test-probe")
 
 

@@ -61,6 +61,9 @@ CORE_COMPONENTS: tuple[ComponentSpec, ...] = (
     # registered by loops at import time (one factory per preset / size)
     *_core("task", "hyperkd.evaluation.tasks", "landcover", "croptype", "soc"),
     *_core("student", "hyperkd.models.mae", "mae-tiny", "mae-small", "mae-base", "mae-large"),
+    *_core(
+        "student", "hyperkd.models.anymae", "any-mae-tiny", "any-mae-small", "any-mae-base", "any-mae-large"
+    ),
 )
 """The core's own built-in components (provider ``hyperkd``), declared like a plugin's: the
 modules (torch and all) are imported when a component is first built. Descriptions come from

@@ -59,6 +59,7 @@ from hyperkd.core.errors import HyperKDError, WeightsError
 from hyperkd.core.sensors import Sensor
 from hyperkd.evaluation.tasks import Task, task_from_dict
 from hyperkd.hub import HyperKDHubMixin
+from hyperkd.models.anymae import student_from_config
 from hyperkd.models.heads import (
     FusedHead,
     LinearHead,
@@ -136,7 +137,7 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
         k = self.task.out_channels
         self.encoder: HyperspectralMAE | None
         if cfg.get("encoder") is not None:
-            self.encoder = strip_decoder(HyperspectralMAE(**cfg["encoder"]))
+            self.encoder = strip_decoder(student_from_config(cfg["encoder"]))
             self.sensor = self.encoder.sensor
             enc = self.encoder
             dim = enc.embed_dim * len(self.layers)
