@@ -233,6 +233,11 @@ def _install_plugin_commands() -> None:
         err_console.print(f"[yellow]warning:[/] a plugin's CLI hook failed: {exc}", highlight=False)
 
 
+def one_line(message: str) -> str:
+    """A message's lines joined into one (errors print as one line; ``--debug`` shows them whole)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (used by the console script and by tests)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -247,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HyperKDError as exc:
         if debug_enabled():
             raise
-        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(one_line(str(exc)))}", highlight=False, soft_wrap=True)
         return 1
     except typer.Exit as exc:
         return int(exc.exit_code or 0)

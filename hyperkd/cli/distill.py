@@ -45,7 +45,7 @@ def distill_cmd(
             "org/name/file.pt), or 'none' for random init.",
         ),
     ] = None,
-    recipe: RecipeOpt = "hyperkd",
+    recipe: RecipeOpt = None,
     out: OutOpt = Path("runs/distill"),
     overrides: SetOpt = None,
     resume: ResumeOpt = False,

@@ -59,10 +59,22 @@ StudentOpt = Annotated[
     ),
 ]
 DataOpt = Annotated[str | None, typer.Option("--data", help="Chip-store folder, or 'synthetic'.")]
-RecipeOpt = Annotated[str, typer.Option("--recipe", help="Recipe name or .yaml file.")]
+RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="Recipe name or .yaml file (default: mae for pretrain, hyperkd for distill; with --resume: "
+        "the run's recipe.yaml, which holds the --data and --set values it was started with).",
+    ),
+]
 OutOpt = Annotated[Path, typer.Option("--out", help="Run folder.")]
 ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the run in --out from its newest checkpoint, with its saved recipe; only trainer "
+        "limits (max_epochs, max_steps, devices...) may change.",
+    ),
 ]
 DevicesOpt = Annotated[str | None, typer.Option("--devices", help="Lightning devices (e.g. 1, 4, auto).")]
 AcceleratorOpt = Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, mps, auto.")]
@@ -137,7 +149,7 @@ def trainer_fields(
 def pretrain_cmd(
     student: StudentOpt = None,
     data: DataOpt = None,
-    recipe: RecipeOpt = "mae",
+    recipe: RecipeOpt = None,
     out: OutOpt = Path("runs/pretrain"),
     overrides: SetOpt = None,
     resume: ResumeOpt = False,

@@ -41,3 +41,11 @@ class DataError(HyperKDError):
 
 class RecipeError(HyperKDError):
     """A recipe file or a ``--set`` override is malformed or names something unknown."""
+
+
+class TrainingError(HyperKDError):
+    """Training cannot go on (a non-finite loss, say); the message names the step and what to check."""
+
+
+class RunFolderError(HyperKDError):
+    """A run folder (``--out``) is a file, holds another run, or cannot be resumed as asked."""

@@ -91,7 +91,10 @@ from hyperkd.models.pixel import (
     encoder_config,
     recompute_batchnorm,
 )
-from hyperkd.training.finetune import DEFAULT_LOSS, FinetuneModule, check_loss, class_weights_from_counts
+from hyperkd.recipes import check_keys
+from hyperkd.training.checks import trainer_keys
+from hyperkd.training.finetune import DEFAULT_LOSS, FinetuneModule, check_loss, class_weights_of
+from hyperkd.training.runner import check_out_folder, remove_created
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,8 @@ def resolve_student(
                 )
             # the store's band table carries its statistics: the encoder standardises with them
             return create_model(spec, sensor=store.sensor, img_size=store.chip_size)
+    if getattr(model, "sensor_agnostic", False):  # any-mae: reads the store's band table as it is
+        model = model.adapt_to(store.sensor, img_size=store.chip_size)  # type: ignore[operator]
     if model.in_chans != store.sensor.num_bands or model.img_size != store.chip_size:
         raise HyperKDError(
             f"the student expects {model.in_chans} bands of {model.img_size} px but {store.root} holds "
@@ -155,7 +160,7 @@ def resolve_student(
             "use a store made with the student's band order"
         )
     if init == "random":
-        return HyperspectralMAE(**encoder_config(model))  # same architecture and standardisation, new weights
+        return type(model)(**encoder_config(model))  # same architecture and standardisation, new weights
     return model
 
 
@@ -232,13 +237,19 @@ def finetune(
     """
     t0 = time.time()
     out = Path(out)
+    check_out_folder(out)
     check_protocol(protocol)
-    if (out / "metrics.json").exists() or (out / "finetune.json").exists():
-        if not overwrite:
-            raise HyperKDError(
-                f"{out} already holds a fine-tune run; choose another --out (or overwrite=True)"
-            )
-        shutil.rmtree(out)
+    replace = (out / "metrics.json").exists() or (out / "finetune.json").exists()
+    if replace and not overwrite:
+        raise HyperKDError(
+            f"{out} already holds a fine-tune run; choose another --out, or pass --overwrite "
+            "(overwrite=True in Python) to replace it"
+        )
+    if min(epochs, batch_size) < 1 or not lr > 0:
+        raise HyperKDError(
+            f"--epochs {epochs} and --batch-size {batch_size} must be at least 1, --lr {lr:g} above 0"
+        )
+    check_keys("trainer", trainer, trainer_keys())
     for flag, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
         if not 0.0 <= f < 1.0:
             raise HyperKDError(
@@ -271,217 +282,221 @@ def finetune(
         val_list=val_list,
         test_list=test_list,
     )
-    label_opts: dict[str, Any] = {"nodata": label_nodata, "field": label_field, "legend": legend}
-    bound, task_labels = bind_labels(
-        base_task, train_store, labels, cache=out / "labels" / "train.npy" if labels else None, **label_opts
-    )
-
-    if train_chips is not None:
-        if train_chips < 1 or train_chips > len(train_idx):
-            raise HyperKDError(
-                f"--train-chips {train_chips}: the training split of {train_store.root} has "
-                f"{len(train_idx)} chips (after holding out {len(val_idx)} validation and "
-                f"{len(test_idx)} test chips)"
-            )
-        train_idx = sorted(np.random.default_rng(seed).permutation(train_idx)[:train_chips].tolist())
-    train_labels = label_fraction_subset(task_labels, train_idx, label_fraction, split_seed)  # whole if None
-    if isinstance(bound, RegressionTask):
-        bound = bound.with_target_stats(*target_stats(train_labels, train_idx))
-        task_labels.task = bound
-    weights = _class_weights(train_labels, train_idx) if loss == "weighted" else None
-
-    if eval_st is not None:
-        if labels is not None and eval_labels is None:
-            eval_labels = labels  # one raster (e.g. national NLCD / CDL) usually covers both stores
-        _check_eval_store(train_store, eval_st, bound, eval_labels)
-    val_task_labels = task_labels
-    if val_st is not None:
-        if labels is not None and val_labels is None:
-            val_labels = labels
-        _check_eval_store(train_store, val_st, bound, val_labels)
-        val_idx = list(range(len(val_st)))
-        cache = out / "labels" / "val.npy" if val_labels else None
-        _, val_task_labels = bind_labels(bound, val_st, val_labels, cache=cache, **label_opts)
-        val_task_labels.task = bound  # the training labels' classes, codes and target statistics
-
     L.seed_everything(seed, workers=True, verbose=False)
-    encoder = resolve_student(student, train_store, init)
-    torch.manual_seed(seed)  # the same head initialisation for every student of one architecture at this seed
-    init_name = "none" if encoder is None else init
-    model = PixelModel.build(
-        bound,
-        encoder=encoder,
-        sensor=train_store.sensor,
-        img_size=train_store.chip_size,
-        protocol=protocol,
-        layers=layers,
-        hidden=hidden,
-        student=_student_name(student),
-        init=init_name,
-    )
-
-    settings = {
-        "student": _student_name(student),
-        "init": init_name,
-        "task": bound.name,
-        "label": bound.label,
-        "kind": bound.kind,
-        "protocol": protocol,
-        "seed": seed,
-        "split_seed": split_seed,
-        "store": str(train_store.root.resolve()),
-        "synthetic": train_store.synthetic,
-        "labels": str(labels) if labels else None,
-        "label_nodata": label_nodata,
-        "label_field": label_field,
-        "legend": str(legend) if legend else None,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "encoder_lr_scale": encoder_lr_scale,
-        "weight_decay": weight_decay,
-        "hidden": hidden,
-        "layers": list(model.layers),
-        "loss": loss,
-        "class_weights": weights,
-        "train_chips": train_idx,
-        "val_chips": val_idx,
-        "test_chips": test_idx,
-        "eval_store": str(eval_st.root.resolve()) if eval_st is not None else None,
-        "eval_labels": str(eval_labels) if eval_labels else None,
-        "val_store": str(val_st.root.resolve()) if val_st is not None else None,
-        "val_labels": str(val_labels) if val_labels else None,
-        "label_scarce": train_chips is not None or label_fraction is not None,
-        **train_labels.record(),
-        "train_list": list_record(train_list),
-        "val_list": list_record(val_list),
-        "test_list": list_record(test_list),
-    }
-    model.config["trained_on"] = {
-        "store": settings["store"],
-        "train_chips": train_idx,
-        "val_chips": val_idx,
-        "test_chips": test_idx,
-        "val_store": settings["val_store"],
-        "labels": settings["labels"],
-        "label_nodata": label_nodata,
-        "label_field": label_field,
-        "legend": _legend_record(legend),
-        "label_fraction": label_fraction,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "finetune.json", settings)
-
-    gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        TaskDataset(train_store, train_idx, train_labels),
-        batch_size=min(batch_size, len(train_idx)),
-        shuffle=True,
-        generator=gen,
-        num_workers=num_workers,
-    )
-    val_data = val_st if val_st is not None else train_store
-    val_loader = (
-        DataLoader(
-            TaskDataset(val_data, val_idx, val_task_labels), batch_size=batch_size, num_workers=num_workers
-        )
-        if val_idx
-        else None
-    )
-    module = FinetuneModule(
-        model,
-        lr=lr,
-        encoder_lr_scale=encoder_lr_scale,
-        weight_decay=weight_decay,
-        cache_mb=cache_mb,
-        loss=loss,
-        class_weights=weights,
-    )
-    from hyperkd.training.runner import make_trainer
-
-    tcfg = {
-        "max_epochs": epochs,
-        "accelerator": "auto",
-        "devices": 1,
-        "log_every_n_steps": 1,
-        "checkpoint_every_n_steps": 10**9,
-        **dict(trainer or {}),
-    }
-    if val_loader is None:
-        tcfg["limit_val_batches"] = 0
-    lt = make_trainer({"trainer": tcfg}, out)
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*module\\(s\\) in eval mode.*"
-        )  # the fixed encoder, on purpose
-        lt.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    # model/ is the artefact; Lightning's last.ckpt would duplicate the (possibly large) encoder
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    # exact BatchNorm statistics of the final weights over the training chips (see recompute_batchnorm)
-    dev = next(module.model.parameters()).device
-    stats_loader = DataLoader(
-        TaskDataset(train_store, train_idx, task_labels), batch_size=batch_size, num_workers=num_workers
-    )
-    recompute_batchnorm(
-        module.model,
-        ({k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in stats_loader),
-        module.forward_batch,
-    )
-
-    model = module.model.cpu().eval()
-    model_dir = model.save(out / "model")
-    # validation metrics of the final model (Lightning's per-epoch ones in logs/ used moving BN statistics)
-    val_metrics = (
-        evaluate(model, val_data, chips=val_idx, figures=False, task_labels=val_task_labels).metrics
-        if val_idx
-        else {}
-    )
-    if eval_st is not None:
-        ev = evaluate(model, eval_st, labels=eval_labels, out=out, figures=figures, settings=settings)
-    else:
-        # chips=None: the model's recorded test split of its training store
-        ev = evaluate(
-            model,
+    encoder = resolve_student(student, train_store, init)  # before the label cache is written
+    if replace:  # everything the old run could be refused for has passed: replace it now
+        shutil.rmtree(out)
+    existed = {p.name for p in out.iterdir()} if out.is_dir() else None
+    try:  # a failed fine-tune removes what it created (there is no resume: a rerun starts afresh)
+        label_opts: dict[str, Any] = {"nodata": label_nodata, "field": label_field, "legend": legend}
+        bound, task_labels = bind_labels(
+            base_task,
             train_store,
-            labels=labels,
-            out=out,
-            figures=figures,
+            labels,
+            cache=out / "labels" / "train.npy" if labels else None,
+            **label_opts,
+        )
+
+        if train_chips is not None:
+            if train_chips < 1 or train_chips > len(train_idx):
+                raise HyperKDError(
+                    f"--train-chips {train_chips}: the training split of {train_store.root} has "
+                    f"{len(train_idx)} chips (after holding out {len(val_idx)} validation and "
+                    f"{len(test_idx)} test chips)"
+                )
+            train_idx = sorted(np.random.default_rng(seed).permutation(train_idx)[:train_chips].tolist())
+        train_labels = label_fraction_subset(
+            task_labels, train_idx, label_fraction, split_seed
+        )  # whole if None
+        if isinstance(bound, RegressionTask):
+            bound = bound.with_target_stats(*target_stats(train_labels, train_idx))
+            task_labels.task = bound
+        weights = class_weights_of(train_labels, train_idx) if loss == "weighted" else None
+
+        if eval_st is not None:
+            if labels is not None and eval_labels is None:
+                eval_labels = labels  # one raster (e.g. national NLCD / CDL) usually covers both stores
+            _check_eval_store(train_store, eval_st, bound, eval_labels)
+        val_task_labels = task_labels
+        if val_st is not None:
+            if labels is not None and val_labels is None:
+                val_labels = labels
+            _check_eval_store(train_store, val_st, bound, val_labels)
+            val_idx = list(range(len(val_st)))
+            cache = out / "labels" / "val.npy" if val_labels else None
+            _, val_task_labels = bind_labels(bound, val_st, val_labels, cache=cache, **label_opts)
+            val_task_labels.task = bound  # the training labels' classes, codes and target statistics
+
+        torch.manual_seed(
+            seed
+        )  # the same head initialisation for every student of one architecture at this seed
+        init_name = "none" if encoder is None else init
+        model = PixelModel.build(
+            bound,
+            encoder=encoder,
+            sensor=train_store.sensor,
+            img_size=train_store.chip_size,
+            protocol=protocol,
+            layers=layers,
+            hidden=hidden,
+            student=_student_name(student),
+            init=init_name,
+        )
+
+        settings = {
+            "student": _student_name(student),
+            "init": init_name,
+            "task": bound.name,
+            "label": bound.label,
+            "kind": bound.kind,
+            "protocol": protocol,
+            "seed": seed,
+            "split_seed": split_seed,
+            "store": str(train_store.root.resolve()),
+            "synthetic": train_store.synthetic,
+            "labels": str(labels) if labels else None,
+            "label_nodata": label_nodata,
+            "label_field": label_field,
+            "legend": str(legend) if legend else None,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "encoder_lr_scale": encoder_lr_scale,
+            "weight_decay": weight_decay,
+            "hidden": hidden,
+            "layers": list(model.layers),
+            "loss": loss,
+            "class_weights": weights,
+            "train_chips": train_idx,
+            "val_chips": val_idx,
+            "test_chips": test_idx,
+            "eval_store": str(eval_st.root.resolve()) if eval_st is not None else None,
+            "eval_labels": str(eval_labels) if eval_labels else None,
+            "val_store": str(val_st.root.resolve()) if val_st is not None else None,
+            "val_labels": str(val_labels) if val_labels else None,
+            "label_scarce": train_chips is not None or label_fraction is not None,
+            **train_labels.record(),
+            "train_list": list_record(train_list),
+            "val_list": list_record(val_list),
+            "test_list": list_record(test_list),
+        }
+        model.config["trained_on"] = {
+            "store": settings["store"],
+            "train_chips": train_idx,
+            "val_chips": val_idx,
+            "test_chips": test_idx,
+            "val_store": settings["val_store"],
+            "labels": settings["labels"],
+            "label_nodata": label_nodata,
+            "label_field": label_field,
+            "legend": _legend_record(legend),
+            "label_fraction": label_fraction,
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "finetune.json", settings)
+
+        gen = torch.Generator().manual_seed(seed)
+        train_loader = DataLoader(
+            TaskDataset(train_store, train_idx, train_labels),
+            batch_size=min(batch_size, len(train_idx)),
+            shuffle=True,
+            generator=gen,
+            num_workers=num_workers,
+        )
+        val_data = val_st if val_st is not None else train_store
+        val_loader = (
+            DataLoader(
+                TaskDataset(val_data, val_idx, val_task_labels),
+                batch_size=batch_size,
+                num_workers=num_workers,
+            )
+            if val_idx
+            else None
+        )
+        module = FinetuneModule(
+            model,
+            lr=lr,
+            encoder_lr_scale=encoder_lr_scale,
+            weight_decay=weight_decay,
+            cache_mb=cache_mb,
+            loss=loss,
+            class_weights=weights,
+        )
+        from hyperkd.training.runner import make_trainer
+
+        tcfg = {
+            "max_epochs": epochs,
+            "accelerator": "auto",
+            "devices": 1,
+            "log_every_n_steps": 1,
+            "checkpoint_every_n_steps": 10**9,
+            **dict(trainer or {}),
+        }
+        if val_loader is None:
+            tcfg["limit_val_batches"] = 0
+        lt = make_trainer({"trainer": tcfg}, out)
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*module\\(s\\) in eval mode.*"
+            )  # the fixed encoder, on purpose
+            lt.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        # model/ is the artefact; Lightning's last.ckpt would duplicate the (possibly large) encoder
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        # exact BatchNorm statistics of the final weights over the training chips (see recompute_batchnorm)
+        dev = next(module.model.parameters()).device
+        stats_loader = DataLoader(
+            TaskDataset(train_store, train_idx, task_labels), batch_size=batch_size, num_workers=num_workers
+        )
+        recompute_batchnorm(
+            module.model,
+            ({k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in stats_loader),
+            module.forward_batch,
+        )
+
+        model = module.model.cpu().eval()
+        model_dir = model.save(out / "model")
+        # validation metrics of the final model (Lightning's per-epoch ones in logs/ used moving BN statistics)
+        val_metrics = (
+            evaluate(model, val_data, chips=val_idx, figures=False, task_labels=val_task_labels).metrics
+            if val_idx
+            else {}
+        )
+        if eval_st is not None:
+            ev = evaluate(model, eval_st, labels=eval_labels, out=out, figures=figures, settings=settings)
+        else:
+            # chips=None: the model's recorded test split of its training store
+            ev = evaluate(
+                model,
+                train_store,
+                labels=labels,
+                out=out,
+                figures=figures,
+                settings=settings,
+                task_labels=task_labels if labels else None,
+            )
+        if figures:
+            from hyperkd.viz.figures import loss_curves
+
+            p = loss_curves(
+                out / "logs" / "metrics.csv", out / "figures" / "loss.png", keys=["train/loss", "val/loss"]
+            )
+            if p is not None:
+                ev.figures.append(p)
+        summary = json.loads((out / "metrics.json").read_text())
+        summary["val"] = headline(val_metrics)
+        summary["time_s"] = round(time.time() - t0, 2)
+        atomic_write_json(out / "metrics.json", summary)
+        return FinetuneResult(
+            run_dir=out,
+            model_dir=model_dir,
+            metrics=ev.metrics,
+            val_metrics=val_metrics,
             settings=settings,
-            task_labels=task_labels if labels else None,
+            figures=ev.figures,
         )
-    if figures:
-        from hyperkd.viz.figures import loss_curves
-
-        p = loss_curves(
-            out / "logs" / "metrics.csv", out / "figures" / "loss.png", keys=["train/loss", "val/loss"]
-        )
-        if p is not None:
-            ev.figures.append(p)
-    summary = json.loads((out / "metrics.json").read_text())
-    summary["val"] = headline(val_metrics)
-    summary["time_s"] = round(time.time() - t0, 2)
-    atomic_write_json(out / "metrics.json", summary)
-    return FinetuneResult(
-        run_dir=out,
-        model_dir=model_dir,
-        metrics=ev.metrics,
-        val_metrics=val_metrics,
-        settings=settings,
-        figures=ev.figures,
-    )
-
-
-def _class_weights(labels: TaskLabels, chips: Sequence[int]) -> list[float]:
-    """Loss weights of the classes from their pixel counts on the training chips
-    (:func:`~hyperkd.training.finetune.class_weights_from_counts`)."""
-    k = labels.task.out_channels
-    counts = np.zeros(k, dtype=np.float64)
-    for i in chips:
-        t = labels.target(i).ravel()
-        counts += np.bincount(t[(t >= 0) & (t < k)], minlength=k)[:k]
-    weights = class_weights_from_counts(counts).tolist()
-    log.info("class weights (inverse sqrt frequency, clipped): %s", ", ".join(f"{w:.2f}" for w in weights))
-    return weights
+    except BaseException:
+        remove_created(out, existed)
+        raise
 
 
 def _legend_record(legend: str | Path | None) -> dict[str, list[str | None]] | None:

@@ -195,3 +195,59 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, str | int | float | bool) or obj is None:
         return obj
     return str(obj)
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops training at the first NaN or infinite training loss, before its backward pass and
+    optimiser step, so the weights (and any checkpoint) stay finite and no student is exported.
+
+    Raises :class:`~hyperkd.core.errors.TrainingError` naming the step; ``hint`` says what to check
+    (the runner gives ``hyperkd data info STORE``).
+    """
+
+    def __init__(self, hint: str = "check the chips with `hyperkd data info STORE`") -> None:
+        self.hint = hint
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        from hyperkd.core.errors import TrainingError
+
+        raise TrainingError(
+            f"the training loss is {float(loss.detach().float().mean())} at step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}); training stopped before that step's update and nothing was "
+            f"exported: {self.hint}, or lower optim.lr"
+        )
+
+
+class ResumeBookkeeping(L.Callback):
+    """Rewrites a resumed run's ``recipe.yaml`` with the trainer settings the resume changed
+    (``recipe``: the new text) once Lightning has restored the checkpoint and training starts
+    (``on_train_start``, global rank 0), so a resume that fails earlier leaves the recipe as it was."""
+
+    def __init__(self, run_dir: str | Path, recipe: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.recipe = recipe
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.recipe is not None:
+            from hyperkd.core.io import atomic_write_text
+
+            atomic_write_text(self.run_dir / "recipe.yaml", self.recipe)
+
+
+def keep_metrics_history(logs: Path) -> Path | None:
+    """Move ``metrics.csv`` aside before a resumed run's logger starts (Lightning's CSV logger
+    deletes an existing one); returns where it went (None: there was none).
+
+    The earlier part becomes ``metrics.part-N.csv`` and :func:`hyperkd.viz.figures.read_metrics`
+    joins the parts.
+    """
+    current = logs / "metrics.csv"
+    if not current.exists():
+        return None
+    part = logs / f"metrics.part-{len(list(logs.glob('metrics.part-*.csv'))):03d}.csv"
+    current.rename(part)
+    return part

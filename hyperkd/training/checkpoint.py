@@ -102,3 +102,54 @@ class SafetensorsCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: Any) -> None:
         Path(path).unlink(missing_ok=True)
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The ``global_step`` stored in a checkpoint, read from its header only (None: not a readable
+    hyperkd checkpoint, e.g. cut short by a kill)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != _MAGIC:
+            return None
+        structure = json.loads(meta["structure"])
+        for key, value in structure.get("__dict__", []):
+            if key == "global_step" and isinstance(value, int):
+                return value
+    except Exception:  # corrupt or partial files: not a checkpoint to resume from
+        return None
+    return None
+
+
+def is_temporary(path: Path) -> bool:
+    """A temporary file of an interrupted atomic write (:func:`hyperkd.core.io.atomic_path`)."""
+    return path.name.startswith(".") and ".tmp" in path.name
+
+
+def remove_temporary_files(folder: str | Path) -> list[Path]:
+    """Delete the leftovers of checkpoint writes that a kill interrupted; returns what went."""
+    folder = Path(folder)
+    gone = [p for p in folder.glob(".*") if p.is_file() and is_temporary(p)] if folder.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+def find_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint a resume continues from: of every readable ``*.ckpt`` in ``folder``, the one
+    with the highest stored step (a ``last*`` file wins a tie), whatever its name, so a stale
+    ``last.ckpt`` next to a newer ``last-v1.ckpt`` or ``stepN.ckpt`` is never chosen."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    best: tuple[tuple[int, bool, float], Path] | None = None
+    for p in folder.glob("*.ckpt"):
+        if is_temporary(p) or not p.is_file():
+            continue
+        step = checkpoint_step(p)
+        if step is None:
+            continue
+        key = (step, p.name.startswith("last"), p.stat().st_mtime)
+        if best is None or key > best[0]:
+            best = (key, p)
+    return best[1] if best is not None else None

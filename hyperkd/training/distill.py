@@ -44,9 +44,10 @@ from hyperkd.data.loader import NUM_TRANSFORMS
 from hyperkd.hub.teachers import teacher_spec
 from hyperkd.models.mae import HyperspectralMAE, MAEOutput
 from hyperkd.training.callbacks import DistillReport
+from hyperkd.training.checks import check_components
 from hyperkd.training.parts import Spec, build_student, plain_hparams, split_spec
 from hyperkd.training.pretrain import MAEModule
-from hyperkd.training.runner import RunResult, fit
+from hyperkd.training.runner import RunResult, fit, plan_run, recipe_for
 
 PROJECTORS = ("linear", "mlp")
 
@@ -262,7 +263,9 @@ class DistillModule(MAEModule):
         feats = self.teacher_features(batch)
         pairs = []
         for proj, s, t in zip(self.projectors, out.features, feats, strict=True):
-            t_at = teacher_tokens_at(t.to(s.dtype), self.teacher_grid, self.student.grid, out.ids_keep)
+            # teacher tokens stay as stored (float32): the kd terms compare in float32, so casting
+            # them to the student's autocast dtype here would only round them and copy twice
+            t_at = teacher_tokens_at(t, self.teacher_grid, self.student.grid, out.ids_keep)
             pairs.append((proj(s), t_at))
         return {"kd_pairs": pairs, "teacher_features": feats}
 
@@ -323,6 +326,8 @@ def teacher_from_spec(spec: Spec) -> Teacher:
         if "--teacher-weights" in str(exc):
             raise
         raise WeightsError(f"teacher {name}: {exc} (command line: --teacher-weights PATH, or none)") from exc
+    except TypeError as exc:  # a factory taking **kwargs refused a key the recipe's teacher section gave
+        raise RecipeError(f"recipe section teacher ({name}): {exc}; fix or remove that key") from exc
     if not isinstance(teacher, Teacher):
         raise HyperKDError(f"teacher {name!r} built a {type(teacher).__name__}, not a hyperkd Teacher")
     return teacher.freeze()
@@ -360,7 +365,7 @@ def teacher_terms(module: MAEModule) -> list[str]:
 
 
 def distill(
-    recipe: str | Path | Mapping[str, Any] = "hyperkd",
+    recipe: str | Path | Mapping[str, Any] | None = None,
     out: str | Path = "runs/distill",
     *,
     teacher: str | None = None,
@@ -379,7 +384,8 @@ def distill(
     random-teacher control), ``student.name`` and ``data.store``; ``overrides`` are
     ``key=value`` strings and ``fields`` dotted keys with ``.`` written ``__``, as in
     :func:`hyperkd.training.runner.pretrain`. The teacher is built (and its weights found) before the
-    run folder or any data is made, so a missing checkpoint fails at once.
+    run folder or any data is made, so a missing checkpoint fails at once. ``recipe``: by default
+    ``hyperkd``, or with ``resume`` the run's saved ``recipe.yaml``.
     """
     random_teacher = teacher_weights is not None and str(teacher_weights).lower() in ("none", "random")
     named = {
@@ -388,9 +394,12 @@ def distill(
         "data.store": data,
         "teacher.weights": None if random_teacher or teacher_weights is None else str(teacher_weights),
     }
-    resolved = recipes_mod.resolve_for_run(recipe, overrides, {**fields, **named})
+    start = recipe_for(recipe, out, resume, "hyperkd")  # --resume alone: the run's recipe.yaml
+    resolved = recipes_mod.resolve_for_run(start, overrides, {**fields, **named})
     if random_teacher:
         resolved["teacher"]["weights"] = None  # resolve_for_run skips None values
+    check_components(resolved, teacher=True)  # every key, before the teacher's weights are fetched
+    plan_run(out, resolved, resume, mode="distill")  # the run folder (and a resume) before the teacher
     built = build_teacher(resolved)
 
     def factory(rec: Mapping[str, Any], stu: HyperspectralMAE, data: Any) -> L.LightningModule:
@@ -406,4 +415,6 @@ def distill(
         },
         metrics_csv=run / "logs" / "metrics.csv" if resolved["trainer"].get("figures", True) else None,
     )
-    return fit(resolved, out, resume=resume, module_factory=factory, callbacks=[report, *callbacks])
+    return fit(
+        resolved, out, resume=resume, module_factory=factory, callbacks=[report, *callbacks], mode="distill"
+    )

@@ -38,6 +38,7 @@ Regression tasks always use their MSE on standardised targets.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -55,6 +56,8 @@ from hyperkd.evaluation.tasks import SegmentationTask, Task, task_from_dict
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.models.pixel import DEFAULT_PROTOCOL, PixelModel
 from hyperkd.training.optim import adamw_warmup_cosine
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("ce", "weighted", "focal")
 """Segmentation losses :class:`FinetuneModule` trains with (see the module docstring)."""
@@ -90,6 +93,19 @@ def class_weights_from_counts(
     w = w / (f * w).sum()
     w = torch.where(f > 0, w, torch.full_like(w, max_weight)).clamp(max=max_weight)
     return w.float()
+
+
+def class_weights_of(labels: Any, chips: Sequence[int]) -> list[float]:
+    """:func:`class_weights_from_counts` of the classes' pixel counts on the training ``chips``
+    (``labels``: :class:`~hyperkd.evaluation.labels.TaskLabels`, its targets per chip)."""
+    k = labels.task.out_channels
+    counts = torch.zeros(k, dtype=torch.float64)
+    for i in chips:
+        t = torch.as_tensor(labels.target(i)).flatten().long()
+        counts += torch.bincount(t[(t >= 0) & (t < k)], minlength=k)[:k].double()
+    weights = class_weights_from_counts(counts).tolist()
+    log.info("class weights (inverse sqrt frequency, clipped): %s", ", ".join(f"{w:.2f}" for w in weights))
+    return weights
 
 
 def segmentation_loss(

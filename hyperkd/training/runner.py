@@ -17,9 +17,12 @@ at the end of ``trainer.fit``; the LightningModules themselves train under any T
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 import lightning as L
 
 from hyperkd import recipes as recipes_mod
-from hyperkd.core.errors import HyperKDError, RecipeError
+from hyperkd.core.errors import HyperKDError, RecipeError, RunFolderError
 from hyperkd.core.io import atomic_write_text
 from hyperkd.core.progress import progress_enabled
 from hyperkd.data.loader import ChipDataModule
@@ -38,9 +41,12 @@ from hyperkd.training.callbacks import (
     ExportStudent,
     MetricsReport,
     ReconstructionFigures,
+    ResumeBookkeeping,
+    StopOnNonFiniteLoss,
     StudentForData,
     export_student,
     final_metrics,
+    keep_metrics_history,
 )
 from hyperkd.training.parts import build_losses
 
@@ -53,11 +59,15 @@ __all__ = [
     "data_module",
     "export_student",
     "fit",
+    "keep_metrics_history",
     "launch_rank",
     "make_trainer",
-    "prepare_run_dir",
+    "plan_run",
     "pretrain",
     "pretrain_module",
+    "recipe_for",
+    "remove_created",
+    "run_folder",
     "student_sensor",
 ]
 
@@ -137,7 +147,9 @@ def build_student_for(recipe: Mapping[str, Any], store: ChipStore) -> Hyperspect
     cfg.pop("selection", None)
     init_from = cfg.pop("init_from", None)
     if spec.trained:  # its saved config fixes the architecture: the recipe's student fields do not apply
-        model = create_model(spec)
+        model = create_model(spec).train()  # loaded for inference (eval mode): it trains on here
+        if getattr(model, "sensor_agnostic", False):  # any-mae: trains on the store's band table
+            model.adapt_to(store.sensor, img_size=store.chip_size)  # type: ignore[operator]
     else:
         if spec.sensor is not None and spec.sensor != store.sensor.name:
             raise RecipeError(
@@ -174,7 +186,15 @@ def build_student_for(recipe: Mapping[str, Any], store: ChipStore) -> Hyperspect
                 f"student.init_from {init_from!r} names an architecture, not trained weights; give a "
                 "model folder, a run folder or a Hugging Face repo id"
             )
-        model.load_state_dict(create_model(source).state_dict())
+        from hyperkd.hub import load_state
+
+        load_state(
+            model,
+            create_model(source).state_dict(),
+            where=f"student.init_from {init_from!r}",
+            advice="give the recipe the same student architecture, or pass those weights as --student "
+            "(which keeps their architecture)",
+        )
     return model
 
 
@@ -192,47 +212,174 @@ def launch_rank() -> int:
     return local + node * 1000
 
 
-def keep_metrics_history(logs: Path) -> None:
-    """Move ``metrics.csv`` aside before a resumed run's logger replaces it.
+#: Recipe keys a resume may change (how long and where it trains, how often it logs); any
+#: other difference would mix two settings in one run and is refused.
+RESUMABLE_KEYS = frozenset(
+    {
+        "trainer.max_epochs",
+        "trainer.max_steps",
+        "trainer.devices",
+        "trainer.accelerator",
+        "trainer.strategy",
+        "trainer.num_nodes",
+        "trainer.log_every_n_steps",
+        "trainer.checkpoint_every_n_steps",
+        "trainer.figures",
+        "data.num_workers",
+    }
+)
 
-    Lightning's CSV logger starts a fresh ``metrics.csv``; the earlier part becomes
-    ``metrics.part-N.csv`` and :func:`hyperkd.viz.figures.read_metrics` joins the parts.
+#: What a run folder holds once it produced something worth keeping (then only --resume reuses it).
+_FINISHED = ("metrics.json", "student")
+
+
+@dataclass
+class RunPlan:
+    """What :func:`plan_run` decided about a run folder, before anything is written to it.
+
+    ``resume_from``: the checkpoint to continue (None: a new run); ``recipe_text``: the
+    recipe.yaml to write (a new run), or to rewrite once the checkpoint is restored (a resume
+    that changed trainer limits), or None; ``existed``: the folder's entries before this command
+    (None: no folder), so a failed start can remove what it created.
     """
-    current = logs / "metrics.csv"
-    if current.exists():
-        n = len(list(logs.glob("metrics.part-*.csv")))
-        current.rename(logs / f"metrics.part-{n:03d}.csv")
+
+    out: Path
+    resume_from: Path | None
+    recipe_text: str | None
+    existed: set[str] | None
 
 
-def prepare_run_dir(out: Path, recipe: Mapping[str, Any], resume: bool) -> Path | None:
-    """Create the run folder; return the checkpoint to resume from (or None).
+def check_out_folder(out: Path, flag: str = "--out") -> None:
+    """Refuse a run folder path that is a file, or lies under one."""
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise RunFolderError(
+                f"{flag} {out}: {p} is a file, not a folder; choose a folder path for the run"
+            )
 
-    Only rank 0 creates and checks the folder (the other ranks write nothing into it before
-    Lightning's own barriers: loggers and checkpoints write on rank 0).
+
+def saved_recipe(out: Path) -> Path:
+    """A run folder's ``recipe.yaml``."""
+    return Path(out) / "recipe.yaml"
+
+
+def recipe_for(
+    recipe: str | Path | Mapping[str, Any] | None, out: str | Path, resume: bool, default: str
+) -> Any:
+    """The recipe a run starts from: the one given, else on ``--resume`` the run's saved
+    ``recipe.yaml`` (which holds the ``--data``/``--set`` values it was started with), else ``default``."""
+    if recipe is not None:
+        return recipe
+    saved = saved_recipe(Path(out))
+    return saved if resume and saved.is_file() else default
+
+
+def plan_run(out: str | Path, recipe: Mapping[str, Any], resume: bool, mode: str = "pretrain") -> RunPlan:
+    """Check the run folder for a new run or a resume, writing nothing (but stale temp files).
+
+    A new run needs a folder that holds no run, or one whose run never saved a checkpoint
+    (a start that was killed or failed: it is started again). A resume needs a readable
+    checkpoint (the newest: :func:`~hyperkd.training.checkpoint.find_checkpoint`), a run of
+    the same ``mode``, and a recipe that differs from the saved one only in
+    :data:`RESUMABLE_KEYS`. Only rank 0 checks (the other ranks resume from the same file).
     """
-    ckpt = out / "checkpoints" / "last.ckpt"
+    from hyperkd.training.checkpoint import find_checkpoint, remove_temporary_files
+
+    out = Path(out)
+    check_out_folder(out)
+    ckpt_dir = out / "checkpoints"
+    text = recipes_mod.dump(recipe)
+    existed = {p.name for p in out.iterdir()} if out.is_dir() else None
     if launch_rank() != 0:
-        return ckpt if resume else None
+        return RunPlan(out, find_checkpoint(ckpt_dir) if resume else None, None, existed)
+    for p in remove_temporary_files(ckpt_dir):
+        log.info("removed %s, left by an interrupted checkpoint write", p)
+    ckpt = find_checkpoint(ckpt_dir)
+    saved = saved_recipe(out)
     if resume:
-        if not ckpt.exists():
-            raise HyperKDError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
-        saved = out / "recipe.yaml"
-        if saved.exists():
-            old = recipes_mod.load_recipe(saved)
-            if old.get("student") != recipe.get("student") or old.get("data") != recipe.get("data"):
-                raise RecipeError(
-                    f"--resume: the recipe differs from the one saved in {saved} (student or data); "
-                    f"resume with --recipe {saved}"
-                )
-        keep_metrics_history(out / "logs")
-        return ckpt
-    if (out / "recipe.yaml").exists():
-        raise HyperKDError(
-            f"{out} already holds a run; pass --resume to continue it, or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.yaml", recipes_mod.dump(recipe))
-    return None
+        if ckpt is None:
+            raise RunFolderError(
+                f"--resume: no checkpoint to resume in {ckpt_dir} (no readable *.ckpt file); "
+                "start a new run without --resume"
+            )
+        if not saved.is_file():
+            return RunPlan(out, ckpt, text, existed)
+        old = recipes_mod.resolve_mapping(recipes_mod.load_recipe(saved), {})
+        if old.get("mode", mode) != mode:
+            raise RunFolderError(
+                f"--resume: {out} holds a {old.get('mode')} run (see {saved}); resume it with "
+                f"`hyperkd {'distill' if old.get('mode') == 'distill' else 'pretrain'} --out {out} --resume`"
+            )
+        changed = recipes_mod.differences(old, dict(recipe))
+        refused = [k for k in changed if k not in RESUMABLE_KEYS]
+        if refused:
+            shown = ", ".join(f"{k} ({_at(old, k)!r} -> {_at(recipe, k)!r})" for k in refused[:4])
+            raise RecipeError(
+                f"--resume: the recipe differs from {saved} in {shown}{' ...' if len(refused) > 4 else ''}; "
+                "a resume may change only trainer limits. Resume without those changes (no --recipe: the "
+                "saved one is used), or start a new run in another --out"
+            )
+        if changed:
+            log.info("resume changes %s (recorded in %s)", ", ".join(changed), saved)
+        return RunPlan(out, ckpt, text if changed else None, existed)
+    if saved.exists() or ckpt is not None:
+        if ckpt is not None or any((out / f).exists() for f in _FINISHED):
+            raise RunFolderError(
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        log.warning("%s holds a run that never saved a checkpoint: starting it again", out)
+    return RunPlan(out, None, text, existed)
+
+
+def _at(recipe: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = recipe
+    for p in dotted.split("."):
+        node = node.get(p) if isinstance(node, Mapping) else None
+    return node
+
+
+@contextmanager
+def run_folder(plan: RunPlan) -> Iterator[None]:
+    """Write a new run's ``recipe.yaml``, then run the body; if the body fails before the run
+    saved its first checkpoint, remove what this command created in the folder (all of it
+    when the folder is new), so a plain rerun starts afresh. A resume that fails before training
+    leaves the folder as it was (``metrics.csv`` is moved back, ``recipe.yaml`` is only rewritten
+    once training starts: :class:`~hyperkd.training.callbacks.ResumeBookkeeping`)."""
+    from hyperkd.training.checkpoint import find_checkpoint
+
+    rank0 = launch_rank() == 0
+    if rank0 and plan.resume_from is None:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        for stale in ("logs", "tensorboard", "figures"):  # of a start that never saved a checkpoint
+            if plan.existed is not None and stale in plan.existed:
+                shutil.rmtree(plan.out / stale, ignore_errors=True)
+                plan.existed.discard(stale)
+        if plan.recipe_text is not None:
+            atomic_write_text(saved_recipe(plan.out), plan.recipe_text)
+    # a resume: the checkpoint's header was read (plan_run); Lightning's CSV logger deletes an existing
+    # metrics.csv when it starts, so the earlier log is moved aside now, and back if the resume fails
+    # before a new log was written
+    kept = keep_metrics_history(plan.out / "logs") if rank0 and plan.resume_from is not None else None
+    try:
+        yield
+    except BaseException:
+        if rank0 and plan.resume_from is None and find_checkpoint(plan.out / "checkpoints") is None:
+            remove_created(plan.out, plan.existed)
+        if kept is not None and not (plan.out / "logs" / "metrics.csv").exists():
+            kept.rename(plan.out / "logs" / "metrics.csv")
+        raise
+
+
+def remove_created(out: Path, existed: set[str] | None) -> None:
+    """Remove what a failed command created in ``out``: the whole folder if it did not exist
+    (``existed`` None), else the entries not in ``existed``."""
+    if existed is None:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out.is_dir():
+        for p in out.iterdir():
+            if p.name not in existed:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    log.info("removed what the failed run created in %s; run the command again once fixed", out)
 
 
 def make_trainer(recipe: Mapping[str, Any], out: Path, extra_callbacks: Iterable[Any] = ()) -> L.Trainer:
@@ -252,8 +399,14 @@ def make_trainer(recipe: Mapping[str, Any], out: Path, extra_callbacks: Iterable
         every_n_train_steps=every,
         save_top_k=1,
         auto_insert_metric_name=False,
+        # overwrite last.ckpt in place: after a run folder is moved, Lightning would otherwise
+        # write last-v1.ckpt next to the (then stale) last.ckpt
+        enable_version_counter=False,
     )
-    callbacks: list[Any] = [ckpt, *extra_callbacks]
+    store = (recipe.get("data") or {}).get("store")
+    hint = f"check the chips with `hyperkd data info {store}`" if store and store != "synthetic" else None
+    guard = StopOnNonFiniteLoss(hint) if hint else StopOnNonFiniteLoss()
+    callbacks: list[Any] = [ckpt, guard, *extra_callbacks]
     if progress_enabled():
         callbacks.append(RichProgressBar())
     loggers: list[Any] = [
@@ -286,17 +439,27 @@ def fit(
     module_factory: Callable[[Mapping[str, Any], HyperspectralMAE, ChipDataModule], L.LightningModule]
     | None = None,
     callbacks: Iterable[Any] = (),
+    mode: str = "pretrain",
 ) -> RunResult:
     """Assemble the recipe's parts and train; shared by pretraining and distillation.
+
+    Everything that can fail on input (recipe keys and values, the run folder, the chip store and
+    its split, the student, the module with its masker, losses and optimiser settings) is
+    checked or built before anything is written; the run folder gets ``recipe.yaml`` only then,
+    and a run that fails before its first checkpoint removes what it created (:func:`run_folder`).
 
     The run folder's reports are callbacks (:mod:`hyperkd.training.callbacks`), run at the end of
     ``trainer.fit`` on rank 0: ``metrics.json``, the exported ``student/``, then figures;
     ``callbacks`` come after them (distillation's report).
     """
+    from hyperkd.training.checks import check_components
+
     out = Path(out)
+    recipe = copy.deepcopy(dict(recipe))
     recipes_mod.validate(recipe)
+    check_components(recipe)
+    plan = plan_run(out, recipe, resume, mode)
     dm = data_module(recipe, out)  # a bad store, list or validation store fails before the run folder
-    resume_from = prepare_run_dir(out, recipe, resume)
     seed = int(recipe.get("seed", 0))
     L.seed_everything(seed, workers=True, verbose=False)
     reports: list[Any] = [MetricsReport(out / "metrics.json"), ExportStudent(out / "student", run_dir=out)]
@@ -310,9 +473,12 @@ def fit(
     module = (module_factory or pretrain_module)(recipe, student, dm)
     if recipe["trainer"].get("figures", True):
         reports.append(ReconstructionFigures(out / "figures", metrics_csv=out / "logs" / "metrics.csv"))
+    if plan.resume_from is not None:
+        reports.insert(0, ResumeBookkeeping(out, plan.recipe_text))
     trainer = make_trainer(recipe, out, [*reports, *callbacks])
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    with run_folder(plan):
+        trainer.fit(module, datamodule=dm, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
     return RunResult(
         run_dir=out,
         metrics=final_metrics(trainer),
@@ -334,7 +500,7 @@ def pretrain_module(
 
 
 def pretrain(
-    recipe: str | Path | Mapping[str, Any] = "mae",
+    recipe: str | Path | Mapping[str, Any] | None = None,
     out: str | Path = "runs/pretrain",
     *,
     overrides: Iterable[str] = (),
@@ -347,7 +513,8 @@ def pretrain(
     ``fields`` are dotted recipe keys given as keyword arguments with ``.`` written as
     ``__`` (``student__name="enmap"``, ``data__store="/data/store"``; the split:
     ``data__val_store``, ``data__val_fraction``, ``data__train_list`` / ``val_list`` /
-    ``test_list``, see :func:`data_module`).
+    ``test_list``, see :func:`data_module`). ``recipe``: a name, file or mapping; by default ``mae``,
+    or with ``resume`` the run's saved ``recipe.yaml`` (:func:`recipe_for`).
     """
-    resolved = recipes_mod.resolve_for_run(recipe, overrides, fields)
-    return fit(resolved, out, resume=resume, callbacks=callbacks)
+    resolved = recipes_mod.resolve_for_run(recipe_for(recipe, out, resume, "mae"), overrides, fields)
+    return fit(resolved, out, resume=resume, callbacks=callbacks, mode="pretrain")
