@@ -17,7 +17,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,stream]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,7 +41,7 @@ test-terratorch:
 # The suite against the lowest versions pyproject.toml allows (constraints-lowest.txt), in its own venv.
 test-lowest:
 	@test -x .venv-lowest/bin/python || $(PYTHON) -m venv .venv-lowest
-	.venv-lowest/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-lowest.txt -e ".[dev]"
+	.venv-lowest/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-lowest.txt -e ".[dev,stream]"
 	.venv-lowest/bin/pip check
 	.venv-lowest/bin/python -m pytest -q -p no:cacheprovider
 

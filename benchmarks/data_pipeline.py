@@ -5,8 +5,13 @@ Writes generated 224-band int16 L2A products (the official layout, via
 ``tests/data/enmap/data.py``), prepares a chip store from them, then times, in one run and on
 the same chip size, batch size and worker count:
 
-1. ``store``:    a torch ``DataLoader`` over the :class:`~hyperkd.data.store.ChipStore`
-   (memory-mapped float16 shards, shuffled);
+1. ``store``:    a torch ``DataLoader`` over :class:`~hyperkd.data.loader.ChipDataset` (what
+   training reads: memory-mapped float16 shards, shuffled, chip by chip);
+   ``store-batch-f16``: the same chips read a batch at a time (:func:`hyperkd.data.loader.batch_loader`:
+   one fancy-index per shard), handing over the stored float16 (a GPU run converts on the device);
+   ``webdataset`` / ``webdataset-repeats``: the store exported with ``hyperkd data export`` and
+   streamed from its tar shards (:class:`hyperkd.data.streaming.StreamingChipDataset`), each
+   chip used once or ``--repeats`` times per read (when the ``stream`` extra is installed);
 2. ``rasterio``: random windows read on the fly with the L2A reader (rasterio windowed reads,
    gain/offset, no-data + quality masks) inside a ``DataLoader``;
 3. ``torchgeo``: torchgeo's ``RandomGeoSampler`` over ``EnMAPL2A`` (the torchgeo
@@ -14,7 +19,9 @@ the same chip size, batch size and worker count:
 4. ``torchgeo-dn``: the same sampler over torchgeo's own ``EnMAP`` dataset (raw DNs, no
    masks), to show what the adapter itself costs.
 
-and prints chips/s and each method's ratio to the store. All files were just written, so
+and prints chips/s, MB/s delivered per worker (float32 images; float16 for ``-f16``), MB/s read
+per worker (less than delivered when a read is used several times), each method's ratio to
+torchgeo's sampler and the per-chip store's ratio to it. All files were just written, so
 they sit in the OS page cache: this compares decoding and assembly work, not disk speed
 (a cold disk widens the gap further, as on-the-fly reads touch whole strips of all bands).
 
@@ -150,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         default="pixel",
         help="GeoTIFF interleave of the generated products (GDAL's default: pixel)",
     )
+    ap.add_argument(
+        "--repeats", type=int, default=4, help="crops per loaded chip for the webdataset-repeats row"
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="keep products and store here")
     args = ap.parse_args(argv)
     width = args.width or (256 if args.quick else 512)
@@ -195,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, float] = {}
         gen = torch.Generator().manual_seed(0)
         # the store is small, so it is read for several epochs: one loader, persistent workers
+        from hyperkd.data.loader import ChipDataset, batch_loader
+
         store_loader = DataLoader(
-            store,
+            ChipDataset(store),  # what training reads: float16 rows converted by torch
             batch_size=B,
             shuffle=True,
             num_workers=args.workers,
@@ -204,8 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             collate_fn=collate,
             persistent_workers=args.workers > 0,
         )
+        from hyperkd.data.streaming import StreamingChipDataset, export_webdataset
+
+        batched = batch_loader(store, B, num_workers=args.workers, generator=torch.Generator().manual_seed(0))
         loaders: dict[str, Callable[[], Iterable[dict[str, Any]]]] = {
             "store": lambda: store_loader,
+            "store-batch-f16": lambda: batched,
             "rasterio": lambda: DataLoader(
                 OnTheFlyWindows(products, bands, S, n_chips + 2 * B),
                 batch_size=B,
@@ -225,6 +241,23 @@ def main(argv: list[str] | None = None) -> int:
             )
             return DataLoader(ds, sampler=sampler, batch_size=B, collate_fn=collate, num_workers=args.workers)
 
+        streamed = {}
+        if importlib.util.find_spec("webdataset") is not None:
+            wds_dir = work / "webdataset"
+            if wds_dir.exists():
+                shutil.rmtree(wds_dir)
+            export_webdataset(store, wds_dir, shards=max(1, args.workers) * 2)
+            for k in (1, args.repeats):
+                ds = StreamingChipDataset(wds_dir, repeats=k, buffer=2 * B)
+                streamed[k] = DataLoader(
+                    ds,
+                    batch_size=B,
+                    num_workers=args.workers,
+                    collate_fn=collate,
+                    persistent_workers=args.workers > 0,
+                )
+            loaders["webdataset"] = lambda: streamed[1]
+            loaders["webdataset-repeats"] = lambda: streamed[args.repeats]
         loaders["torchgeo"] = lambda: torchgeo_loader(raw=False)
         loaders["torchgeo-dn"] = lambda: torchgeo_loader(raw=True)
         for name, make in loaders.items():
@@ -247,15 +280,31 @@ def main(argv: list[str] | None = None) -> int:
             f"python {platform.python_version()}, torch {torch.__version__}"
         )
         labels = {
-            "store": "chip store (DataLoader over ChipStore)",
+            "store": "chip store, per chip (ChipDataset, as training reads)",
+            "store-batch-f16": "chip store, batched reads, float16 (batch_loader)",
+            "webdataset": "WebDataset export, streamed (StreamingChipDataset)",
+            "webdataset-repeats": f"WebDataset export, each read used {args.repeats}x",
             "rasterio": "rasterio windows on the fly (L2A reader)",
             "torchgeo": "torchgeo RandomGeoSampler + EnMAPL2A",
             "torchgeo-dn": "torchgeo RandomGeoSampler + EnMAP (raw DN)",
         }
-        print(f"  {'method':<44}{'chips/s':>10}{'store is':>12}")
+        chip_mb = len(bands) * S * S * 4 / 2**20  # float32 image as delivered
+        per = max(1, args.workers)
+        print(
+            f"  {'method':<52}{'chips/s':>9}{'MB/s/worker':>12}{'read MB/s/w':>12}{'x torchgeo':>11}{'store is':>9}"
+        )
         for name, cps in results.items():
-            ratio = results["store"] / cps
-            print(f"  {labels[name]:<44}{cps:>10.1f}{ratio:>11.1f}x")
+            mb_chip = chip_mb / 2 if name.endswith("f16") else chip_mb
+            reads = cps / (args.repeats if name == "webdataset-repeats" else 1)
+            print(
+                f"  {labels[name]:<52}{cps:>9.1f}{cps * mb_chip / per:>12.1f}{reads * mb_chip / per:>12.1f}"
+                f"{cps / results['torchgeo']:>10.1f}x{results['store'] / cps:>8.1f}x"
+            )
+        best = max(("store", "store-batch-f16"), key=lambda k: results[k])
+        print(
+            f"  fastest store path ({labels[best]}): {results[best] / results['torchgeo']:.1f}x torchgeo's "
+            "RandomGeoSampler on the same products, measured in this run"
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

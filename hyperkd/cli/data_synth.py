@@ -220,6 +220,12 @@ def info_cmd(
         f"GSD {s['gsd_m']:g} m",
         highlight=False,
     )
+    if bad := info.get("nonfinite"):
+        console.print(
+            f"[bold red]{len(bad)} chip(s) hold NaN/inf[/] (read as no data; re-create the store): first chip "
+            f"{bad[0]['chip']}, {bad[0]['shard']} row {bad[0]['row']}, {bad[0]['pixels']} pixel(s)",
+            highlight=False,
+        )
     st = info["stats"]
     if st.get("mean_range"):
         console.print(

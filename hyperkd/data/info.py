@@ -1,9 +1,9 @@
 """A summary of any chip store: what it holds, where it came from, what its labels look like.
 
 :func:`store_info` backs ``hyperkd data info STORE [--json]``. It reads the manifest and,
-streaming shard by shard through memory maps, the label and validity layers (never the
-images, whose per-band statistics the store already keeps), so it stays quick and small
-on stores of thousands of chips.
+streaming shard by shard through memory maps, the label and validity layers, and each
+image once only to find NaN/inf (one reduction per chip; the per-band statistics are kept in
+the store), so it stays small on stores of thousands of chips.
 """
 
 from __future__ import annotations
@@ -13,18 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from hyperkd.core.errors import DataError
 from hyperkd.data.store import ChipStore
 
 _PROVENANCE_KEYS = ("synthetic", "synth", "spectral_library", "paired_stores", "command", "products")
-
-
-def _shard_layer(store: ChipStore, shard: dict[str, Any], name: str) -> np.ndarray:
-    path = store.root / f"{shard['stem']}.{name}.npy"
-    try:
-        return np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read chip-store shard ({exc})") from None
 
 
 def store_info(store: ChipStore | str | Path) -> dict[str, Any]:
@@ -35,7 +26,8 @@ def store_info(store: ChipStore | str | Path) -> dict[str, Any]:
     span, GSD), ``stats`` (per-band mean/std over valid pixels, and their ranges), ``labels``
     (per layer: kind, unit, and per-class pixel counts or min/mean/max and NaN share of a
     continuous layer, over valid pixels) and ``provenance`` (the manifest's attrs that say how
-    the store was made, e.g. a synthetic store's seed and config digest).
+    the store was made, e.g. a synthetic store's seed and config digest) and ``nonfinite``
+    (chips holding NaN/inf: :meth:`~hyperkd.data.store.ChipStore.nonfinite_chips`).
     """
     if not isinstance(store, ChipStore):
         store = ChipStore(store)
@@ -55,12 +47,11 @@ def store_info(store: ChipStore | str | Path) -> dict[str, Any]:
         else:
             cont[name] = {"n": 0, "nan": 0, "sum": 0.0, "min": np.inf, "max": -np.inf}
     for sidx, rows in sorted(rows_by_shard.items()):
-        shard = shards[sidx]
-        valid = np.asarray(_shard_layer(store, shard, "valid")[rows]).astype(bool)
+        valid = np.asarray(store.shard_array(sidx, "valid")[rows]).astype(bool)
         n_valid += int(valid.sum())
         n_pix += valid.size
         for name, spec in store.labels.items():
-            vals = np.asarray(_shard_layer(store, shard, name)[rows])[valid]
+            vals = np.asarray(store.shard_array(sidx, name)[rows])[valid]
             if spec.kind == "class":
                 k = len(spec.classes)
                 inside = (vals >= 0) & (vals < k)
@@ -129,4 +120,5 @@ def store_info(store: ChipStore | str | Path) -> dict[str, Any]:
         "stats": stats,
         "labels": labels,
         "provenance": {k: attrs[k] for k in _PROVENANCE_KEYS if k in attrs},
+        "nonfinite": store.nonfinite_chips(),  # chips holding NaN/inf (read as no data)
     }
