@@ -41,7 +41,7 @@ test-terratorch:
 # The suite against the lowest versions pyproject.toml allows (constraints-lowest.txt), in its own venv.
 test-lowest:
 	@test -x .venv-lowest/bin/python || $(PYTHON) -m venv .venv-lowest
-	.venv-lowest/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-lowest.txt -e ".[dev,stream]"
+	.venv-lowest/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-lowest.txt -e ".[dev]"
 	.venv-lowest/bin/pip check
 	.venv-lowest/bin/python -m pytest -q -p no:cacheprovider
 
