@@ -93,3 +93,76 @@ def test_teacher_band_without_student_bands_is_an_error_naming_it(sensors):
         create("aligner", "srf", source=vnir, target=hls, cutoff=1.0)
     with pytest.raises(HyperKDError, match="expects"):
         create("aligner", "spectral-range", source=enmap, target=hls)(torch.rand(1, 6, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def vnir_and_teacher_hls(sensors):
+    """A DESIS-like student (EnMAP bands below 1000 nm) and a teacher HLS band table carrying
+    Prithvi's means (reflectance), as hyperkd teachers' sensors do."""
+    from dataclasses import replace
+
+    enmap, hls = sensors
+    vnir = enmap.select([n for n, c in zip(enmap.band_names, enmap.centers_nm, strict=True) if c < 1000])
+    means = [0.05, 0.07, 0.08, 0.25, 0.2, 0.13]
+    teacher = replace(
+        hls, bands=tuple(replace(b, mean=m, std=0.1) for b, m in zip(hls.bands, means, strict=True))
+    )
+    return vnir, teacher, means
+
+
+@pytest.mark.parametrize("name", ["spectral-range", "srf", "learned"])
+def test_an_uncovered_teacher_band_is_refused_by_default_and_never_invented(vnir_and_teacher_hls, name):
+    vnir, teacher, _ = vnir_and_teacher_hls
+    with pytest.raises(
+        HyperKDError, match=r"hls band B06 \(1570-1650 nm\) contains no enmap band.*missing=drop"
+    ):
+        create("aligner", name, source=vnir, target=teacher)
+    if name == "srf":  # a wide cutoff used to renormalise tiny weights: 1000 nm fed to the teacher as SWIR
+        with pytest.raises(HyperKDError, match="B06"):
+            create("aligner", "srf", source=vnir, target=teacher, cutoff=50.0)
+    with pytest.raises(HyperKDError, match="not a policy"):
+        create("aligner", name, source=vnir, target=teacher, missing="guess")
+
+
+@pytest.mark.parametrize("name", ["spectral-range", "srf", "learned"])
+@pytest.mark.parametrize("policy", ["drop", "fill"])
+def test_drop_and_fill_give_the_teacher_its_own_mean_in_uncovered_bands(
+    vnir_and_teacher_hls, name, policy, caplog
+):
+    vnir, teacher, means = vnir_and_teacher_hls
+    kw = {"cutoff": 50.0} if name == "srf" else {}
+    with caplog.at_level("WARNING", logger="hyperkd.components.aligners"):
+        al = create(
+            "aligner",
+            name,
+            source=vnir,
+            target=teacher,
+            missing=policy,
+            **kw,
+        )
+    assert al.band_report() == {"missing": policy, "missing_bands": ["B06", "B07"]}
+    assert "B06, B07" in caplog.text and f"missing={policy}" in caplog.text
+    x = torch.rand(2, vnir.num_bands, 3, 3)
+    y = al(x)
+    # uncovered bands: the teacher's mean whatever the input (0 after its normalisation) ...
+    for t in (4, 5):
+        torch.testing.assert_close(y[:, t], torch.full((2, 3, 3), means[t]))
+        torch.testing.assert_close(al(2 * x)[:, t], y[:, t])
+    # ... covered ones as without a policy
+    ref = create(
+        "aligner", name, source=vnir, target=get_sensor("hls").select(["B02", "B03", "B04", "B05"]), **kw
+    )
+    torch.testing.assert_close(y[:, :4], ref(x))
+    if name == "learned":  # the fill is fixed: training cannot learn the band from other wavelengths
+        al(x).sum().backward()
+        assert al.proj.weight.grad[4:].abs().sum() == 0 and al.proj.weight.grad[:4].abs().sum() > 0
+
+
+def test_drop_and_fill_need_the_teacher_means(sensors):
+    enmap, hls = sensors
+    vnir = enmap.select([n for n, c in zip(enmap.band_names, enmap.centers_nm, strict=True) if c < 1000])
+    from dataclasses import replace
+
+    bare = replace(hls, bands=tuple(replace(b, mean=None) for b in hls.bands))
+    with pytest.raises(HyperKDError, match="needs the teacher sensor's per-band means"):
+        create("aligner", "spectral-range", source=vnir, target=bare, missing="drop")

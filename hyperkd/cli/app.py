@@ -149,7 +149,11 @@ def sensors_list(
     warn_failed_plugins()
     rows = []
     for e in hyperkd.registry("sensor").entries():
-        s = hyperkd.get_sensor(e.name, selection="all")
+        try:
+            s = hyperkd.get_sensor(e.name, selection="all")
+        except HyperKDError as exc:  # that sensor (and its plugin) is out; list the others
+            err_console.print(f"[yellow]warning:[/] {escape(str(exc))}", highlight=False)
+            continue
         rows.append(
             {
                 "name": s.name,
@@ -192,22 +196,23 @@ def sensors_show(
     warn_failed_plugins()
     sensor = hyperkd.get_sensor(name, selection=selection)
     d = sensor.to_dict()
-    if sensor.default_selection is not None:
-        d["default_selection_bands"] = list(sensor.selections[sensor.default_selection])
+    default_bands = hyperkd.get_sensor(name, selection="default").band_names  # bad bands left out
+    if sensor.default_selection is not None or sensor.bad_bands:
+        d["default_selection_bands"] = default_bands
     if as_json:
         print_json(d)
         return
     console.print(f"[bold]{sensor.name}[/] — {sensor.description}", highlight=False)
     console.print(
         f"{sensor.num_bands} bands ({sensor.selection}); GSD {sensor.gsd_m:g} m; nodata {sensor.nodata}; "
-        f"default selection: {sensor.default_selection or 'all'}; selections: "
-        f"{', '.join(['all', *sensor.selections])}",
+        f"default selection: {sensor.default_selection or ('good-bands' if sensor.bad_bands else 'all')}; selections: "
+        f"{', '.join(['all', *sensor.selections])}; bad bands: {', '.join(sensor.bad_bands) or 'none'}",
         highlight=False,
     )
     table = Table()
     for col in ("#", "band", "centre (nm)", "FWHM (nm)", "range (nm)", "gain", "mean", "std", "default"):
         table.add_column(col)
-    default = set(sensor.selections.get(sensor.default_selection or "", sensor.band_names))
+    default = set(default_bands)
     for i, b in enumerate(sensor.bands, start=1):
         lo, hi = b.range
         table.add_row(

@@ -1,5 +1,6 @@
 """``hyperkd pretrain`` and ``hyperkd recipes ...``."""
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -197,6 +198,14 @@ def _report(result) -> None:
         highlight=False,
     )
     console.print(f"student: {result.student_dir}", highlight=False)
+    info = result.run_dir / "distill.json"
+    bands = json.loads(info.read_text()).get("aligner_bands") if info.is_file() else None
+    if bands and bands.get("missing_bands"):
+        console.print(
+            f"aligner: teacher band(s) {', '.join(bands['missing_bands'])} covered by no student band, "
+            f"aligner.missing={bands['missing']}",
+            highlight=False,
+        )
 
 
 @app.command("quickstart")

@@ -19,6 +19,7 @@ Discovery rules (the pytest/datasette model):
 from __future__ import annotations
 
 import importlib.metadata as md
+import logging
 import os
 import threading
 import traceback
@@ -30,8 +31,10 @@ from typing import Any
 import pluggy
 
 from hyperkd.core import hookspecs
-from hyperkd.core.errors import HyperKDError, PluginError, UnknownComponentError
+from hyperkd.core.errors import HyperKDError, PluginError, SensorError, UnknownComponentError
 from hyperkd.core.registry import REGISTRIES, ComponentSpec, Entry, declare, provider
+
+log = logging.getLogger(__name__)
 
 GROUP = "hyperkd"
 """The entry-point group plugins register under."""
@@ -87,6 +90,8 @@ class PluginInfo:
     status: str = "loaded"  # loaded | failed | disabled
     error: str | None = None
     components: list[dict[str, str]] = field(default_factory=list)
+    lost: list[dict[str, str]] = field(default_factory=list)
+    """Components it had declared or registered before it failed (named when one is asked for)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +119,7 @@ class _State:
         # module that is already imported, and declared entries keep what they resolved)
         self.registered: dict[str, tuple[ModuleType, list[Entry]]] = {}
         self.modules: dict[str, ModuleType] = {}
+        self.warned: set[str] = set()  # sensors whose band-table warnings were logged
 
 
 _state = _State()
@@ -182,6 +188,76 @@ def _register_plugin(pm: pluggy.PluginManager, name: str, module: ModuleType) ->
         for impl in pm.hook.hyperkd_register.get_hookimpls():
             if impl.plugin_name == name:
                 impl.function()
+    for entry in [e for e in REGISTRIES["sensor"]._entries.values() if e.provider == name and e.loaded]:
+        _checked_sensor(entry)  # registered eagerly: its band table is checked now
+
+
+def _checked_sensor(entry: Entry) -> Any:
+    """Build a sensor entry and check its band table; warnings once per sensor, errors raised
+    naming the sensor (and its plugin when one provides it)."""
+    from hyperkd.core.sensors import check_band_table
+
+    try:
+        sensor = entry.build()
+        warnings = check_band_table(sensor, entry.name)
+    except Exception as exc:
+        msg = str(exc) if repr(entry.name) in str(exc) else f"sensor {entry.name!r}: {exc}"
+        if entry.provider in _state.infos:
+            raise PluginError(f"plugin {entry.provider!r}: {msg}") from exc
+        if isinstance(exc, HyperKDError):
+            raise SensorError(msg) from exc
+        raise
+    if entry.name not in _state.warned:
+        _state.warned.add(entry.name)
+        for w in warnings:
+            log.warning("%s%s", f"plugin {entry.provider!r}: " if entry.provider in _state.infos else "", w)
+    return sensor
+
+
+def build_sensor(name: str) -> Any:
+    """Registered sensor ``name``, built and checked (used by :func:`hyperkd.core.sensors.get_sensor`).
+
+    A sensor that fails to build or whose band table is unusable marks the plugin that provides
+    it as failed (reported by ``hyperkd plugins list``; its components are withdrawn, every other
+    sensor keeps working). A sensor whose plugin failed is named with that plugin and its error
+    instead of "unknown sensor".
+    """
+    reg = REGISTRIES["sensor"]
+    if name not in reg:
+        for info in failed_plugins():
+            if {"kind": "sensor", "name": name} in info.lost:
+                raise PluginError(
+                    f"sensor {name!r} comes from plugin {info.name!r}, which failed: {info.error}. Fix or "
+                    "reinstall that plugin; `hyperkd plugins list` shows its status"
+                )
+        try:
+            reg.get(name)
+        except UnknownComponentError as exc:
+            broken = ", ".join(f"{i.name} ({i.error})" for i in failed_plugins())
+            if broken:
+                raise UnknownComponentError(f"{exc} Plugins that failed to load: {broken}.") from None
+            raise
+    entry = reg.get(name)
+    try:
+        return _checked_sensor(entry)
+    except PluginError as exc:
+        _fail_loaded(entry.provider, exc)
+        raise
+
+
+def _fail_loaded(name: str, exc: Exception) -> None:
+    """Mark loaded plugin ``name`` failed after discovery (a lazily built component broke)."""
+    with _state.lock:
+        info = _state.infos.get(name)
+        if info is None or info.status != "loaded":
+            return
+        info.lost = [{"kind": e.kind, "name": e.name} for e in _rollback(name)]
+        info.status = "failed"
+        info.error = f"{type(exc).__name__}: {exc}"
+        info.components = []
+        _state.modules.pop(name, None)
+        if _state.pm is not None and _state.pm.get_plugin(name) is not None:
+            _state.pm.unregister(name=name)
 
 
 def _rollback(name: str) -> list[Entry]:
@@ -245,7 +321,7 @@ def load_plugins(*, force: bool = False) -> pluggy.PluginManager:
                     module = ep.load()
                     _register_plugin(pm, ep.name, module)
                 except Exception as exc:
-                    _rollback(ep.name)
+                    info.lost = [{"kind": e.kind, "name": e.name} for e in _rollback(ep.name)]
                     _state.modules.pop(ep.name, None)
                     if pm.get_plugin(ep.name) is not None:
                         pm.unregister(name=ep.name)

@@ -31,6 +31,9 @@ from hyperkd.core.errors import SensorError
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 """Multiply a Gaussian's FWHM by this to get its standard deviation."""
 
+GOOD_BANDS = "good-bands"
+"""The built-in selection of every band but a sensor's ``bad_bands`` (the default without a named one)."""
+
 
 @dataclass(frozen=True)
 class Band:
@@ -107,8 +110,8 @@ class Sensor:
     """A spectral instrument: its bands and how to read its numbers.
 
     ``selections`` maps a selection name to band names; ``default_selection`` names the
-    one used when none is asked for (``None`` = all bands). ``bad_bands`` are bands that
-    are present in products but should not be used (water vapour, detector edges).
+    one used when none is asked for (``None`` = all bands but the bad ones). ``bad_bands`` are
+    bands that are present in products but should not be used (water vapour, detector edges).
     ``selection`` records which selection this instance is (``"all"`` when unselected).
     """
 
@@ -192,21 +195,28 @@ class Sensor:
     def select(self, selection: str | Sequence[str] | None = "default") -> Sensor:
         """A sensor restricted to a band selection.
 
-        ``"default"`` is the sensor's default selection, ``"all"`` or ``None`` keeps every
-        band, another string names a selection, and a sequence lists band names.
+        ``"default"`` is the sensor's default selection (without one: every band but the
+        :attr:`bad_bands`), ``"all"`` or ``None`` keeps every band, ``"good-bands"`` every band
+        but the bad ones, another string names a selection, and a sequence lists band names.
         """
         if selection is None or selection == "all":
             names: Sequence[str] = self.band_names
             label = self.selection
         elif selection == "default":
-            if self.default_selection is None:
+            if self.default_selection is not None:
+                return self.select(self.default_selection)
+            if not set(self.bad_bands) & set(self.band_names):
                 return self
-            return self.select(self.default_selection)
+            return self.select(GOOD_BANDS)
+        elif selection == GOOD_BANDS and selection not in self.selections:
+            bad = set(self.bad_bands)
+            names = [n for n in self.band_names if n not in bad]
+            label = GOOD_BANDS
         elif isinstance(selection, str):
             if selection not in self.selections:
                 raise SensorError(
                     f"sensor {self.name!r} has no band selection {selection!r}; "
-                    f"choose one of: all, {', '.join(sorted(self.selections))}"
+                    f"choose one of: all, {GOOD_BANDS}, {', '.join(sorted(self.selections))}"
                 )
             names = self.selections[selection]
             label = selection
@@ -264,6 +274,7 @@ class Sensor:
         return replace(
             self,
             bands=tuple(bands),
+            bad_bands=tuple(b for b in self.bad_bands if b in have),
             selections=sels,
             default_selection=default,
             selection="all",
@@ -404,11 +415,58 @@ def match_bands(
     return [int(j) for j in index if j is not None]
 
 
-def get_sensor(name: str, selection: str | Sequence[str] | None = "default") -> Sensor:
-    """Build registered sensor ``name`` and apply a band selection (default: its default)."""
-    from hyperkd.core.registry import create
+def check_band_table(sensor: Any, name: str) -> list[str]:
+    """Check what registered sensor ``name`` built; returns warnings, raises what makes it unusable.
 
-    sensor = create("sensor", name)
+    Errors (:class:`~hyperkd.core.errors.SensorError`): not a :class:`Sensor`, bad bands the
+    table lacks, a default selection that keeps bad bands.
+    Warnings: centre wavelengths out of order (band *positions* then are not wavelength order,
+    which figures and the ``range`` aligners' neighbours assume) and bands sharing a centre
+    (two bands then match the same wavelength). Band values themselves (FWHM > 0, ...) are
+    checked when the :class:`Band` is made.
+    """
     if not isinstance(sensor, Sensor):
-        raise SensorError(f"sensor plugin entry {name!r} returned {type(sensor).__name__}, not a Sensor")
-    return sensor.select(selection)
+        raise SensorError(f"sensor {name!r}: its factory returned {type(sensor).__name__}, not a Sensor")
+    known = set(sensor.band_names)
+    unknown = [b for b in sensor.bad_bands if b not in known]
+    if unknown:
+        raise SensorError(f"sensor {name!r}: bad_bands names bands the table lacks: {unknown[:5]}")
+    if sensor.default_selection is not None:
+        kept = sorted(set(sensor.bad_bands) & set(sensor.selections[sensor.default_selection]))
+        if kept:
+            raise SensorError(
+                f"sensor {name!r}: default selection {sensor.default_selection!r} keeps bad bands "
+                f"{kept[:5]}; leave them out of it or off bad_bands"
+            )
+    warnings = []
+    c = sensor.centers_nm
+    down = [i for i in range(1, len(c)) if c[i] < c[i - 1]]
+    if down:
+        i = down[0]
+        warnings.append(
+            f"sensor {name!r}: centre wavelengths are not in increasing order ({len(down)} place(s), first "
+            f"{sensor.bands[i - 1].name} {c[i - 1]:g} nm then {sensor.bands[i].name} {c[i]:g} nm)"
+        )
+    seen: dict[float, str] = {}
+    dup = []
+    for b in sensor.bands:
+        if b.center_nm in seen:
+            dup.append(f"{seen[b.center_nm]}/{b.name} at {b.center_nm:g} nm")
+        seen.setdefault(b.center_nm, b.name)
+    if dup:
+        warnings.append(
+            f"sensor {name!r}: {len(dup)} band(s) share a centre wavelength ({', '.join(dup[:3])})"
+        )
+    return warnings
+
+
+def get_sensor(name: str, selection: str | Sequence[str] | None = "default") -> Sensor:
+    """Build registered sensor ``name`` and apply a band selection (default: its default).
+
+    The band table is checked (:func:`check_band_table`) when first built; a plugin whose
+    sensor fails is then reported as failed, and asking for a sensor of a plugin that failed
+    names that plugin and its error (:func:`hyperkd.core.plugins.build_sensor`).
+    """
+    from hyperkd.core.plugins import build_sensor
+
+    return build_sensor(name).select(selection)

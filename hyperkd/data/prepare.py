@@ -43,7 +43,7 @@ from rasterio.windows import Window
 import hyperkd
 from hyperkd.core.errors import DataError, SensorError
 from hyperkd.core.progress import progress_enabled, rich_progress
-from hyperkd.core.sensors import BAND_TOLERANCE, Sensor
+from hyperkd.core.sensors import BAND_TOLERANCE, GOOD_BANDS, Sensor
 from hyperkd.data.products import Product, ProductFormat, find_products, product_format_for, product_formats
 from hyperkd.data.store import MANIFEST, ChipStore, ChipStoreWriter, nbytes_per_chip
 
@@ -320,6 +320,8 @@ def prepare(
         except SensorError as exc:
             raise DataError(f"{products[0].path}: {str(exc).rstrip(', ')}") from None
         dropped: dict[str, dict[str, Any]] = {}
+        if selection == "default" and selected.selection == GOOD_BANDS:
+            selected = products[0].sensor  # its bad bands are the unusable ones: dropped and named below
         if selection == "default":
             selected, dropped = drop_unusable(products, selected)
         if resume and (out / MANIFEST).exists():

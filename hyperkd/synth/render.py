@@ -20,6 +20,19 @@ def _explicit_range(band: Any) -> tuple[float, float] | None:
     return None if band.range_nm is None else (float(band.range_nm[0]), float(band.range_nm[1]))
 
 
+EXTEND_NM = 100.0
+"""How far (nm) beyond each end of the spectral library a band centre may lie. Such a band sees
+the library *extended by its edge values*: reflectance held constant below the first and above
+the last library wavelength (400 and 2450 nm for earthlib), so a sensor reaching 381-2500 nm
+renders every band. Farther out (thermal, UV) there is no surface reflectance to extend."""
+
+
+def extended_bands(sensor: Sensor, wavelengths_nm: np.ndarray) -> list[str]:
+    """Names of ``sensor``'s bands centred outside ``wavelengths_nm`` (rendered by the :data:`EXTEND_NM` rule)."""
+    wl = np.asarray(wavelengths_nm, dtype=np.float64)
+    return [b.name for b in sensor.bands if not wl[0] <= b.center_nm <= wl[-1]]
+
+
 def spectral_response(
     sensor: Sensor, wavelengths_nm: np.ndarray, mode: str = "auto", step_nm: float = 0.5
 ) -> np.ndarray:
@@ -29,16 +42,19 @@ def spectral_response(
     FWHM, or flat-top over its explicit range (``mode="auto"`` picks the range when the band
     has one) — and folded back onto ``wavelengths_nm`` through linear interpolation, so
     ``spectra @ R.T`` equals interpolating the spectra to the fine grid and integrating
-    there. Rows sum to 1. Bands centred outside the grid raise :class:`DataError`.
+    there. Rows sum to 1. The part of a response beyond either end of the grid is given to
+    that end's sample (the spectra held constant there), which lets bands centred up to
+    :data:`EXTEND_NM` outside the grid render; bands centred farther out raise
+    :class:`DataError`.
     """
     wl = np.asarray(wavelengths_nm, dtype=np.float64)
     out = np.zeros((sensor.num_bands, wl.size), dtype=np.float64)
     for i, band in enumerate(sensor.bands):
-        if not wl[0] <= band.center_nm <= wl[-1]:
+        if not wl[0] - EXTEND_NM <= band.center_nm <= wl[-1] + EXTEND_NM:
             raise DataError(
-                f"sensor {sensor.name!r} band {band.name!r} is centred at {band.center_nm:g} nm, outside "
-                f"the synthetic spectral library ({wl[0]:g}-{wl[-1]:g} nm); choose a band selection "
-                "without it"
+                f"sensor {sensor.name!r} band {band.name!r} is centred at {band.center_nm:g} nm, more than "
+                f"{EXTEND_NM:g} nm outside the synthetic spectral library ({wl[0]:g}-{wl[-1]:g} nm), where "
+                "there is no surface reflectance to render; choose a band selection without it"
             )
         rng_ = _explicit_range(band)
         use_range = rng_ is not None and mode in ("auto", "range")

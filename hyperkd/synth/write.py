@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,15 @@ from hyperkd.core.sensors import Sensor, get_sensor
 from hyperkd.data.store import ChipStore, ChipStoreWriter, nbytes_per_chip
 from hyperkd.synth.config import SceneConfig
 from hyperkd.synth.instrument import Instrument
-from hyperkd.synth.render import band_response, render
+from hyperkd.synth.render import band_response, extended_bands, render
 from hyperkd.synth.scene import SYNTH_VERSION, generate_scene
 from hyperkd.synth.spectral_library import earthlib_library
+
+log = logging.getLogger(__name__)
+
+
+def _band_list(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])} ... {', '.join(names[-2:])}"
 
 
 @dataclass(frozen=True)
@@ -185,8 +192,21 @@ def synthesize(
     lib = earthlib_library()
     cfg.validate(lib)
     targets = _targets(sensor, out, selection, also, instrument)
+    extended: dict[str, list[str]] = {}
     for t in targets:
         band_response(t.sensor, lib.wavelengths_nm, t.instrument.srf)  # fail early on bands out of range
+        names = extended_bands(t.sensor, lib.wavelengths_nm)
+        if names:
+            extended[str(t.out)] = names
+            log.warning(
+                "synth: %d band(s) of %s (%s) lie outside the spectral library (%g-%g nm); they are "
+                "rendered with the library's edge reflectance held constant (docs/synthetic-data.md)",
+                len(names),
+                t.sensor.name,
+                _band_list(names),
+                lib.wavelengths_nm[0],
+                lib.wavelengths_nm[-1],
+            )
     if shard_size is None:
         biggest = max(nbytes_per_chip(t.sensor.num_bands, size) for t in targets)
         shard_size = int(max(1, min(256, (64 << 20) // biggest)))
@@ -208,6 +228,7 @@ def synthesize(
             "scene_config": cfg.to_dict(),
             "instrument": t.instrument.to_dict(),
             "spectral_library": lib.source,
+            **({"extended_bands": extended[str(t.out)]} if str(t.out) in extended else {}),
             "paired_stores": {
                 str(o.out): f"{o.sensor.name}:{o.sensor.selection}" for o in targets if o is not t
             },

@@ -177,6 +177,8 @@ class DistillReport(RunEndReport):
         from hyperkd.training.distill import teacher_terms
 
         stats = {**self.info, "pairs": pl_module.pairs, **pl_module.teacher_stats()}
+        if hasattr(pl_module.aligner, "band_report"):  # the missing-band policy and what it applied to
+            stats["aligner_bands"] = pl_module.aligner.band_report()
         atomic_write_json(self.run_dir / "distill.json", jsonable(stats))
         if self.metrics_csv is not None:
             from hyperkd.viz.figures import loss_curves
