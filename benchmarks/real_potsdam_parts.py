@@ -83,13 +83,23 @@ def verdicts(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]
             f"**In short: hyperkd's best row here, {best} (mIoU {a.mean:.3f} ± {a.std:.3f}), {verdict} "
             f"the {rf} (mIoU {b.mean:.3f} ± {b.std:.3f}).**"
         )
+    tuning = {r["name"]: dict(r.get("finetune") or {}) for r in rows}
+    raws = [n for n, k in kinds.items() if k == "raw"]
+
+    def raw_for(name: str) -> str | None:
+        """The raw-spectra row fine-tuned exactly as ``name`` (same loss, epochs...), else the first."""
+        same = [n for n in raws if tuning.get(n) == tuning.get(name)]
+        return same[0] if same else raw
+
     for name in ours:
         kind = kinds[name]
-        parts = [comparison_sentence(name, ref, table) for ref in (rf, raw) if ref and ref != name]
-        if kind != "raw" and raw is not None:
-            a, b = table.rows[name]["miou"], table.rows[raw]["miou"]
+        ref_raw = raw if kind == "raw" else raw_for(name)
+        parts = [comparison_sentence(name, ref, table) for ref in (rf, ref_raw) if ref and ref != name]
+        if kind != "raw" and ref_raw is not None:
+            a, b = table.rows[name]["miou"], table.rows[ref_raw]["miou"]
             if a.mean - b.mean < -(a.std + b.std):
-                parts.append("This encoder loses to raw spectra: it is not yet useful for this task.")
+                same = "" if ref_raw == raw else f" fine-tuned the same way ({ref_raw})"
+                parts.append(f"This encoder loses to raw spectra{same}: it is not yet useful for this task.")
             elif a.mean - b.mean <= a.std + b.std:
                 parts.append("It adds nothing to the spectra beyond the seed spread.")
             else:
@@ -194,7 +204,7 @@ def render_markdown(results: Mapping[str, Any], figure: str | None = None) -> st
         f"- seeds: {seeds} (each row is trained once per seed; the data split is fixed)",
         *(
             [
-                f"- {prov['reused']} of {len(runs)} runs were reused from an earlier invocation with the same settings"
+                f"- {prov['reused']} of {len(all_runs)} runs were reused from an earlier invocation with the same settings"
             ]
             if prov.get("reused")
             else []
@@ -260,7 +270,7 @@ def render_markdown(results: Mapping[str, Any], figure: str | None = None) -> st
     lines += [
         "",
         "Reproduce: `pip install -e '.[bench]'`, then "
-        "`python benchmarks/real_potsdam.py --docs docs/real-data.md`; every run's metrics are in "
+        f"`{prov['command']}`; every run's metrics are in "
         "`runs/real_potsdam/results.json`.",
         "",
     ]
