@@ -1,13 +1,29 @@
-"""Training throughput of the student: plain vs factorised patch embedding, fp32 vs bf16.
+"""Training step cost: MAE pretraining vs HyperKD distillation, fp32 vs bf16, 64 and 128 px.
 
-Prints, for each configuration measured side by side in one run: chips/s for a full
-training step (forward + backward + AdamW), the model's matmul FLOPs per step, and the
-fraction of this machine's matmul peak (measured in the same run with a large GEMM, per
-dtype) that a step reaches. Ratios are what to compare; absolute numbers depend on the
-machine and on whatever else runs on it.
+For each configuration, measured side by side in one run (interleaved rounds, the best
+kept, so background load hits every configuration alike), one full training step of the
+engine's own modules (``MAEModule.shared_step`` / ``DistillModule.shared_step``, backward,
+AdamW):
 
-    python benchmarks/train_step.py            # 64 px chips, tiny student (CPU-sized)
-    python benchmarks/train_step.py --size 224 --student small --batch 4 --steps 3
+- ``pretrain``: the ``mae`` recipe (random masking, masked MSE);
+- ``distill cold``: the ``hyperkd`` recipe (spectral-range aligner, spatial-feature masking,
+  MSE + SSIM + KLD), the teacher encodes every chip;
+- ``distill cached``: the same with the teacher's features cached (every epoch after the first);
+- ``cached, ssim all``: cached, with the per-band SSIM over every band (``losses.ssim.bands=all``,
+  the term before the band subset) for comparison.
+
+It prints the step time (wall; and process CPU time, whose ratios hold better on a machine
+other jobs share), the FLOPs of one step counted by ``torch.utils.flop_counter``
+(forward + backward, every matmul and convolution that runs: the teacher's only when it
+runs), and the share of this machine's matmul peak that the step reaches, the peak measured
+in the same process with a large GEMM per dtype. bf16 is ``torch.autocast`` around the
+forward pass, as Lightning's ``bf16-mixed``; it is measured by default only where oneDNN runs
+bf16 matmuls natively (AVX-512 BF16 / AMX; elsewhere they are emulated and slower than
+fp32: ``--precisions fp32 bf16`` measures it anyway). The teacher is built with ``weights=None``
+(random weights cost the same compute; no download). Ratios are what to compare.
+
+    python benchmarks/train_step.py                  # enmap-mae-small, Prithvi-100M, batch 8
+    python benchmarks/train_step.py --quick          # tiny models, 32 px (smoke test, seconds)
 """
 
 from __future__ import annotations
@@ -15,112 +31,182 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from hyperkd.components.maskers import RandomMasker
-from hyperkd.components.metrics import masked_mse
-from hyperkd.models.mae import build_student, flops_per_chip
+from hyperkd import create, recipes
+from hyperkd.core.plugins import load_plugins
+from hyperkd.models.mae import build_student
+from hyperkd.training.distill import DistillModule, TeacherCache
+from hyperkd.training.parts import build_losses
+from hyperkd.training.pretrain import MAEModule
+
+KINDS = ("pretrain", "distill cold", "distill cached", "cached, ssim all")
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Measured GFLOP/s of an n x n GEMM in ``dtype`` (best of ``reps``)."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
+def matmul_peak(dtype: torch.dtype, reps: int = 5, budget_s: float = 0.2) -> float:
+    """Measured FLOP/s of a square GEMM in ``dtype`` (best of ``reps``); the size grows from
+    256 to at most 2048 while one product takes under ``budget_s`` (bf16 without hardware
+    support is slow)."""
+    n, best = 256, 0.0
+    while True:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        best = max(best, 2 * n**3 / min(times))
+        if n >= 2048 or min(times) > budget_s:
+            return best
+        n *= 2
 
 
-def make_step(embedding: str, precision: str, args: argparse.Namespace):
-    """A closure running one training step, and the model it trains."""
+def bf16_native() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def build_module(kind: str, size: int, args: argparse.Namespace) -> torch.nn.Module:
+    """The engine module a configuration trains (fresh student, seed 0)."""
     torch.manual_seed(0)
-    model = build_student(
-        f"enmap-mae-{args.student}", img_size=args.size, embedding=embedding, patch_size=args.patch
-    )
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.rand(args.batch, model.in_chans, args.size, args.size) * 0.5
-    masker = RandomMasker()
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    student = build_student(f"enmap-mae-{args.student}", img_size=size, embedding=args.embedding)
+    if kind == "pretrain":
+        mae = recipes.resolve("mae")
+        return MAEModule(student, create("masker", "random"), build_losses(mae["losses"]))
+    sets = ["losses.ssim.bands=all"] if kind == "cached, ssim all" else []
+    rec = recipes.resolve("hyperkd", sets)
+    teacher = create("teacher", args.teacher, weights=None)
+    aligner = create("aligner", "spectral-range", source=student.sensor, target=teacher.sensor)
+    masker = create("masker", rec["masker"]["name"])
+    return DistillModule(student, teacher, aligner, masker, build_losses(rec["losses"]), cache_teacher=True)
+
+
+def make_step(kind: str, size: int, prec: str, args: argparse.Namespace) -> tuple[Callable[[], None], float]:
+    """A closure running one training step, and the FLOPs of one step."""
+    module = build_module(kind, size, args)
+    module.train()
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    b = args.batch
+    gen = torch.Generator().manual_seed(1)
+    batch = {
+        "image": 0.05 + 0.4 * torch.rand(b, module.student.in_chans, size, size, generator=gen),
+        "valid": torch.ones(b, size, size, dtype=torch.bool),
+        "index": torch.arange(b),
+    }
+    cold = kind == "distill cold"
 
     def step() -> None:
-        mask = masker(x, model.grid, 0.75)
+        if cold:
+            module.cache = TeacherCache()
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if prec == "bf16" else contextlib.nullcontext()
         with ctx:
-            out = model(x, mask)
-            loss = masked_mse(out.pred.float(), out.target.float(), out.weight)
+            loss = module.shared_step(batch)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(args.warmup):
+    for _ in range(args.warmup):  # allocations, first-call overheads; fills the teacher cache
         step()
-    return step, model
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return step, float(counter.get_total_flops())
 
 
-def timed(step, n: int) -> float:
-    t = time.perf_counter()
+def timed(step: Callable[[], None], n: int) -> tuple[float, float]:
+    """Wall and process CPU seconds per step (CPU time counts only time on a core, so its
+    ratios hold better than wall time's on a machine other jobs share)."""
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(n):
         step()
-    return (time.perf_counter() - t) / n
+    return (time.perf_counter() - t) / n, (time.process_time() - c) / n
 
 
-def summarize(model, dt: float, args: argparse.Namespace) -> dict[str, float]:
-    flops = 3 * flops_per_chip(model) * args.batch  # forward + backward ~ 3x forward
-    return {
-        "chips_per_s": args.batch / dt,
-        "step_s": dt,
-        "gflop_per_step": flops / 1e9,
-        "achieved_gflops": flops / dt / 1e9,
-        "params_m": model.num_parameters() / 1e6,
-        "embed_params_m": model.num_parameters("embedding") / 1e6,
-    }
+def measure(args: argparse.Namespace) -> tuple[dict[str, float], dict[tuple[str, int, str], dict[str, Any]]]:
+    """Peaks and per-configuration results, measured in this process."""
+    load_plugins()
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {q: matmul_peak(dtypes[q]) for q in args.precisions}
+    configs = [(k, s, q) for s in args.sizes for k in args.kinds for q in args.precisions]
+    steps = {c: make_step(*c, args) for c in configs}
+    best = dict.fromkeys(configs, float("inf"))
+    cpu = dict.fromkeys(configs, float("inf"))
+    for _ in range(args.rounds):  # interleaved, so background load hits every config alike
+        for c in configs:
+            wall, used = timed(steps[c][0], args.steps)
+            best[c], cpu[c] = min(best[c], wall), min(cpu[c], used)
+    rows = {}
+    for c in configs:
+        flops = steps[c][1]
+        rows[c] = {
+            "step_s": best[c],
+            "cpu_s": cpu[c],
+            "gflop": flops / 1e9,
+            "peak_share": flops / best[c] / peaks[c[2]],
+        }
+    return peaks, rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--student", default="tiny", choices=["tiny", "small", "base", "large"])
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--student", default="small", choices=["tiny", "small", "base", "large"])
+    p.add_argument("--teacher", default="prithvi", help="registered teacher, built with weights=None")
+    p.add_argument("--embedding", default="factorized", choices=["factorized", "plain", "spectral-conv"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3, help="steps per timing round")
+    p.add_argument("--steps", type=int, default=2, help="steps per timing round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="default: fp32 and bf16, or fp32 alone on a CPU without native bf16 matmuls",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny student and teacher, 32 px, one round")
     args = p.parse_args()
+    if args.precisions is None:
+        args.precisions = ["fp32", "bf16"] if bf16_native() else ["fp32"]
+    if args.quick:
+        args.student, args.teacher, args.sizes, args.batch = "tiny", "prithvi-eo-tiny", [32], 2
+        args.steps, args.rounds, args.warmup = 1, 1, 1
+    peaks, rows = measure(args)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; student {args.student}, "
-        f"{args.size} px chips, patch {args.patch}, batch {args.batch}, 202 EnMAP bands"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; student enmap-mae-{args.student} "
+        f"({args.embedding}), teacher {args.teacher} (random weights), batch {args.batch}, 202 EnMAP bands"
     )
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    configs = [(e, q) for e in ("plain", "factorized") for q in ("fp32", "bf16")]
-    steps = {c: make_step(*c, args) for c in configs}
-    best = dict.fromkeys(configs, float("inf"))
-    for _ in range(args.rounds):  # interleaved, so background load hits every config alike
-        for c in configs:
-            best[c] = min(best[c], timed(steps[c][0], args.steps))
-    rows = {}
-    for c in configs:
-        r = summarize(steps[c][1], best[c], args)
-        r["peak_fraction"] = r["achieved_gflops"] / peaks[c[1]]
-        rows[c] = r
     print(
-        f"{'embedding':<11} {'prec':<5} {'params(M)':>9} {'embed(M)':>8} {'GFLOP/step':>10} "
-        f"{'step(s)':>8} {'chips/s':>8} {'of peak':>8}"
+        "measured matmul peak: "
+        + ", ".join(f"{q} {v / 1e9:.1f} GFLOP/s" for q, v in peaks.items())
+        + f"; native bf16 matmuls (oneDNN): {'yes' if bf16_native() else 'no'}"
     )
-    for (emb, prec), r in rows.items():
+    print(
+        f"{'step':<17} {'px':>4} {'prec':<5} {'GFLOP/step':>10} {'step (s)':>9} {'chips/s':>8} "
+        f"{'of peak':>8} {'x pretrain':>10} {'cpu (s)':>8} {'x pretrain':>10}"
+    )
+    for (kind, size, prec), r in rows.items():
+        base = rows.get(("pretrain", size, prec))
+        rel = f"{r['step_s'] / base['step_s']:>9.2f}x" if base else f"{'-':>10}"
+        rel_cpu = f"{r['cpu_s'] / base['cpu_s']:>9.2f}x" if base else f"{'-':>10}"
         print(
-            f"{emb:<11} {prec:<5} {r['params_m']:>9.2f} {r['embed_params_m']:>8.2f} {r['gflop_per_step']:>10.2f} "
-            f"{r['step_s']:>8.3f} {r['chips_per_s']:>8.1f} {r['peak_fraction']:>8.1%}"
+            f"{kind:<17} {size:>4} {prec:<5} {r['gflop']:>10.1f} {r['step_s']:>9.3f} "
+            f"{args.batch / r['step_s']:>8.2f} {r['peak_share']:>8.1%} {rel} {r['cpu_s']:>8.2f} {rel_cpu}"
         )
-    base = rows[("plain", "fp32")]["chips_per_s"]
-    print(
-        "throughput relative to plain fp32: "
-        + ", ".join(f"{e}/{p} {r['chips_per_s'] / base:.2f}x" for (e, p), r in rows.items())
-    )
+    for size in args.sizes if "bf16" in args.precisions and "fp32" in args.precisions else ():
+        speedups = [
+            f"{k} {rows[(k, size, 'fp32')]['step_s'] / rows[(k, size, 'bf16')]['step_s']:.2f}x"
+            for k in args.kinds
+        ]
+        print(f"bf16 speed-up over fp32 at {size} px: " + ", ".join(speedups))
 
 
 if __name__ == "__main__":

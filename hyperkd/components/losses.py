@@ -15,6 +15,7 @@ reconstructed reflectance image, masked patches only). Distillation terms (``nee
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -76,8 +77,8 @@ def _kd_pairs(ctx: dict[str, Any], term: str) -> list[tuple[Tensor, Tensor]]:
 
 def _masked_pixels(out: Any, ctx: dict[str, Any]) -> Tensor:
     """``(B, 1, H, W)`` float: 1 on valid pixels of masked patches."""
-    student = ctx["student"]
-    return student.unpatchify(out.weight)[:, :1].float()
+    student = ctx["student"]  # patch vectors are band-minor: every C-th entry is one pixel's weight
+    return student.unpatchify(out.weight[..., :: student.in_chans], 1).float()
 
 
 def _reconstruction(out: Any, ctx: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -85,41 +86,158 @@ def _reconstruction(out: Any, ctx: dict[str, Any]) -> tuple[Tensor, Tensor]:
     return ctx["student"].reconstruct(image, out).float(), image.float()
 
 
+SSIM_BANDS = ("subset", "groups", "all")
+
+
+def wavelength_order(num_bands: int, centers_nm: Sequence[float] | None = None) -> Tensor:
+    """Band indices sorted by centre wavelength (index order without a matching band table)."""
+    if centers_nm is not None and len(centers_nm) == num_bands:
+        return torch.argsort(torch.as_tensor(list(centers_nm), dtype=torch.float64), stable=True)
+    return torch.arange(num_bands)
+
+
+def band_groups(num_bands: int, groups: int, centers_nm: Sequence[float] | None = None) -> Tensor:
+    """``(C, K)`` averaging matrix: column ``k`` is the mean of the ``k``-th of ``K`` runs of
+    adjacent bands (near-equal size, in wavelength order when ``centers_nm`` is given).
+
+    Group means stay reflectance, so the SSIM constants (``data_range``) keep their meaning.
+    """
+    c, k = int(num_bands), max(1, min(int(groups), int(num_bands)))
+    member = torch.div(torch.arange(c) * k, c, rounding_mode="floor")  # run of each sorted band
+    mat = torch.zeros(c, k)
+    mat[wavelength_order(c, centers_nm), member] = 1.0
+    return mat / mat.sum(0, keepdim=True)
+
+
+def band_subset(
+    num_bands: int, stride: int, offset: int = 0, centers_nm: Sequence[float] | None = None
+) -> Tensor:
+    """``(C, K)`` selection matrix of every ``stride``-th band in wavelength order, from ``offset``."""
+    order = wavelength_order(int(num_bands), centers_nm)[int(offset) % int(stride) :: int(stride)]
+    mat = torch.zeros(int(num_bands), len(order))
+    mat[order, torch.arange(len(order))] = 1.0
+    return mat
+
+
 @register("loss", "ssim")
 class SSIMLoss(LossTerm):
     """``1 - SSIM`` of the reconstructed reflectance image against the input.
 
     The image is the input with masked patches replaced by the prediction
-    (:meth:`HyperspectralMAE.reconstruct`); per-band SSIM maps (Gaussian 7x7 window,
-    ``data_range`` in reflectance) are averaged with weights = the share of masked, valid
-    pixels in each window, and windows touching invalid pixels are left out. Visible patches
-    equal the input, so this measures the structure of what was reconstructed, in float32
-    (variances cancel badly in half precision).
+    (:meth:`HyperspectralMAE.reconstruct`); SSIM maps (Gaussian 7x7 window, ``data_range`` in
+    reflectance) are averaged over bands and over windows weighted by their share of masked,
+    valid pixels; windows touching invalid pixels are left out. Visible patches equal the
+    input, so this measures the structure of what was reconstructed, in float32 (variances
+    cancel badly in half precision).
 
-    ``band_stride`` > 1 scores every n-th band only. Per-band SSIM over 200+ bands is the
-    most expensive part of a distillation step on a CPU (see docs/distillation.md), and
-    neighbouring hyperspectral bands are strongly correlated, so a stride of 2-4 changes
-    the loss little for a large saving.
+    ``bands`` says which bands are scored:
+
+    - ``"subset"`` (default): every ``band_stride``-th band (default 8) in wavelength order,
+      a sample of the per-band mean. The start band advances by one at each call
+      that records gradients (training steps), so every band is scored once every
+      ``band_stride`` steps and the average over those steps is the all-band term (exactly
+      when the band count is a multiple of ``band_stride``, closely otherwise);
+      evaluation calls (no gradient) always use the first subset, so validation values are
+      comparable between epochs. ``rotate=False`` keeps the first subset always.
+    - ``"all"``: every band (the full term; ``band_stride`` > 1 keeps every n-th band).
+    - ``"groups"``: the SSIM of ``groups`` band-group means (adjacent bands averaged).
+
+    Why: per-band SSIM over 200+ bands was most of a distillation step (element-wise work
+    on the full cube, forward and backward); neighbouring bands are strongly correlated, and
+    on real EnMAP reconstructions the subset's value tracks the all-band value almost exactly
+    while band groups do not (``benchmarks/ssim_choice.py``, docs/training.md). ``subset``
+    and ``groups`` select or average the bands in patch space, on the prediction, before it
+    is unpatchified (a ``(C, K)`` matmul that also undoes the standardisation), so no
+    full-band reconstruction is built.
     """
 
-    def __init__(self, data_range: float = 1.0, window: int = 7, band_stride: int = 1) -> None:
-        if int(band_stride) < 1:
+    def __init__(
+        self,
+        data_range: float = 1.0,
+        window: int = 7,
+        band_stride: int | None = None,
+        bands: str = "subset",
+        groups: int = 16,
+        rotate: bool = True,
+    ) -> None:
+        if bands not in SSIM_BANDS:
+            raise HyperKDError(f"loss ssim: bands must be one of {', '.join(SSIM_BANDS)}, got {bands!r}")
+        stride = int(band_stride) if band_stride is not None else (8 if bands == "subset" else 1)
+        if stride < 1:
             raise HyperKDError(f"loss ssim: band_stride must be >= 1, got {band_stride}")
-        self.data_range, self.window, self.band_stride = float(data_range), int(window), int(band_stride)
+        if int(groups) < 1:
+            raise HyperKDError(f"loss ssim: groups must be >= 1, got {groups}")
+        self.data_range, self.window, self.band_stride = float(data_range), int(window), stride
+        self.bands, self.groups, self.rotate = bands, int(groups), bool(rotate)
+        self.calls = 0  # training calls so far: the subset's start band
+        self._proj: dict[tuple[Any, ...], Tensor] = {}
+
+    def projection(self, student: Any, device: torch.device, offset: int = 0) -> Tensor:
+        """The scored bands' indices ``(K,)`` (``subset``) or the ``(C, K)`` group-mean matrix."""
+        c = int(student.in_chans)
+        key = (c, str(device), offset)
+        if key not in self._proj:
+            centers = getattr(getattr(student, "sensor", None), "centers_nm", None)
+            if self.bands == "subset":  # indices: selecting is cheaper than a one-hot matmul
+                mat = band_subset(c, self.band_stride, offset, centers).argmax(0)
+            else:
+                kept = list(range(0, c, self.band_stride))
+                sub = [centers[i] for i in kept] if centers is not None and len(centers) == c else None
+                mat = torch.zeros(c, min(self.groups, len(kept)))
+                mat[kept] = band_groups(len(kept), self.groups, sub)
+            self._proj[key] = mat.to(device)
+        return self._proj[key]
 
     def __call__(self, out: Any, ctx: dict[str, Any]) -> Tensor:
-        recon, image = _reconstruction(out, ctx)
-        if self.band_stride > 1:
-            recon, image = recon[:, :: self.band_stride], image[:, :: self.band_stride]
-        masked = _masked_pixels(out, ctx)
-        with torch.autocast(recon.device.type, enabled=False):
-            smap = ssim_map(recon, image, self.data_range, self.window)
-            w = F.avg_pool2d(masked, self.window, stride=1)
+        student, image = ctx["student"], ctx["batch"]["image"]
+        with torch.autocast(image.device.type, enabled=False):
+            if self.bands == "all":
+                recon, target = student.reconstruct(image, out).float(), image.float()
+                if self.band_stride > 1:
+                    recon, target = recon[:, :: self.band_stride], target[:, :: self.band_stride]
+            else:
+                offset = 0
+                if self.bands == "subset" and self.rotate and torch.is_grad_enabled():
+                    offset, self.calls = self.calls % self.band_stride, self.calls + 1
+                proj = self.projection(student, image.device, offset)
+                recon, target = project_reconstruction(out, student, image.float(), proj)
+            smap = ssim_map(recon, target, self.data_range, self.window)
+            w = F.avg_pool2d(_masked_pixels(out, ctx), self.window, stride=1)
             valid = ctx["batch"].get("valid")
             if valid is not None:
                 full = F.avg_pool2d(valid[:, None].float(), self.window, stride=1)
                 w = w * (full > 1 - 1e-6)
             return 1.0 - (smap * w).sum() / (w.sum() * smap.shape[1]).clamp_min(1e-8)
+
+
+def project_reconstruction(out: Any, student: Any, image: Tensor, bands: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, K, H, W)`` band selections or projections of the reconstruction and of ``image``.
+
+    ``bands``: band indices ``(K,)`` (``subset``) or a ``(C, K)`` matrix (``groups``). Equal to
+    selecting or projecting :meth:`HyperspectralMAE.reconstruct`, without building it: the
+    standardised prediction is selected (or projected, one matmul) and destandardised on its
+    ``(B, N, p*p, C)`` patch vectors, then only ``K`` bands are unpatchified.
+    """
+    b, c, h, w = image.shape
+    select = bands.ndim == 1
+    k = bands.shape[-1]
+
+    def project(cube: Tensor) -> Tensor:  # (B, C, H, W) -> (B, K, H, W)
+        return cube[:, bands] if select else (bands.T @ cube.reshape(b, c, h * w)).reshape(b, k, h, w)
+
+    target = project(image)
+    if getattr(student, "norm_pix_loss", False):  # per-patch statistics: undo on the full cube
+        return project(student.reconstruct(image, out).float()), target
+    std, mean = student.band_std.flatten().float(), student.band_mean.flatten().float()
+    pred = out.pred.reshape(b, out.pred.shape[1], -1, c)
+    if select:
+        pix = pred[..., bands].float() * std[bands] + mean[bands]
+    else:
+        pix = pred.float() @ (std[:, None] * bands) + mean @ bands
+    n = pix.shape[1]
+    pred_img = student.unpatchify(pix.reshape(b, n, -1), k)
+    hidden = student.unpatchify(out.mask[..., None].expand(b, n, pix.shape[2]), 1)
+    return torch.where(hidden, pred_img, target), target
 
 
 @register("loss", "sam")
