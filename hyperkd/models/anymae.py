@@ -38,14 +38,7 @@ from hyperkd.core.errors import HyperKDError
 from hyperkd.core.registry import register
 from hyperkd.core.sensors import Band, Sensor
 from hyperkd.models.layers import init_linear_and_norm, sincos_1d, sincos_2d
-from hyperkd.models.mae import (
-    DEFAULT_IMG_SIZE,
-    MIN_GRID,
-    SIZES,
-    HyperspectralMAE,
-    _sensor_dict,
-    chip_patch_size,
-)
+from hyperkd.models.mae import SIZES, HyperspectralMAE, _sensor_dict, sized_config
 
 log = logging.getLogger(__name__)
 
@@ -304,12 +297,7 @@ def _factory(size: str):
                 embedding,
                 "".join(f", {k}" for k in dropped),
             )
-        min_grid = int(overrides.pop("min_grid", None) or MIN_GRID)
-        cfg = {**ANY_SIZES[size], **overrides}
-        if overrides.get("patch_size") in (None, "auto"):
-            img = int(cfg.get("img_size", DEFAULT_IMG_SIZE))
-            cfg["patch_size"] = chip_patch_size(img, int(ANY_SIZES[size]["patch_size"]), min_grid)
-            log.info("student any-mae-%s: %d px patches for %d px chips", size, cfg["patch_size"], img)
+        cfg = sized_config(f"any-mae-{size}", ANY_SIZES[size], overrides)
         return AnyMAE(sensor=_sensor_dict(sensor, selection), size=size, **cfg)
 
     make.__name__ = f"any_mae_{size}"

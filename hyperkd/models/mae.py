@@ -33,7 +33,7 @@ sensor's per-band mean/std (from the chip store's statistics) stored as buffers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -404,25 +404,37 @@ def _sensor_dict(sensor: str | Sensor | dict[str, Any], selection: str | None) -
     return get_sensor(sensor, selection=selection or "default").to_dict()
 
 
+def sized_config(name: str, preset: Mapping[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A size preset with ``overrides`` applied and the patch size chosen for the chip.
+
+    ``overrides`` may carry ``min_grid`` (consumed here) and ``patch_size`` (``None`` or
+    ``"auto"``: the preset's patch, or a smaller one for a ``min_grid`` x ``min_grid`` token
+    grid, :func:`chip_patch_size`). ``name`` (``mae-tiny``...) only labels the log line. Every
+    size factory of a student family builds its constructor arguments this way.
+    """
+    min_grid = int(overrides.pop("min_grid", None) or MIN_GRID)
+    cfg = {**preset, **overrides}
+    if overrides.get("patch_size") in (None, "auto"):
+        img = int(cfg.get("img_size", DEFAULT_IMG_SIZE))
+        cfg["patch_size"] = chip_patch_size(img, int(preset["patch_size"]), min_grid)
+        g = img // cfg["patch_size"]
+        log.info(
+            "student %s: %d px patches for %d px chips (token grid %dx%d); set "
+            "student.patch_size to choose another",
+            name,
+            cfg["patch_size"],
+            img,
+            g,
+            g,
+        )
+    return cfg
+
+
 def _factory(size: str):
     def make(
         sensor: str | Sensor | dict[str, Any] = "enmap", selection: str | None = None, **overrides: Any
     ) -> HyperspectralMAE:
-        min_grid = int(overrides.pop("min_grid", None) or MIN_GRID)
-        cfg = {**SIZES[size], **overrides}
-        if overrides.get("patch_size") in (None, "auto"):
-            img = int(cfg.get("img_size", DEFAULT_IMG_SIZE))
-            cfg["patch_size"] = chip_patch_size(img, int(SIZES[size]["patch_size"]), min_grid)
-            g = img // cfg["patch_size"]
-            log.info(
-                "student mae-%s: %d px patches for %d px chips (token grid %dx%d); set "
-                "student.patch_size to choose another",
-                size,
-                cfg["patch_size"],
-                img,
-                g,
-                g,
-            )
+        cfg = sized_config(f"mae-{size}", SIZES[size], overrides)
         return HyperspectralMAE(sensor=_sensor_dict(sensor, selection), size=size, **cfg)
 
     make.__name__ = f"mae_{size}"
