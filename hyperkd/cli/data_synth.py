@@ -73,7 +73,13 @@ def synth_cmd(
         str, typer.Option("--sensor", "-s", help="Registered sensor to render for: NAME or NAME:SELECTION.")
     ] = "enmap",
     chips: Annotated[int, typer.Option("--chips", "-n", help="Number of scenes (chips).")] = 32,
-    size: Annotated[int, typer.Option(help="Chip size in pixels (30 m pixels; 224 as in the paper).")] = 64,
+    size: Annotated[
+        int,
+        typer.Option(
+            help="Chip size in pixels of --sensor (224 as in the paper); an --also sensor of another "
+            "GSD gets chips of the same ground."
+        ),
+    ] = 64,
     seed: Annotated[int, typer.Option(help="Scene-set seed: same seed, same scenes.")] = 0,
     selection: Annotated[
         str,

@@ -33,6 +33,12 @@ aligner takes ``missing`` (recipe key ``aligner.missing``), the policy for such 
 ``fill``
     the teacher sees its own mean reflectance in that band (0 after its normalisation).
 
+Aligners are spectral; where the teacher's sensor has another ground sampling distance than the
+student's, :class:`GroundMatch` does the spatial part of showing the teacher the student's scene:
+the aligned chip is resampled to the teacher's GSD over the same ground (footprint weights,
+:mod:`hyperkd.core.ground`), and the teacher's token grid is pooled onto the student's by ground
+position (``docs/any-sensor.md``, "Teacher and student at different resolutions").
+
 For a teacher whose first layer is linear in each channel (Prithvi's patch embedding) the
 two give the same numbers; they are recorded apart because they say different things about
 the run. Both need the teacher sensor's per-band means (hyperkd teachers carry them).
@@ -52,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperkd.core.errors import HyperKDError
+from hyperkd.core.ground import footprint_weights, pixels_on
 from hyperkd.core.interfaces import Aligner
 from hyperkd.core.registry import register
 from hyperkd.core.sensors import FWHM_TO_SIGMA, Sensor, get_sensor
@@ -289,3 +296,116 @@ class LearnedAligner(Aligner):
             return self.proj(x)
         keep = self.keep.to(x.dtype)[None, :, None, None]
         return self.proj(x) * keep + self.fill.to(x.dtype)[None, :, None, None]
+
+
+GROUND_MATCH = ("auto", "off")
+"""``distill.ground_match``: ``auto`` matches by ground when the two GSDs differ; ``off`` hands the
+teacher the student's pixels as if they were its own (what hyperkd did before it knew GSDs)."""
+
+
+class GroundMatch(nn.Module):
+    """Teacher input and token grid matched to a student chip by ground position.
+
+    The student's ``size`` px chip at ``student_gsd`` m covers ``size * student_gsd`` metres; the
+    teacher sees that same ground at its own GSD, ``teacher_size`` px (:meth:`pixels`: footprint
+    resampling, so from a coarser student each teacher pixel takes the student pixel it lies in,
+    and from a finer one the area-weighted mean of those in its footprint). Its tokens
+    (``teacher_patch * teacher_gsd`` m) are then pooled onto the student's tokens
+    (``student_patch * student_gsd`` m) by footprint weights (:meth:`tokens`): a student token gets
+    the area-weighted mean of the teacher tokens overlapping its ground, non-integer ratios
+    included. Both grids start at the chip's top-left corner. Weights are non-persistent buffers,
+    recomputed from the sizes, so checkpoints do not depend on them.
+    """
+
+    pixel_weight: Tensor
+    token_weight: Tensor
+
+    def __init__(
+        self, size: int, student_gsd: float, student_patch: int, teacher_gsd: float, teacher_patch: int
+    ) -> None:
+        super().__init__()
+        what = "distill ground matching"
+        hint = "; or set distill.ground_match=off (the teacher then sees the student's pixels as its own)"
+        try:
+            tsize = pixels_on(size, student_gsd, teacher_gsd, what)
+        except HyperKDError as exc:
+            raise HyperKDError(f"{exc}{hint}") from None
+        if tsize % teacher_patch:
+            raise HyperKDError(
+                f"{what}: the student's {size} px chip at {student_gsd:g} m is {tsize} px at the teacher's "
+                f"{teacher_gsd:g} m, not a multiple of the teacher's {teacher_patch} px patch; use a chip "
+                f"size whose ground ({size * student_gsd:g} m now) is a multiple of {teacher_patch * teacher_gsd:g} m{hint}"
+            )
+        self.size, self.teacher_size = int(size), int(tsize)
+        self.student_gsd, self.teacher_gsd = float(student_gsd), float(teacher_gsd)
+        self.student_token_m = student_patch * self.student_gsd
+        self.teacher_token_m = teacher_patch * self.teacher_gsd
+        self.student_grid = size // student_patch
+        self.teacher_grid = tsize // teacher_patch
+        pix = footprint_weights(size, student_gsd, tsize, teacher_gsd, what)
+        tok = footprint_weights(
+            self.teacher_grid, self.teacher_token_m, self.student_grid, self.student_token_m, what
+        )
+        self.register_buffer("pixel_weight", torch.as_tensor(pix, dtype=torch.float32), persistent=False)
+        self.register_buffer("token_weight", torch.as_tensor(tok, dtype=torch.float32), persistent=False)
+
+    def pixels(self, x: Tensor) -> Tensor:
+        """``(B, C, size, size)`` at the student's GSD -> ``(B, C, teacher_size, teacher_size)``, same ground."""
+        if x.ndim != 4 or tuple(x.shape[-2:]) != (self.size, self.size):
+            raise HyperKDError(
+                f"ground matching expects (B, C, {self.size}, {self.size}) student chips, got {tuple(x.shape)}"
+            )
+        w = self.pixel_weight.to(x.dtype)
+        return torch.matmul(torch.matmul(w, x), w.T)
+
+    def tokens(self, tokens: Tensor, ids_keep: Tensor) -> Tensor:
+        """Teacher tokens ``(B, Ht*Wt, D)`` pooled onto the student's token grid and gathered at the
+        student's visible patches ``ids_keep`` ``(B, N_keep)``: ``(B, N_keep, D)``."""
+        b, n, d = tokens.shape
+        g = self.teacher_grid
+        if n != g * g:
+            raise HyperKDError(f"teacher gave {n} tokens, expected a {g}x{g} grid ({g * g})")
+        w = self.token_weight.to(tokens.dtype)
+        fmap = tokens.transpose(1, 2).reshape(b, d, g, g)
+        pooled = torch.matmul(torch.matmul(w, fmap), w.T).flatten(2).transpose(1, 2)
+        return torch.gather(pooled, 1, ids_keep[..., None].expand(-1, -1, d))
+
+    def describe(self) -> dict[str, Any]:
+        """What was matched (``RUN/distill.json``'s ``ground``)."""
+        return {
+            "matched": True,
+            "ground_m": self.size * self.student_gsd,
+            "student": {"gsd_m": self.student_gsd, "chip_px": self.size, "token_m": self.student_token_m},
+            "teacher": {
+                "gsd_m": self.teacher_gsd,
+                "input_px": self.teacher_size,
+                "token_m": self.teacher_token_m,
+            },
+            "pixels": "footprint (area-weighted) resampling of the aligned chip to the teacher's GSD",
+            "tokens": "teacher tokens pooled onto each student token's ground footprint (area weights)",
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.size} px @ {self.student_gsd:g} m -> {self.teacher_size} px @ {self.teacher_gsd:g} m; "
+            f"tokens {self.teacher_token_m:g} m -> {self.student_token_m:g} m"
+        )
+
+
+def ground_match_for(
+    student_sensor: Sensor,
+    size: int,
+    student_patch: int,
+    teacher_sensor: Sensor,
+    teacher_patch: int,
+    mode: str = "auto",
+) -> GroundMatch | None:
+    """The :class:`GroundMatch` a distillation needs, or ``None`` (same GSD, or ``mode="off"``)."""
+    if mode not in GROUND_MATCH:
+        raise HyperKDError(f"distill.ground_match must be one of {', '.join(GROUND_MATCH)}, got {mode!r}")
+    gs, gt = float(student_sensor.gsd_m), float(teacher_sensor.gsd_m)
+    if mode == "off" or np.isclose(gs, gt, rtol=1e-9):
+        return None
+    match = GroundMatch(size, gs, student_patch, gt, teacher_patch)
+    log.info("distill: teacher and student matched by ground position: %s", match.extra_repr())
+    return match

@@ -1,15 +1,24 @@
-"""How a sensor records a scene: spectral response functions, PSF and noise (:func:`render`)."""
+"""How a sensor records a scene: spectral response functions, ground footprint, PSF and noise (:func:`render`).
+
+A scene that knows its pixel size (:attr:`Scene.gsd_m`) is rendered for each sensor at the
+sensor's own GSD: a sensor with coarser pixels sees the area-weighted mean of the scene over each
+of its pixel footprints (:mod:`hyperkd.core.ground`), before its PSF and noise, which act on its
+own pixels; :func:`labels_at` gives the labels on that grid. A sensor finer than the scene is
+refused (the detail would be invented).
+"""
 
 from __future__ import annotations
 
 import functools
 import math
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from hyperkd.core.errors import DataError
+from hyperkd.core.errors import DataError, HyperKDError
+from hyperkd.core.ground import resample_footprints, square_weights
 from hyperkd.core.sensors import FWHM_TO_SIGMA, Band, Sensor
 from hyperkd.synth.draws import rng_for
 from hyperkd.synth.instrument import Instrument, atmospheric_transmittance
@@ -126,17 +135,69 @@ def _per_band(resp: np.ndarray, spectra: np.ndarray) -> np.ndarray:
     return out
 
 
-def render(scene: Scene, sensor: Sensor, instrument: Instrument | None = None) -> np.ndarray:
-    """The scene as ``sensor`` records it: (C, S, S) float32 surface reflectance.
+def footprint(scene: Scene, sensor: Sensor) -> np.ndarray | None:
+    """``(N, S)`` footprint weights from the scene's ``S`` pixels to ``sensor``'s ``N`` over the same
+    ground, or ``None`` when the sensor records the scene pixel for pixel (same GSD, or a scene
+    without :attr:`Scene.gsd_m`). Refuses a sensor finer than the scene, or a scene whose ground is
+    not a whole number of the sensor's pixels, in one line."""
+    g = scene.gsd_m
+    if g is None or math.isclose(sensor.gsd_m, g, rel_tol=1e-9):
+        return None
+    if sensor.gsd_m < g:
+        raise DataError(
+            f"synth: sensor {sensor.name!r} has {sensor.gsd_m:g} m pixels, finer than the scene's {g:g} m; "
+            "generate the scene at the finest sensor's GSD (synthesize does) so no detail is invented"
+        )
+    try:
+        return square_weights(scene.size, g, sensor.gsd_m, f"synth: scene for {sensor.name!r}")
+    except HyperKDError as exc:
+        raise DataError(str(exc)) from None
 
-    Spectral response -> PSF -> noise (see :class:`Instrument`). Deterministic: noise for a
-    band depends only on the scene's seed and index, the sensor name and the band name.
+
+def labels_at(scene: Scene, sensor: Sensor, kinds: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """The scene's labels on ``sensor``'s pixel grid (the scene's own when :func:`footprint` is ``None``).
+
+    ``kinds`` maps a label layer to ``"class"`` (default: the area-weighted majority over each
+    sensor pixel's footprint, ties to the lower class) or ``"continuous"`` (the area-weighted
+    mean of the finite values; NaN where they cover less than half the footprint, the rule the
+    scene itself uses for soil carbon).
+    """
+    w = footprint(scene, sensor)
+    if w is None:
+        return dict(scene.labels)
+    out: dict[str, np.ndarray] = {}
+    for name, lab in scene.labels.items():
+        if (kinds or {}).get(name, "class") == "class":
+            values = np.unique(lab)
+            share = np.stack([resample_footprints((lab == v).astype(np.float64), w, w) for v in values])
+            out[name] = values[share.argmax(0)].astype(lab.dtype)
+        else:
+            ok = np.isfinite(lab)
+            area = resample_footprints(ok.astype(np.float64), w, w)
+            total = resample_footprints(np.where(ok, lab, 0.0).astype(np.float64), w, w)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[name] = np.where(area >= 0.5, total / area, np.nan).astype(lab.dtype)
+    return out
+
+
+def render(scene: Scene, sensor: Sensor, instrument: Instrument | None = None) -> np.ndarray:
+    """The scene as ``sensor`` records it: (C, N, N) float32 surface reflectance.
+
+    Spectral response -> ground footprint (``N = S`` unless the scene's pixel size is known and
+    the sensor's is coarser, see :func:`footprint`) -> PSF -> noise (see :class:`Instrument`).
+    Deterministic: noise for a band depends only on the scene's seed and index, the sensor name
+    and the band name.
     """
     ins = instrument or Instrument()
+    w = footprint(scene, sensor)
     resp = band_response(sensor, scene.wavelengths_nm, ins.srf)
     table = _per_band(resp, scene.endmembers).astype(np.float32)  # (C, K)
-    s, c = scene.size, sensor.num_bands
-    img = _blur(mix_slots(table, scene.slot_index, scene.slot_weight).reshape(c, s, s), ins.psf_sigma_px)
+    c = sensor.num_bands
+    img = mix_slots(table, scene.slot_index, scene.slot_weight).reshape(c, scene.size, scene.size)
+    if w is not None:  # the rendering is linear: aggregating reflectance = rendering aggregated spectra
+        img = resample_footprints(img, w, w)
+    s = img.shape[-1]
+    img = _blur(np.ascontiguousarray(img, dtype=np.float32), ins.psf_sigma_px)
     if not ins.noise:
         return img
     snr = ins.band_snr(sensor)

@@ -53,6 +53,10 @@ class Scene:
     unit_map: np.ndarray
     unit_fraction: np.ndarray
     meta: dict[str, Any]
+    gsd_m: float | None = None
+    """Ground size of one scene pixel (m); ``None``: every sensor renders the scene pixel for pixel
+    (its own GSD ignored). With a value, :func:`~hyperkd.synth.render.render` aggregates the scene
+    over each coarser sensor pixel's footprint (:mod:`hyperkd.core.ground`)."""
 
     def spectra(self) -> np.ndarray:
         """The noise-free, unblurred reflectance cube (L, S, S) at library resolution."""
@@ -123,10 +127,12 @@ def generate_scene(
     seed: int = 0,
     index: int = 0,
     library: SpectralLibrary | None = None,
+    gsd_m: float | None = None,
 ) -> Scene:
     """Make scene ``index`` of the set ``seed``: geometry, materials, mixing weights, labels.
 
-    Deterministic in ``(config, size, seed, index)``. See :mod:`hyperkd.synth`.
+    Deterministic in ``(config, size, seed, index)``; ``gsd_m`` only says how large a scene
+    pixel is on the ground (:attr:`Scene.gsd_m`), the scene itself is the same. See :mod:`hyperkd.synth`.
     """
     cfg = config or SceneConfig()
     lib = library or earthlib_library()
@@ -247,4 +253,5 @@ def generate_scene(
         unit_map=top.reshape(size, size).astype(np.int32),
         unit_fraction=frac.reshape(_UNITS_PER_PIXEL, size, size),
         meta=meta,
+        gsd_m=gsd_m,
     )

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from hyperkd.core.errors import DataError
+from hyperkd.core.errors import DataError, HyperKDError
+from hyperkd.core.ground import pixels_on
 from hyperkd.core.progress import progress_enabled, rich_progress
 from hyperkd.core.sensors import Sensor, get_sensor
 from hyperkd.data.store import ChipStore, ChipStoreWriter, nbytes_per_chip
 from hyperkd.synth.config import SceneConfig
 from hyperkd.synth.instrument import Instrument
-from hyperkd.synth.render import band_response, extended_bands, render
+from hyperkd.synth.render import band_response, extended_bands, labels_at, render
 from hyperkd.synth.scene import SYNTH_VERSION, generate_scene
 from hyperkd.synth.spectral_library import earthlib_library
 
@@ -81,11 +82,42 @@ class _ChipMaker:
     size: int
     seed: int
     targets: tuple[SynthTarget, ...]
+    gsd_m: float | None = None
 
-    def __call__(self, i: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list[np.ndarray]]:
-        scene = generate_scene(self.config, self.size, self.seed, i)
+    def __call__(self, i: int) -> tuple[list[dict[str, np.ndarray]], dict[str, Any], list[np.ndarray]]:
+        scene = generate_scene(self.config, self.size, self.seed, i, gsd_m=self.gsd_m)
+        kinds = {k: spec.kind for k, spec in self.config.label_specs().items()}
         images = [render(scene, t.sensor, t.instrument) for t in self.targets]
-        return scene.labels, scene.meta, images
+        labels = [labels_at(scene, t.sensor, kinds) for t in self.targets]
+        return labels, scene.meta, images
+
+
+def scene_grid(targets: Sequence[SynthTarget], size: int) -> tuple[int, float | None, list[int]]:
+    """``(scene size, scene GSD, chip size per target)``: each sensor at its own GSD, same ground.
+
+    All sensors at one GSD: the scene is ``size`` px and its GSD is left unset (as before GSDs were
+    honoured). Otherwise the scene is drawn on the finest sensor's grid, covering the ground of
+    ``size`` px of the *first* sensor, and each store's chips cover that ground at its sensor's GSD
+    (60 m EMIT at 32 px pairs with 30 m HLS at 64 px). A ground extent that is not a whole number
+    of some sensor's pixels is refused in one line.
+    """
+    gsds = [t.sensor.gsd_m for t in targets]
+    if all(np.isclose(g, gsds[0], rtol=1e-9) for g in gsds):
+        return size, None, [size] * len(targets)
+    fine = min(gsds)
+    try:
+        scene = pixels_on(size, gsds[0], fine, f"synth --size {size} for {targets[0].sensor.name}")
+        sizes = [
+            pixels_on(scene, fine, g, f"synth: the {t.sensor.name} store")
+            for t, g in zip(targets, gsds, strict=True)
+        ]
+    except HyperKDError as exc:
+        raise DataError(str(exc)) from None
+    if min(sizes) < 8:
+        raise DataError(
+            f"synth: the coarsest store would get {min(sizes)} px chips; raise --size to >= 8 px of every sensor"
+        )
+    return scene, fine, sizes
 
 
 def _preflight(target: SynthTarget, recipe: Mapping[str, Any], resume: bool) -> None:
@@ -170,7 +202,10 @@ def synthesize(
 
     ``also`` renders the *same* scenes for more sensors into more stores, e.g.
     ``also={"hls": "teacher-store"}`` (keys may be ``NAME:SELECTION``; or give
-    ``(Sensor, path)`` pairs). ``instrument`` is one :class:`Instrument` for all sensors or
+    ``(Sensor, path)`` pairs). Each sensor is rendered at its own GSD over the same ground:
+    ``size`` is the first sensor's chip size, and a sensor with other pixels gets chips of the
+    same ground extent (:func:`scene_grid`; 60 m EMIT at ``size=32`` pairs with 30 m HLS chips of
+    64 px). ``instrument`` is one :class:`Instrument` for all sensors or
     a mapping by sensor name. Chips stream to disk shard by shard, so memory stays bounded
     (about one shard, <= 64 MiB by default, per store); ``workers`` > 1 renders chips in
     that many processes (output identical to ``workers=1``); ``progress`` shows a rich
@@ -207,10 +242,11 @@ def synthesize(
                 lib.wavelengths_nm[0],
                 lib.wavelengths_nm[-1],
             )
+    scene_size, scene_gsd, sizes = scene_grid(targets, size)
     if shard_size is None:
-        biggest = max(nbytes_per_chip(t.sensor.num_bands, size) for t in targets)
+        biggest = max(nbytes_per_chip(t.sensor.num_bands, n) for t, n in zip(targets, sizes, strict=True))
         shard_size = int(max(1, min(256, (64 << 20) // biggest)))
-    recipe = {
+    recipe: dict[str, Any] = {
         "generator": "hyperkd.synth",
         "version": SYNTH_VERSION,
         "seed": seed,
@@ -218,10 +254,12 @@ def synthesize(
         "size": size,
         "config_digest": cfg.digest(),
     }
+    if scene_gsd is not None:  # sensors of different GSD: recorded so a resume draws the same scenes
+        recipe.update(scene_size=scene_size, scene_gsd_m=scene_gsd)
     for t in targets:
         _preflight(t, recipe, resume)
     writers: list[ChipStoreWriter] = []
-    for t in targets:
+    for t, n in zip(targets, sizes, strict=True):
         a = {
             "synthetic": "SYNTHETIC DATA made by hyperkd.synth from earthlib spectra; not real imagery",
             "synth": recipe,
@@ -238,7 +276,7 @@ def synthesize(
             ChipStoreWriter(
                 t.out,
                 t.sensor,
-                size,
+                n,
                 labels=cfg.label_specs(),
                 shard_size=shard_size,
                 synthetic=True,
@@ -261,16 +299,16 @@ def synthesize(
                 if not todo:
                     tick(len(indices))
                     continue
-                maker = _ChipMaker(cfg, size, seed, tuple(targets[j] for j in todo))
+                maker = _ChipMaker(cfg, scene_size, seed, tuple(targets[j] for j in todo), scene_gsd)
                 results = (
                     pool.map(maker, indices, chunksize=max(1, len(indices) // (4 * workers)))
                     if pool is not None
                     else map(maker, indices)
                 )
-                valid = np.ones((size, size), dtype=bool)
+                valid = {j: np.ones((sizes[j], sizes[j]), dtype=bool) for j in todo}
                 for labels, meta, images in results:
-                    for j, img in zip(todo, images, strict=True):
-                        writers[j].add(img, valid, labels, source=source, **meta)
+                    for j, img, lab in zip(todo, images, labels, strict=True):
+                        writers[j].add(img, valid[j], lab, source=source, **meta)
                     tick(1)
                 for j in todo:
                     writers[j].mark_source_done(source)
