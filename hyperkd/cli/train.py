@@ -59,7 +59,14 @@ StudentOpt = Annotated[
         "(prefix local-dir: or hf-hub: to say which).",
     ),
 ]
-DataOpt = Annotated[str | None, typer.Option("--data", help="Chip-store folder, or 'synthetic'.")]
+DataOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data",
+        help="Chip-store folder, or 'synthetic'. Repeat it to train on several stores in one run (each batch "
+        "from one store; stores of different band tables need an any-mae-<size> student).",
+    ),
+]
 RecipeOpt = Annotated[
     str | None,
     typer.Option(
@@ -166,7 +173,7 @@ def pretrain_cmd(
     test_list: TestListOpt = None,
 ) -> None:
     """MAE-pretrain a student from scratch (the no-KD baseline)."""
-    from hyperkd.training.runner import pretrain
+    from hyperkd.training.runner import pretrain, store_field
 
     result = pretrain(
         recipe,
@@ -174,7 +181,7 @@ def pretrain_cmd(
         overrides=overrides or [],
         resume=resume,
         student__name=student,
-        data__store=data,
+        data__store=store_field(data),
         **trainer_fields(devices, accelerator, strategy, precision, num_nodes),
         **split_fields(val_data, val_fraction, train_list, val_list, test_list),
     )

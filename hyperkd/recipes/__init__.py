@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -194,12 +195,14 @@ SECTION_KEYS: dict[str, frozenset[str]] = {
             "batch_size",
             "num_workers",
             "augment",
+            "mix",
+            "band_dropout",
         }
     ),
     "data.synthetic": frozenset({"chips", "size", "seed"}),
     "optim": frozenset({"lr", "weight_decay", "betas", "warmup_steps"}),
     "distill": frozenset(
-        {"pairs", "projector", "mask_on", "cache_teacher", "cache_max_mb", "teacher_img_size"}
+        {"pairs", "projector", "mask_on", "cache_teacher", "cache_max_mb", "teacher_img_size", "ground_match"}
     ),
 }
 
@@ -271,6 +274,7 @@ VALUE_RULES: dict[str, tuple[bool, float, float | None, bool, bool]] = {
     "data.batch_size": (True, 1, None, True, False),
     "data.num_workers": (True, 0, None, True, False),
     "data.val_fraction": (False, 0, 1, True, False),
+    "data.band_dropout": (False, 0, 1, True, False),
     "data.synthetic.chips": (True, 1, None, True, False),
     "data.synthetic.size": (True, 1, None, True, False),
     "data.synthetic.seed": (True, 0, None, True, False),
@@ -323,6 +327,7 @@ def check_values(recipe: dict[str, Any]) -> None:
         if not all(0 <= b < 1 for b in values):
             raise RecipeError(f"recipe key optim.betas {betas!r}: each must be at least 0 and below 1")
         recipe["optim"]["betas"] = values
+    check_store(recipe)
     for dotted in ("data.augment", "trainer.figures"):
         section, key = _get(recipe, dotted)
         if section is not None and key in section and not isinstance(section[key], bool):
@@ -345,6 +350,31 @@ def check_values(recipe: dict[str, Any]) -> None:
             if weight < 0:
                 raise RecipeError(f"recipe key losses.{name}.weight is {weight:g}; it must be at least 0")
             term["weight"] = weight
+
+
+def check_store(recipe: Mapping[str, Any]) -> None:
+    """``data.store`` is one chip store (a path, or ``synthetic``) or a list of chip-store paths
+    (several stores in one run, :mod:`hyperkd.data.multistore`, which checks ``data.mix``), each
+    named once."""
+    data = recipe.get("data")
+    if not isinstance(data, Mapping):
+        return
+    store = data.get("store", "synthetic")
+    if not isinstance(store, list | tuple):
+        if not isinstance(store, str | os.PathLike) or not str(store):
+            raise RecipeError(
+                f"recipe key data.store must be a chip-store folder, 'synthetic' or a list of folders, got {store!r}"
+            )
+        return
+    bad = [s for s in store if not isinstance(s, str) or not s or s == "synthetic"]
+    if not store or bad:
+        raise RecipeError(
+            f"recipe key data.store lists {list(store)!r}; a list names chip-store folders (not 'synthetic'), "
+            "e.g. --data A --data B"
+        )
+    twice = sorted({s for s in store if list(store).count(s) > 1})
+    if twice:
+        raise RecipeError(f"recipe key data.store names {twice[0]} twice; give each chip store once")
 
 
 def validate(recipe: Mapping[str, Any]) -> None:

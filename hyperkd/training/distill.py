@@ -7,7 +7,9 @@
 2. the **masker** picks the hidden patches (``spatial-feature`` scores the aligned view:
    ``distill.mask_on``);
 3. the student encodes the visible patches and reconstructs the hidden ones;
-4. the **teacher** encodes the *whole* aligned chip, frozen, under ``torch.inference_mode``;
+4. the **teacher** encodes the *whole* aligned chip, frozen, under ``torch.inference_mode``
+   (a teacher sensor of another GSD sees the chip's ground at its own GSD, and its tokens are
+   pooled onto the student's by ground position: :class:`~hyperkd.components.aligners.GroundMatch`);
 5. for every layer pair in ``distill.pairs`` (``[student_block, teacher_block]``), the
    student's visible tokens are projected to the teacher's width by a trainable projector
    and the teacher's tokens are taken at the same patch positions (token grids of
@@ -35,19 +37,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperkd import recipes as recipes_mod
+from hyperkd.components.aligners import ground_match_for
 from hyperkd.components.losses import teacher_tokens_at
 from hyperkd.core.errors import HyperKDError, RecipeError, WeightsError
 from hyperkd.core.interfaces import Aligner, Teacher
 from hyperkd.core.registry import create
 from hyperkd.data.cache import FeatureCache as TeacherCache  # teacher features per chip
 from hyperkd.data.loader import NUM_TRANSFORMS
+from hyperkd.data.multistore import MAX_STORES
 from hyperkd.hub.teachers import teacher_spec
 from hyperkd.models.mae import HyperspectralMAE, MAEOutput
 from hyperkd.training.callbacks import DistillReport
 from hyperkd.training.checks import check_components
 from hyperkd.training.parts import Spec, build_student, plain_hparams, split_spec
 from hyperkd.training.pretrain import MAEModule
-from hyperkd.training.runner import RunResult, fit, plan_run, recipe_for
+from hyperkd.training.runner import RunResult, fit, plan_run, recipe_for, store_field
 
 PROJECTORS = ("linear", "mlp")
 
@@ -106,6 +110,7 @@ class DistillModule(MAEModule):
         cache_teacher: bool | str = "auto",
         cache_max_mb: float = 2048.0,
         teacher_img_size: int | None = None,
+        ground_match: str = "auto",
     ) -> None:
         hparams = plain_hparams(
             student=student,
@@ -121,6 +126,7 @@ class DistillModule(MAEModule):
             cache_teacher=cache_teacher,
             cache_max_mb=cache_max_mb,
             teacher_img_size=teacher_img_size,
+            ground_match=ground_match,
         )
         student = build_student(student)
         teacher = teacher if isinstance(teacher, Teacher) else teacher_from_spec(teacher)
@@ -165,7 +171,24 @@ class DistillModule(MAEModule):
                 f"teacher {type(teacher).__name__} takes {teacher.input_unit!r}, but aligners hand teachers "
                 "surface reflectance; give the teacher a reflectance front end (see hyperkd.core.interfaces.Teacher)"
             )
-        size = int(teacher_img_size or student.img_size)
+        # sensors of different GSD: the teacher sees the chip's ground at its own GSD (aligners.GroundMatch)
+        self.ground = ground_match_for(
+            student.sensor,
+            student.img_size,
+            student.patch_size,
+            teacher.sensor,
+            teacher.patch_size,
+            ground_match,
+        )
+        if self.ground is not None and teacher_img_size and int(teacher_img_size) != self.ground.teacher_size:
+            raise RecipeError(
+                f"distill.teacher_img_size {teacher_img_size} would rescale the teacher's {self.ground.teacher_gsd:g} m "
+                f"pixels; the student's chip covers {self.ground.teacher_size} px of them: leave it unset "
+                "(or set distill.ground_match=off)"
+            )
+        size = (
+            self.ground.teacher_size if self.ground is not None else int(teacher_img_size or student.img_size)
+        )
         if size % teacher.patch_size:
             raise RecipeError(
                 f"the teacher's input ({size} px) is not a multiple of its patch size {teacher.patch_size}; "
@@ -219,6 +242,8 @@ class DistillModule(MAEModule):
     def teacher_input(self, image: Tensor) -> Tensor:
         """The aligned chip the teacher sees (resized to ``teacher_img_size`` if set)."""
         x = self.aligner(image)
+        if self.ground is not None:  # the chip's ground at the teacher's GSD
+            return self.ground.pixels(x)
         if self.teacher_img_size and x.shape[-1] != self.teacher_img_size:
             x = F.interpolate(x, size=(self.teacher_img_size,) * 2, mode="bilinear", align_corners=False)
         return x
@@ -250,6 +275,9 @@ class DistillModule(MAEModule):
         if "augment" in batch:  # data.augment: each flip/rotation of a chip is its own teacher input
             codes = torch.as_tensor(batch["augment"]).flatten().tolist()
             keys = [k * NUM_TRANSFORMS + int(a) for k, a in zip(keys, codes, strict=True)]
+        if "store" in batch:  # several stores (hyperkd.data.multistore): chip indices repeat across them
+            stores = torch.as_tensor(batch["store"]).flatten().tolist()
+            keys = [k * MAX_STORES + int(s) for k, s in zip(keys, stores, strict=True)]
         return self.cache.fetch(
             keys,
             lambda missing: self._run_teacher(image[missing] if len(missing) < len(keys) else image),
@@ -265,7 +293,10 @@ class DistillModule(MAEModule):
         for proj, s, t in zip(self.projectors, out.features, feats, strict=True):
             # teacher tokens stay as stored (float32): the kd terms compare in float32, so casting
             # them to the student's autocast dtype here would only round them and copy twice
-            t_at = teacher_tokens_at(t, self.teacher_grid, self.student.grid, out.ids_keep)
+            if self.ground is not None:  # pooled over each student token's ground footprint
+                t_at = self.ground.tokens(t, out.ids_keep)
+            else:
+                t_at = teacher_tokens_at(t, self.teacher_grid, self.student.grid, out.ids_keep)
             pairs.append((proj(s), t_at))
         return {"kd_pairs": pairs, "teacher_features": feats}
 
@@ -276,6 +307,7 @@ class DistillModule(MAEModule):
             "teacher_forward_s": round(self.teacher_seconds, 4),
             "teacher_chips_encoded": self.teacher_chips,
             "teacher_s_per_chip": per_chip,
+            "ground": self.ground.describe() if self.ground is not None else {"matched": False},
         }
         if self.cache is not None:
             c = self.cache
@@ -339,7 +371,15 @@ def build_aligner(recipe: Mapping[str, Any], student: HyperspectralMAE, teacher:
     return create("aligner", name, source=student.sensor, target=teacher.sensor, **cfg)
 
 
-DISTILL_KEYS = ("pairs", "projector", "mask_on", "cache_teacher", "cache_max_mb", "teacher_img_size")
+DISTILL_KEYS = (
+    "pairs",
+    "projector",
+    "mask_on",
+    "cache_teacher",
+    "cache_max_mb",
+    "teacher_img_size",
+    "ground_match",
+)
 
 
 def distill_module(recipe: Mapping[str, Any], student: HyperspectralMAE, teacher: Teacher) -> DistillModule:
@@ -371,7 +411,7 @@ def distill(
     teacher: str | None = None,
     teacher_weights: str | None = None,
     student: str | None = None,
-    data: str | None = None,
+    data: str | Sequence[str] | None = None,
     overrides: Iterable[str] = (),
     resume: bool = False,
     callbacks: Iterable[Any] = (),
@@ -381,7 +421,8 @@ def distill(
 
     ``teacher`` / ``teacher_weights`` / ``student`` / ``data`` set ``teacher.name``,
     ``teacher.weights`` (a file, folder or Hub repo; ``"none"`` = random init, the
-    random-teacher control), ``student.name`` and ``data.store``; ``overrides`` are
+    random-teacher control), ``student.name`` and ``data.store`` (several stores: one band
+    table and chip size, :mod:`hyperkd.data.multistore`); ``overrides`` are
     ``key=value`` strings and ``fields`` dotted keys with ``.`` written ``__``, as in
     :func:`hyperkd.training.runner.pretrain`. The teacher is built (and its weights found) before the
     run folder or any data is made, so a missing checkpoint fails at once. ``recipe``: by default
@@ -391,7 +432,7 @@ def distill(
     named = {
         "teacher.name": teacher,
         "student.name": student,
-        "data.store": data,
+        "data.store": store_field(data),
         "teacher.weights": None if random_teacher or teacher_weights is None else str(teacher_weights),
     }
     start = recipe_for(recipe, out, resume, "hyperkd")  # --resume alone: the run's recipe.yaml

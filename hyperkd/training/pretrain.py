@@ -45,6 +45,9 @@ class MAEModule(L.LightningModule):
     """
 
     RECIPE = "mae"
+    binder: Any = None
+    """A :class:`~hyperkd.data.multistore.StoreBinder` (set by the runner for several stores or band
+    dropout): binds the student to each batch's store (and kept bands) before the step."""
 
     def __init__(
         self,
@@ -78,6 +81,18 @@ class MAEModule(L.LightningModule):
         self.feature_layers = tuple(feature_layers)
 
     # -- one step ---------------------------------------------------------------------------
+    def prepare_batch(self, batch: Mapping[str, Any], train: bool) -> Mapping[str, Any]:
+        """The batch as the step reads it: with a :attr:`binder`, the student is bound to the batch's
+        store (a training batch may lose bands to band dropout); otherwise unchanged."""
+        if self.binder is None:
+            return batch
+        return self.binder(self.student, dict(batch), self.global_step if train else None)
+
+    def on_train_end(self) -> None:
+        """Bind the student back to the first store's full band table (what is exported)."""
+        if self.binder is not None:
+            self.binder.bind(self.student, 0)
+
     def make_mask(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         return self.masker(batch["image"], self.student.grid, self.mask_ratio, generator)
 
@@ -102,6 +117,7 @@ class MAEModule(L.LightningModule):
         return total, parts, out, mask
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        batch = self.prepare_batch(batch, train=True)
         loss, parts, _, _ = self.shared_step(batch)
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
@@ -110,6 +126,7 @@ class MAEModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        batch = self.prepare_batch(batch, train=False)
         gen = torch.Generator().manual_seed(10_000 + batch_idx)  # same masks every epoch
         loss, parts, out, mask = self.shared_step(batch, gen)
         bs = batch["image"].shape[0]

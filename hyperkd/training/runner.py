@@ -21,7 +21,7 @@ import copy
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from hyperkd.core.errors import HyperKDError, RecipeError, RunFolderError
 from hyperkd.core.io import atomic_write_text
 from hyperkd.core.progress import progress_enabled
 from hyperkd.data.loader import ChipDataModule
+from hyperkd.data.multistore import MultiStoreDataModule, StoreBinder, check_student_for_stores, describe
 from hyperkd.data.store import ChipStore
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.synth.datamodule import SyntheticChipDataModule
@@ -68,6 +69,7 @@ __all__ = [
     "recipe_for",
     "remove_created",
     "run_folder",
+    "store_field",
     "student_sensor",
 ]
 
@@ -90,9 +92,26 @@ def student_sensor(spec: str) -> str:
     return resolve_spec(spec).sensor_name() or spec
 
 
-def data_module(recipe: Mapping[str, Any], run_dir: Path) -> ChipDataModule:
+def store_field(data: str | Path | Sequence[str | Path] | None) -> str | list[str] | None:
+    """``--data`` as the recipe's ``data.store``: one store's path, or a list of several."""
+    if data is None or isinstance(data, str | Path):
+        return None if data is None else str(data)
+    paths = [str(d) for d in data]
+    return None if not paths else paths[0] if len(paths) == 1 else paths
+
+
+def store_list(recipe: Mapping[str, Any]) -> list[str]:
+    """The recipe's chip stores (``data.store``: one path, ``synthetic``, or a list of paths)."""
+    store = (recipe.get("data") or {}).get("store", "synthetic")
+    return [str(s) for s in store] if isinstance(store, list | tuple) else [str(store)]
+
+
+def data_module(recipe: Mapping[str, Any], run_dir: Path) -> ChipDataModule | MultiStoreDataModule:
     """The recipe's data as a Lightning data module: its chip store, or ``synthetic`` chips that the
-    module's ``prepare_data`` generates inside the run folder (on rank 0; reused on resume).
+    module's ``prepare_data`` generates inside the run folder (on rank 0; reused on resume), or
+    several chip stores (``data.store`` a list: one store per batch, interleaved as ``data.mix``
+    says, :class:`~hyperkd.data.multistore.MultiStoreDataModule`; each store split by
+    ``data.val_fraction``).
 
     Validation: ``data.val_store`` (every chip of another store, its bands checked by wavelength)
     or ``data.val_fraction`` of the store's chips; ``data.train_list`` / ``val_list`` /
@@ -114,7 +133,24 @@ def data_module(recipe: Mapping[str, Any], run_dir: Path) -> ChipDataModule:
         "val_store": data.get("val_store"),
         **{k: data.get(k) for k in ("train_list", "val_list", "test_list")},
     }
-    store = data.get("store", "synthetic")
+    stores = store_list(recipe)
+    if len(stores) > 1:
+        fixed = [k for k in ("val_store", "train_list", "val_list", "test_list") if data.get(k)]
+        if fixed:
+            raise RecipeError(
+                f"data.{fixed[0]} names chips of one store, but data.store lists {len(stores)} stores; "
+                "several stores are each split by data.val_fraction (drop data." + fixed[0] + ")"
+            )
+        multi = MultiStoreDataModule(
+            stores,
+            **{k: v for k, v in loader.items() if k in ("batch_size", "val_fraction", "num_workers", "seed")},
+            augment=loader["augment"],
+            mix=str(data.get("mix", "proportional")),
+        )
+        for s, (train, val) in zip(multi.stores, multi.splits, strict=True):
+            log.info("%s: training on %d chips, validating on %d", describe(s), len(train), len(val))
+        return multi
+    store = stores[0]
     if store != "synthetic":
         dm = ChipDataModule(ChipStore(store), **loader)
         dm.setup()
@@ -403,9 +439,13 @@ def make_trainer(recipe: Mapping[str, Any], out: Path, extra_callbacks: Iterable
         # write last-v1.ckpt next to the (then stale) last.ckpt
         enable_version_counter=False,
     )
-    store = (recipe.get("data") or {}).get("store")
-    hint = f"check the chips with `hyperkd data info {store}`" if store and store != "synthetic" else None
+    stores = [s for s in store_list(recipe) if s != "synthetic"]
+    hint = (
+        "check the chips with " + " and ".join(f"`hyperkd data info {s}`" for s in stores) if stores else None
+    )
     guard = StopOnNonFiniteLoss(hint) if hint else StopOnNonFiniteLoss()
+    if len(stores) > 1:  # MultiStoreDataModule's batch sampler shards the batches by rank itself
+        t["use_distributed_sampler"] = False
     callbacks: list[Any] = [ckpt, guard, *extra_callbacks]
     if progress_enabled():
         callbacks.append(RichProgressBar())
@@ -436,8 +476,7 @@ def fit(
     out: str | Path,
     *,
     resume: bool = False,
-    module_factory: Callable[[Mapping[str, Any], HyperspectralMAE, ChipDataModule], L.LightningModule]
-    | None = None,
+    module_factory: Callable[[Mapping[str, Any], HyperspectralMAE, Any], L.LightningModule] | None = None,
     callbacks: Iterable[Any] = (),
     mode: str = "pretrain",
 ) -> RunResult:
@@ -470,7 +509,24 @@ def fit(
         reports.insert(0, StudentForData(lambda store: build_student_for(recipe, store), seed))
     else:
         student = build_student_for(recipe, dm.store)
+    band_dropout = float(recipe["data"].get("band_dropout", 0.0) or 0.0)
+    binder = None
+    if isinstance(dm, MultiStoreDataModule) or band_dropout > 0:  # checked before the module is built
+        stores = dm.stores if isinstance(dm, MultiStoreDataModule) else [dm]
+        check_student_for_stores(student, stores, band_dropout=band_dropout, distill=mode == "distill")
+        # each batch binds the student to its store (and kept bands); one store is read at the first
+        # batch (a synthetic store exists, with its statistics, once prepared)
+        source = dm.stores if isinstance(dm, MultiStoreDataModule) else (lambda: [dm.store])
+        binder = StoreBinder(source, band_dropout, seed)
     module = (module_factory or pretrain_module)(recipe, student, dm)
+    if binder is not None:
+        from hyperkd.training.pretrain import MAEModule
+
+        if not isinstance(module, MAEModule):
+            raise RecipeError(
+                f"several stores and band dropout need a hyperkd MAEModule, got a {type(module).__name__}"
+            )
+        module.binder = binder
     if recipe["trainer"].get("figures", True):
         reports.append(ReconstructionFigures(out / "figures", metrics_csv=out / "logs" / "metrics.csv"))
     if plan.resume_from is not None:
@@ -511,7 +567,8 @@ def pretrain(
     """MAE-pretrain a student from scratch (the no-KD baseline).
 
     ``fields`` are dotted recipe keys given as keyword arguments with ``.`` written as
-    ``__`` (``student__name="enmap"``, ``data__store="/data/store"``; the split:
+    ``__`` (``student__name="enmap"``, ``data__store="/data/store"`` or a list of stores to
+    train across, :func:`data_module`; the split:
     ``data__val_store``, ``data__val_fraction``, ``data__train_list`` / ``val_list`` /
     ``test_list``, see :func:`data_module`). ``recipe``: a name, file or mapping; by default ``mae``,
     or with ``resume`` the run's saved ``recipe.yaml`` (:func:`recipe_for`).
