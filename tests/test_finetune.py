@@ -448,10 +448,12 @@ def test_cli_finetune_runs_end_to_end(store, tmp_path, capsys):
 
 
 def test_the_default_protocol_is_fused_in_python_and_cli_and_weighted_loss_is_recorded(
-    store, student_dir, tmp_path, capsys
+    store, student_dir, tmp_path, capsys, monkeypatch
 ):
-    """No --protocol: the fused head on the student's blocks; --loss weighted: weights from the
-    training chips' labels, recorded with the run (and the CLI's default is the library's)."""
+    """No --protocol: the fused head on the student's blocks; no --loss: weighted (weights from the
+    training chips' labels), recorded with the run (and the CLI's defaults are the library's); no
+    --epochs: enough epochs for MIN_STEPS optimiser steps (shrunk here to keep the test fast)."""
+    import hyperkd.training.finetune as ft
     import inspect
 
     from hyperkd.cli.finetune import finetune_cmd
@@ -463,12 +465,18 @@ def test_the_default_protocol_is_fused_in_python_and_cli_and_weighted_loss_is_re
     assert inspect.signature(finetune).parameters["protocol"].default == DEFAULT_PROTOCOL
     cli_default = inspect.signature(finetune_cmd).parameters["protocol"].default
     assert cli_default == DEFAULT_PROTOCOL
+    assert inspect.signature(finetune_cmd).parameters["loss"].default == ft.DEFAULT_LOSS == "auto"
+    monkeypatch.setattr(ft, "MIN_EPOCHS", 1)
+    monkeypatch.setattr(ft, "MIN_STEPS", 3)
     out = tmp_path / "w"
-    args = ["finetune", "--student", str(student_dir), "--data", str(store.root), "--epochs", "1"]
-    rc = main([*args, "--task", "landcover", "--loss", "weighted", "--out", str(out), "--json"])
+    args = ["finetune", "--student", str(student_dir), "--data", str(store.root)]
+    rc = main([*args, "--task", "landcover", "--out", str(out), "--json"])
     assert rc == 0
     s = json.loads((out / "finetune.json").read_text())
     assert s["protocol"] == "fused" and s["loss"] == "weighted" and s["layers"] == [0, 1]
+    assert s["fusion"] == "residual" and s["epochs"] * -(-len(s["train_chips"]) // 8) >= 3 > (
+        s["epochs"] - 1
+    ) * -(-len(s["train_chips"]) // 8)
     counts = np.bincount(_test_pixels(store, s["train_chips"], "landcover") + 1)[1:]  # -1: unlabelled
     k = len(store.labels["landcover"].classes)
     expect = class_weights_from_counts(np.pad(counts, (0, k - len(counts))))
@@ -476,7 +484,7 @@ def test_the_default_protocol_is_fused_in_python_and_cli_and_weighted_loss_is_re
     model = PixelModel.load(out)
     assert isinstance(model.head, FusedHead) and model.head.feature_dim == 2 * 64
     capsys.readouterr()
-    rc = main([*args, "--task", "soc", "--loss", "focal", "--out", str(tmp_path / "s")])
+    rc = main([*args, "--epochs", "1", "--task", "soc", "--loss", "focal", "--out", str(tmp_path / "s")])
     assert rc == 1 and "is for segmentation tasks" in capsys.readouterr().err
 
 

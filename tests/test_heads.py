@@ -154,7 +154,7 @@ def test_losses_ignore_unlabelled_pixels_and_match_their_formulas():
 
 
 def test_loss_choices_are_checked_against_the_task():
-    with pytest.raises(HyperKDError, match="loss must be one of ce, weighted, focal"):
+    with pytest.raises(HyperKDError, match="loss must be one of auto, ce, weighted, focal"):
         FinetuneModule(task=TASK, sensor=SENSOR, img_size=16, loss="dice")
     reg = RegressionTask(label="soc", name="soc", unit="g/kg")
     with pytest.raises(HyperKDError, match="is for segmentation tasks"):
@@ -236,3 +236,57 @@ def test_predict_maps_a_scene_with_the_pixel_resolution_protocols(protocol, tmp_
         np.testing.assert_array_equal(ids, other.read(1))
     missing = fx.footprint_mask(40, 48, 12)
     assert (ids[missing] == 255).all() and set(np.unique(ids[~missing])) <= {1, 2, 3}
+
+
+def test_the_residual_fused_head_starts_as_the_raw_spectra_head_and_its_features_can_move_it():
+    """fusion=residual: the correction's last layer starts at zero, so with the raw head's spectra-path
+    weights the encoder model predicts exactly what raw spectra do; the correction still gets gradient."""
+    enc = PixelModel.build(TASK, encoder=_student(), protocol="fused")
+    raw = PixelModel.build(TASK, sensor=SENSOR, img_size=16, protocol="fused")
+    head = enc.head
+    assert isinstance(head, FusedHead) and head.fusion == "residual" and enc.config["fusion"] == "residual"
+    assert head.correction is not None and any(isinstance(m, torch.nn.Dropout2d) for m in head.features)
+    missing = head.load_state_dict(raw.head.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith(("features.", "correction.")) for k in missing)
+    x = _x()
+    enc.eval(), raw.eval()
+    # the same standardised spectra on both sides (the raw model has the sensor's own statistics)
+    s = enc.spectra(x)
+    torch.testing.assert_close(head(s, enc.features(x), (16, 16)), raw.head(s, None, (16, 16)))
+    enc.train()
+    F.cross_entropy(enc(x), torch.randint(0, 3, (2, 16, 16))).backward()
+    last = head.correction[-1]
+    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.encoder.parameters())  # the encoder stays fixed
+
+
+def test_a_fused_model_saved_before_the_residual_fusion_loads_as_concat(tmp_path):
+    model = PixelModel.build(TASK, encoder=_student(), protocol="fused", fusion="concat").eval()
+    assert model.head.correction is None and model.head.fusion == "concat"
+    model.save(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["fusion"]  # configs written before the key existed
+    cfg_path.write_text(json.dumps(cfg))
+    again = PixelModel.load(tmp_path / "old").eval()
+    assert again.head.fusion == "concat"
+    torch.testing.assert_close(again(_x()), model(_x()))
+    with pytest.raises(HyperKDError, match="fusion must be one of residual, concat"):
+        PixelModel.build(TASK, encoder=_student(), fusion="sum")
+
+
+def test_the_default_loss_is_weighted_for_segmentation_and_mse_for_regression_and_epochs_reach_120_steps():
+    from hyperkd.training.finetune import DEFAULT_LOSS, MIN_STEPS, default_epochs, resolve_loss
+
+    reg = RegressionTask(label="soc", name="soc")
+    assert (
+        DEFAULT_LOSS == "auto"
+        and resolve_loss("auto", TASK) == "weighted"
+        and resolve_loss("auto", reg) == "ce"
+    )
+    assert resolve_loss("focal", TASK) == "focal"
+    with pytest.raises(HyperKDError, match="is for segmentation tasks"):
+        resolve_loss("weighted", reg)
+    assert default_epochs(2) == 60 and default_epochs(1) == MIN_STEPS and default_epochs(100) == 20
+    assert default_epochs(5) * 5 >= MIN_STEPS > (default_epochs(5) - 1) * 5 and default_epochs(7) == 20
+    assert FinetuneModule(task=TASK, sensor=SENSOR, img_size=16).loss_name == "weighted"

@@ -79,10 +79,18 @@ def finetune_cmd(
         str,
         typer.Option(
             "--loss",
-            help="Segmentation loss: ce, weighted (class weights 1/sqrt(frequency) of the training "
-            "labels, clipped at 10) or focal (gamma 2).",
+            help="auto (weighted for segmentation, MSE for regression), ce, weighted (class weights "
+            "1/sqrt(frequency) of the training labels, clipped at 10) or focal (gamma 2).",
         ),
-    ] = "ce",
+    ] = "auto",
+    fusion: Annotated[
+        str,
+        typer.Option(
+            "--fusion",
+            help="How the fused heads join encoder features to the spectra: residual (a zero-initialised "
+            "correction of the raw-spectra head) or concat.",
+        ),
+    ] = "residual",
     init: Annotated[
         str, typer.Option("--init", help="pretrained, or random: the untrained-encoder control.")
     ] = "pretrained",
@@ -113,7 +121,10 @@ def finetune_cmd(
         Path | None,
         typer.Option("--test-list", help="Test on exactly these chips of --data (as --train-list)."),
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs")] = 20,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Default: at least 20 epochs and at least 120 optimiser steps."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     lr: Annotated[
         float,
@@ -162,6 +173,7 @@ def finetune_cmd(
         out=out,
         protocol=protocol,
         loss=loss,
+        fusion=fusion,
         init=init,
         seed=seed,
         labels=labels,

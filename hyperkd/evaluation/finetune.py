@@ -49,7 +49,8 @@ computed once and cached on the CPU (up to ``cache_mb``): later epochs only trai
 
 The pieces live by concern: splits in :mod:`hyperkd.data.splits`, label binding in
 :mod:`hyperkd.evaluation.labels`, datasets in :mod:`hyperkd.evaluation.datasets`, metrics in
-:mod:`hyperkd.evaluation.metrics`, results in :mod:`hyperkd.evaluation.results`; this
+:mod:`hyperkd.evaluation.metrics`, results in :mod:`hyperkd.evaluation.results`, the starting
+encoder in :mod:`hyperkd.evaluation.students`; this
 module keeps the two runners (:func:`finetune`, :func:`evaluate`) and re-exports the rest.
 
 Outputs in ``out``: ``finetune.json`` (settings), ``model/`` (config.json +
@@ -82,87 +83,29 @@ from hyperkd.evaluation.datasets import TaskDataset, open_store
 from hyperkd.evaluation.labels import TaskLabels, bind_labels, label_fraction_subset, target_stats
 from hyperkd.evaluation.metrics import RegressionAccumulator
 from hyperkd.evaluation.results import EvalResult, FinetuneResult
+from hyperkd.evaluation.students import RAW, resolve_student
 from hyperkd.evaluation.tasks import RegressionTask, SegmentationTask, Task, get_task
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.models.pixel import (
+    DEFAULT_FUSION,
     DEFAULT_PROTOCOL,
     PixelModel,
+    check_fusion,
     check_protocol,
-    encoder_config,
     recompute_batchnorm,
 )
 from hyperkd.recipes import check_keys
 from hyperkd.training.checks import trainer_keys
-from hyperkd.training.finetune import DEFAULT_LOSS, FinetuneModule, check_loss, class_weights_of
+from hyperkd.training.finetune import (
+    DEFAULT_LOSS,
+    FinetuneModule,
+    class_weights_of,
+    default_epochs,
+    resolve_loss,
+)
 from hyperkd.training.runner import check_out_folder, remove_created
 
 log = logging.getLogger(__name__)
-
-RAW = "raw"
-INITS = ("pretrained", "random")
-
-
-# ----------------------------------------------------------------------------------------------
-# Students
-# ----------------------------------------------------------------------------------------------
-
-
-def resolve_student(
-    student: str | Path | HyperspectralMAE, store: ChipStore, init: str = "pretrained"
-) -> HyperspectralMAE | None:
-    """The encoder to fine-tune (``None`` for ``"raw"``), checked against the store's bands and chip size.
-
-    ``init="random"`` rebuilds the same architecture with fresh weights (call after seeding).
-    """
-    if init not in INITS:
-        raise HyperKDError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-    if isinstance(student, str) and student == RAW:
-        return None
-    if isinstance(student, HyperspectralMAE):
-        model = student
-    else:
-        from hyperkd.models.factory import create_model, resolve_spec
-
-        spec = resolve_spec(student, sensor=store.sensor)  # folders, run folders, Hub repos, architectures
-        if spec.trained:
-            loaded = create_model(spec)  # the class comes from the saved config's model_type
-            if not isinstance(loaded, HyperspectralMAE):
-                raise HyperKDError(
-                    f"student {spec.spec!r} is a {type(loaded).__name__}, not a hyperspectral MAE student"
-                )
-            model = loaded
-        else:
-            if init != "random":
-                raise HyperKDError(
-                    f"student {spec.spec!r} is an architecture, not trained weights; pass init='random' "
-                    "(--init random) for an untrained-encoder control, or a trained run folder"
-                )
-            if spec.sensor is not None and spec.sensor != store.sensor.name:
-                raise HyperKDError(
-                    f"student {spec.spec!r} is for sensor {spec.sensor!r} but {store.root} holds "
-                    f"{store.sensor.name!r} chips"
-                )
-            # the store's band table carries its statistics: the encoder standardises with them
-            return create_model(spec, sensor=store.sensor, img_size=store.chip_size)
-    if getattr(model, "sensor_agnostic", False):  # any-mae: reads the store's band table as it is
-        model = model.adapt_to(store.sensor, img_size=store.chip_size)  # type: ignore[operator]
-    if model.in_chans != store.sensor.num_bands or model.img_size != store.chip_size:
-        raise HyperKDError(
-            f"the student expects {model.in_chans} bands of {model.img_size} px but {store.root} holds "
-            f"{store.sensor.num_bands} bands of {store.chip_size} px; use a store made with the student's "
-            "band selection and chip size"
-        )
-    from hyperkd.core.sensors import match_bands
-
-    if match_bands(model.sensor, store.sensor, f"student vs {store.root}") != list(range(model.in_chans)):
-        raise HyperKDError(
-            f"{store.root} holds the student's bands in another order; "
-            "use a store made with the student's band order"
-        )
-    if init == "random":
-        return type(model)(**encoder_config(model))  # same architecture and standardisation, new weights
-    return model
-
 
 # ----------------------------------------------------------------------------------------------
 # finetune / evaluate
@@ -203,12 +146,13 @@ def finetune(
     label_field: str | None = None,
     legend: str | Path | None = None,
     train_chips: int | None = None,
-    epochs: int = 20,
+    epochs: int | None = None,
     batch_size: int = 8,
     lr: float = 1e-3,
     encoder_lr_scale: float = 0.1,
     weight_decay: float = 1e-4,
     hidden: int = 128,
+    fusion: str = DEFAULT_FUSION,
     layers: Sequence[int] | int | None = None,
     loss: str = DEFAULT_LOSS,
     val_fraction: float = 0.1,
@@ -239,13 +183,14 @@ def finetune(
     out = Path(out)
     check_out_folder(out)
     check_protocol(protocol)
+    check_fusion(fusion)
     replace = (out / "metrics.json").exists() or (out / "finetune.json").exists()
     if replace and not overwrite:
         raise HyperKDError(
             f"{out} already holds a fine-tune run; choose another --out, or pass --overwrite "
             "(overwrite=True in Python) to replace it"
         )
-    if min(epochs, batch_size) < 1 or not lr > 0:
+    if (epochs is not None and epochs < 1) or batch_size < 1 or not lr > 0:
         raise HyperKDError(
             f"--epochs {epochs} and --batch-size {batch_size} must be at least 1, --lr {lr:g} above 0"
         )
@@ -262,7 +207,7 @@ def finetune(
             f"--val-fraction {val_fraction:g} + --test-fraction {test_fraction:g} leave no chip to train on"
         )
     base_task = get_task(task, label=label)
-    check_loss(loss, base_task)
+    loss = resolve_loss(loss, base_task)  # "auto": weighted for segmentation, the task's MSE for regression
     train_store = open_store(store)
     eval_st = open_store(eval_store) if eval_store is not None else None
     val_st = open_store(val_store) if val_store is not None else None
@@ -327,9 +272,13 @@ def finetune(
             _, val_task_labels = bind_labels(bound, val_st, val_labels, cache=cache, **label_opts)
             val_task_labels.task = bound  # the training labels' classes, codes and target statistics
 
-        torch.manual_seed(
-            seed
-        )  # the same head initialisation for every student of one architecture at this seed
+        # None: at least MIN_EPOCHS epochs and MIN_STEPS steps (the loader keeps its last partial batch)
+        epochs = (
+            epochs
+            if epochs is not None
+            else default_epochs(-(-len(train_idx) // min(batch_size, len(train_idx))))
+        )
+        torch.manual_seed(seed)  # the same head initialisation for every student of one architecture
         init_name = "none" if encoder is None else init
         model = PixelModel.build(
             bound,
@@ -339,6 +288,7 @@ def finetune(
             protocol=protocol,
             layers=layers,
             hidden=hidden,
+            fusion=fusion,
             student=_student_name(student),
             init=init_name,
         )
@@ -364,6 +314,7 @@ def finetune(
             "encoder_lr_scale": encoder_lr_scale,
             "weight_decay": weight_decay,
             "hidden": hidden,
+            "fusion": fusion,
             "layers": list(model.layers),
             "loss": loss,
             "class_weights": weights,

@@ -70,7 +70,7 @@ class QuickstartConfig:
     eval_chips: int = 64
     teacher_epochs: int = 10
     student_epochs: int = 12
-    finetune_epochs: int = 15
+    finetune_epochs: int | None = None  # None: finetune's default (>= 20 epochs, >= 120 steps)
     protocol: str = "fused"  # finetune's default head; "frozen" is the paper's token-CNN head
     train_chips: int = 12
     tasks: tuple[str, ...] = ("landcover", "croptype")
@@ -416,6 +416,18 @@ def _bar_figure(table: Any, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def epochs_text(epochs: int | None) -> str:
+    """The fine-tuning budget in words: a fixed epoch count, or ``hyperkd finetune``'s defaults."""
+    if epochs:
+        return f"{epochs} epochs"
+    from hyperkd.training.finetune import MIN_EPOCHS, MIN_STEPS
+
+    return (
+        f"`hyperkd finetune`'s defaults (at least {MIN_EPOCHS} epochs and {MIN_STEPS} steps, "
+        "class-weighted loss, the residual fused head)"
+    )
+
+
 def render_markdown(report: dict[str, Any], table_md: str, figure_prefix: str) -> str:
     """The report page (also used for docs/quickstart.md)."""
     c = report["config"]
@@ -434,7 +446,7 @@ a model does on real EnMAP imagery.
 - teacher: {report["teacher"]["name"]} ({report["teacher"]["note"] or report["teacher"]["weights"]}).
 - students: tiny MAEs, {c["student_epochs"]} epochs each; seeds {seeds}.
 - downstream: frozen encoder + `{c.get("protocol", "frozen")}` head, {c["train_chips"]} labelled training chips,
-  {c["finetune_epochs"]} epochs; metrics on held-out evaluation chips.
+  {epochs_text(c.get("finetune_epochs"))}; metrics on held-out evaluation chips.
 
 Mean ± std over seeds. ↑ / ↓: better / worse than no-KD beyond the seed spread ({rule});
 ≈: within it. "recon" = masked reconstruction on the students' validation chips (PSNR dB,

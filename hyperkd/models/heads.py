@@ -9,11 +9,13 @@ heads below: on 32 px EnMAP tiles with 8 px patches the grid is 4 x 4).
 Pixel-resolution heads read each pixel's standardised spectrum *and* the encoder's
 features, so an encoder can only add to what the spectra already give:
 
-* :class:`FusedHead` — features of several encoder blocks, each reduced by a 1x1 conv at
-  token resolution and bilinearly upsampled to pixels (a 1x1 conv commutes with bilinear
-  upsampling, so this costs a fraction of upsampling first), concatenated with the pixel's
-  spectrum (1x1 conv) and its 3x3 neighbourhood (3x3 conv), then a light per-pixel network
-  (a 1x1 fusion, one 3x3 layer of context, a 1x1 classifier).
+* :class:`FusedHead` — the raw-spectra head (the pixel's spectrum through a 1x1 conv and its
+  3x3 neighbourhood through a 3x3 conv, a 1x1 fusion, one 3x3 layer of context, a 1x1
+  classifier) plus a zero-initialised *residual* correction from the features of several
+  encoder blocks, each squeezed by a 1x1 conv at token resolution (a 1x1 conv commutes with
+  bilinear upsampling, so this costs a fraction of upsampling first), dropped channel-wise and
+  upsampled to pixels (``fusion="concat"``: the first design, features concatenated with the
+  spectra before the fusion layers).
 * :class:`UPerNetHead` — an FPN / UPerNet-style multi-level decoder (Xiao et al. 2018, as
   TerraTorch's ``UperNetDecoder`` uses on ViT features): a ViT's blocks all come at one
   token resolution, so shallower blocks are resized to finer levels (stride ``patch``,
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -181,30 +183,79 @@ class SpectralStem(nn.Module):
         return torch.cat([self.pixel(spectra), self.neighbourhood(spectra)], dim=1)
 
 
+FUSIONS = ("residual", "concat")
+"""How :class:`FusedHead` joins encoder features to the spectra (the first is the default)."""
+FEATURE_WIDTH = 8
+FEATURE_DROPOUT = 0.5
+
+
 class FusedHead(nn.Module):
     """Spectra + multi-block encoder features, fused per pixel (see the module docstring).
 
     ``feature_dim`` is the channel count of the concatenated token grids (0: no encoder,
     the raw-spectra control). ``forward(spectra, tokens, size)``: standardised spectra
     ``(B, C, H, W)``, tokens ``(B, feature_dim, h, w)`` or ``None``.
+
+    The spectra path (:class:`SpectralStem`, a 1x1 and a 3x3 layer, a 1x1 classifier) is the
+    whole raw-spectra head. ``fusion`` says how encoder features join it:
+
+    ``residual`` (the default)
+        the features are squeezed to ``feature_width`` channels (1x1, BN, ReLU) with channel
+        dropout ``feature_dropout``, upsampled to pixels, and a small correction network reads
+        them next to the stem's output; its logits are *added* to the spectra path's, and its last
+        layer starts at zero. So training starts from exactly the raw-spectra head, and the
+        features can only move it where they help on the training labels. On the real EnMAP tiles
+        this kept an untrained encoder from costing anything against raw spectra, where the
+        concatenation lost to them (docs/real-data.md).
+    ``concat``
+        the features (1x1 to ``width`` channels) are concatenated with the stem's output before
+        the fusion layers (the first fused head; saved models without ``fusion`` in their config).
     """
 
-    def __init__(self, in_chans: int, out_channels: int, feature_dim: int = 0, width: int = 64) -> None:
+    def __init__(
+        self,
+        in_chans: int,
+        out_channels: int,
+        feature_dim: int = 0,
+        width: int = 64,
+        fusion: str = "residual",
+        feature_width: int = FEATURE_WIDTH,
+        feature_dropout: float = FEATURE_DROPOUT,
+    ) -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         self.stem = SpectralStem(in_chans, width)
         self.feature_dim = int(feature_dim)
-        self.features = nn.Sequential(*conv_norm_relu(feature_dim, width, 1)) if feature_dim else None
-        cin = self.stem.out_channels + (width if feature_dim else 0)
+        self.fusion = fusion
+        residual = fusion == "residual" and bool(feature_dim)
+        fw = feature_width if residual else width
+        self.features: nn.Module | None = None
+        if feature_dim:
+            layers = [*conv_norm_relu(feature_dim, fw, 1)]
+            if residual and feature_dropout > 0:
+                layers.append(nn.Dropout2d(feature_dropout))
+            self.features = nn.Sequential(*layers)
+        cin = self.stem.out_channels + (fw if feature_dim and not residual else 0)
         self.fuse = nn.Sequential(*conv_norm_relu(cin, width, 1), *conv_norm_relu(width, width, 3))
         self.classifier = nn.Conv2d(width, out_channels, 1)
+        self.correction: nn.Sequential | None = None
+        if residual:
+            last = nn.Conv2d(width, out_channels, 1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(cast(Tensor, last.bias))
+            self.correction = nn.Sequential(*conv_norm_relu(self.stem.out_channels + fw, width, 1), last)
 
     def forward(self, spectra: Tensor, tokens: Tensor | None, size: tuple[int, int]) -> Tensor:
-        parts = [self.stem(spectra)]
-        if self.features is not None:
-            if tokens is None:
-                raise ValueError("this head was built for encoder features but got none")
-            parts.append(_resize(self.features(tokens), size))
-        return self.classifier(self.fuse(torch.cat(parts, dim=1)))
+        stem = self.stem(spectra)
+        if self.features is None:
+            return self.classifier(self.fuse(stem))
+        if tokens is None:
+            raise ValueError("this head was built for encoder features but got none")
+        feats = _resize(self.features(tokens), size)
+        if self.correction is None:  # concat
+            return self.classifier(self.fuse(torch.cat([stem, feats], dim=1)))
+        return self.classifier(self.fuse(stem)) + self.correction(torch.cat([stem, feats], dim=1))
 
 
 class PyramidPooling(nn.Module):
@@ -283,6 +334,9 @@ class UPerNetHead(nn.Module):
 
 
 __all__ = [
+    "FEATURE_DROPOUT",
+    "FEATURE_WIDTH",
+    "FUSIONS",
     "FusedHead",
     "LinearHead",
     "PixelCNNHead",

@@ -10,7 +10,9 @@ Protocols (how the encoder is used; :data:`DEFAULT_PROTOCOL` is the default):
 ``fused`` (the default)
     encoder fixed; :class:`~hyperkd.models.heads.FusedHead` reads each pixel's standardised
     spectrum and 3x3 neighbourhood *and* the features of several encoder blocks, upsampled
-    to pixels. The encoder can only add to the spectra.
+    to pixels, as a zero-initialised residual on the raw-spectra head (config ``fusion``:
+    ``residual``; ``concat`` for the first design and for saved models without the key). The
+    encoder can only add to the spectra.
 ``fused-full``
     the fused head, with the encoder trained too (at a lower learning rate).
 ``upernet``
@@ -61,6 +63,7 @@ from hyperkd.evaluation.tasks import Task, task_from_dict
 from hyperkd.hub import HyperKDHubMixin
 from hyperkd.models.anymae import student_from_config
 from hyperkd.models.heads import (
+    FUSIONS,
     FusedHead,
     LinearHead,
     PixelCNNHead,
@@ -76,6 +79,7 @@ FORMAT_VERSION = 1
 PROTOCOLS = ("fused", "fused-full", "upernet", "frozen", "linear", "full")
 """Every protocol :class:`PixelModel` builds (the first is the default)."""
 DEFAULT_PROTOCOL = "fused"
+DEFAULT_FUSION = FUSIONS[0]
 PIXEL_PROTOCOLS = ("fused", "fused-full", "upernet")
 """Protocols whose head reads the pixel spectra next to the encoder's features."""
 TRAIN_ENCODER = ("full", "fused-full")
@@ -87,6 +91,13 @@ def check_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
         raise HyperKDError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     return protocol
+
+
+def check_fusion(fusion: str) -> str:
+    """``fusion`` if known (:data:`~hyperkd.models.heads.FUSIONS`), else a one-line :class:`HyperKDError`."""
+    if fusion not in FUSIONS:
+        raise HyperKDError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    return fusion
 
 
 def default_layers(protocol: str, depth: int, n: int = 4) -> tuple[int, ...]:
@@ -120,7 +131,9 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
     table with the mean/std that standardise raw spectra; the encoder has its own),
     ``img_size``, ``layers`` (encoder blocks whose tokens are concatenated; a saved config
     without it means the last), ``hidden`` (head width: the token heads' at token
-    resolution; the pixel-resolution heads use half of it, at least 32), and provenance
+    resolution; the pixel-resolution heads use half of it, at least 32), ``fusion`` (how
+    :class:`~hyperkd.models.heads.FusedHead` joins encoder features: ``residual``, or
+    ``concat`` when absent, as in configs saved before it existed), and provenance
     (``student``, ``init``) that does not affect the weights.
     """
 
@@ -147,7 +160,7 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
                     enc.in_chans, k, enc.embed_dim, len(self.layers), enc.patch_size, enc.grid[0], width
                 )
             elif self.protocol in PIXEL_PROTOCOLS:
-                self.head = FusedHead(enc.in_chans, k, dim, width)
+                self.head = FusedHead(enc.in_chans, k, dim, width, fusion=str(cfg.get("fusion", "concat")))
             elif self.protocol == "linear":
                 self.head = LinearHead(dim, k)
             else:
@@ -182,6 +195,7 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
         protocol: str = DEFAULT_PROTOCOL,
         layers: Sequence[int] | int | None = None,
         hidden: int = 128,
+        fusion: str = DEFAULT_FUSION,
         student: str | None = None,
         init: str | None = None,
     ) -> PixelModel:
@@ -190,9 +204,11 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
         With ``encoder`` (a student MAE) the head reads its features and its weights are
         copied (decoder left out); without one the head reads ``sensor``'s standardised raw
         spectra (``img_size`` required then). ``layers=None``: the protocol's default
-        (:func:`default_layers`). ``student``/``init`` only record provenance.
+        (:func:`default_layers`). ``fusion``: how the fused head joins encoder features
+        (:data:`~hyperkd.models.heads.FUSIONS`). ``student``/``init`` only record provenance.
         """
         check_protocol(protocol)
+        check_fusion(fusion)
         if encoder is None and (sensor is None or img_size is None):
             raise HyperKDError("a raw-spectra model (no encoder) needs the sensor and img_size of its chips")
         if layers is None:
@@ -203,6 +219,7 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
             "img_size": int(img_size if img_size is not None else encoder.img_size),  # type: ignore[union-attr]
             "layers": list(layers_tuple(layers)),
             "hidden": int(hidden),
+            "fusion": fusion,
             "encoder": encoder_config(encoder) if encoder is not None else None,
             "sensor": sensor.to_dict() if encoder is None else None,  # type: ignore[union-attr]
             "student": student or ("raw" if encoder is None else f"<{type(encoder).__name__} object>"),

@@ -22,6 +22,10 @@ headline metrics of the whole validation set, summed over DDP ranks
 
 Losses for segmentation (``loss=``, :data:`LOSSES`); the task's ignore index is never scored:
 
+``auto`` (the default)
+    ``weighted`` for segmentation, the task's own loss (MSE) for regression: on the real EnMAP
+    tiles the weighted loss lifts the rare classes that mIoU averages over (docs/real-data.md,
+    the rows against the previous defaults).
 ``ce``
     plain cross-entropy (the task's own loss).
 ``weighted``
@@ -54,14 +58,19 @@ from hyperkd.data.cache import FeatureCache
 from hyperkd.evaluation.compare import headline
 from hyperkd.evaluation.tasks import SegmentationTask, Task, task_from_dict
 from hyperkd.models.mae import HyperspectralMAE
-from hyperkd.models.pixel import DEFAULT_PROTOCOL, PixelModel
+from hyperkd.models.pixel import DEFAULT_FUSION, DEFAULT_PROTOCOL, PixelModel
 from hyperkd.training.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("ce", "weighted", "focal")
+LOSSES = ("auto", "ce", "weighted", "focal")
 """Segmentation losses :class:`FinetuneModule` trains with (see the module docstring)."""
-DEFAULT_LOSS = "ce"
+DEFAULT_LOSS = "auto"
+MIN_EPOCHS = 20
+MIN_STEPS = 120
+"""``epochs=None`` trains for :func:`default_epochs`: at least ``MIN_EPOCHS`` epochs and at least
+``MIN_STEPS`` optimiser steps, so a few dozen labelled chips (2 batches an epoch) still get 120
+steps instead of 40 (docs/real-data.md compares them with the previous defaults)."""
 MAX_CLASS_WEIGHT = 10.0
 FOCAL_GAMMA = 2.0
 
@@ -70,12 +79,26 @@ def check_loss(loss: str, task: Task) -> str:
     """``loss`` if known and usable for ``task``, else a :class:`HyperKDError` saying what to do."""
     if loss not in LOSSES:
         raise HyperKDError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    if loss != "ce" and not isinstance(task, SegmentationTask):
+    if loss not in ("ce", "auto") and not isinstance(task, SegmentationTask):
         raise HyperKDError(
             f"loss {loss!r} is for segmentation tasks; task {task.name or task.kind!r} is "
             f"{task.kind} and trains with MSE (use --loss ce)"
         )
     return loss
+
+
+def resolve_loss(loss: str, task: Task) -> str:
+    """The loss actually trained: ``auto`` -> ``weighted`` for segmentation, ``ce`` (the task's own
+    MSE) for regression; any other name checked by :func:`check_loss`."""
+    check_loss(loss, task)
+    if loss == "auto":
+        return "weighted" if isinstance(task, SegmentationTask) else "ce"
+    return loss
+
+
+def default_epochs(batches_per_epoch: int) -> int:
+    """Epochs for ``epochs=None``: ``max(MIN_EPOCHS, ceil(MIN_STEPS / batches_per_epoch))``."""
+    return max(MIN_EPOCHS, math.ceil(MIN_STEPS / max(int(batches_per_epoch), 1)))
 
 
 def class_weights_from_counts(
@@ -156,6 +179,7 @@ class FinetuneModule(L.LightningModule):
         protocol: str = DEFAULT_PROTOCOL,
         layers: Sequence[int] | int | None = None,
         hidden: int = 128,
+        fusion: str = DEFAULT_FUSION,
         lr: float = 1e-3,
         encoder_lr_scale: float = 0.1,
         weight_decay: float = 1e-4,
@@ -177,11 +201,12 @@ class FinetuneModule(L.LightningModule):
                 protocol=protocol,
                 layers=layers,
                 hidden=hidden,
+                fusion=fusion,
             )
         elif task is not None or encoder is not None or sensor is not None:
             raise HyperKDError("FinetuneModule: pass either model= or task=/encoder=/sensor=, not both")
         self.model = model if isinstance(model, PixelModel) else PixelModel(model)
-        self.loss_name = check_loss(loss, self.model.task)
+        self.loss_name = resolve_loss(loss, self.model.task)
         if class_weights is not None:
             k = self.model.task.out_channels
             if len(class_weights) != k:
@@ -276,8 +301,12 @@ class FinetuneModule(L.LightningModule):
 __all__ = [
     "DEFAULT_LOSS",
     "LOSSES",
+    "MIN_EPOCHS",
+    "MIN_STEPS",
     "FinetuneModule",
     "check_loss",
     "class_weights_from_counts",
+    "default_epochs",
+    "resolve_loss",
     "segmentation_loss",
 ]
