@@ -453,9 +453,9 @@ def test_the_default_protocol_is_fused_in_python_and_cli_and_weighted_loss_is_re
     """No --protocol: the fused head on the student's blocks; no --loss: weighted (weights from the
     training chips' labels), recorded with the run (and the CLI's defaults are the library's); no
     --epochs: enough epochs for MIN_STEPS optimiser steps (shrunk here to keep the test fast)."""
-    import hyperkd.training.finetune as ft
     import inspect
 
+    import hyperkd.training.finetune as ft
     from hyperkd.cli.finetune import finetune_cmd
     from hyperkd.models.heads import FusedHead
     from hyperkd.models.pixel import DEFAULT_PROTOCOL
