@@ -342,15 +342,21 @@ class HyperspectralMAE(
             mu = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mu) / (var + 1e-6) ** 0.5
-        c = self.in_chans
-        if valid is None:
-            vw = torch.ones_like(target)
-        else:
-            vw = self.patchify(valid[:, None].to(target.dtype).expand(-1, c, -1, -1))
-        weight = vw * mask[..., None].to(target.dtype)
+        weight = self.loss_weight(mask, valid, target.dtype)
         return MAEOutput(
             pred=pred, target=target, mask=mask, weight=weight, features=feats, ids_keep=ids_keep
         )
+
+    def loss_weight(self, mask: Tensor, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """``(B, N, p*p*C)``: 1 on the valid pixels of masked patches, else 0. Built on the
+        ``(B, N, p*p)`` pixel grid and repeated over the bands in one contiguous write (patch
+        vectors are band-minor), not by patchifying a ``(B, C, H, W)`` copy of the valid mask."""
+        b, n = mask.shape
+        pp = self.patch_size**2
+        w = mask[..., None].to(dtype).expand(b, n, pp)
+        if valid is not None:
+            w = w * self.patchify(valid[:, None].to(dtype))
+        return w[..., None].expand(b, n, pp, self.in_chans).reshape(b, n, pp * self.in_chans)
 
     def reconstruct(self, x: Tensor, out: MAEOutput) -> Tensor:
         """Reflectance image with the masked patches replaced by the prediction."""

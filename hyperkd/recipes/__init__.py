@@ -200,7 +200,7 @@ SECTION_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "data.synthetic": frozenset({"chips", "size", "seed"}),
-    "optim": frozenset({"lr", "weight_decay", "betas", "warmup_steps"}),
+    "optim": frozenset({"lr", "weight_decay", "betas", "warmup_steps", "fused"}),
     "distill": frozenset(
         {"pairs", "projector", "mask_on", "cache_teacher", "cache_max_mb", "teacher_img_size", "ground_match"}
     ),
@@ -292,6 +292,22 @@ VALUE_RULES: dict[str, tuple[bool, float, float | None, bool, bool]] = {
 }
 
 
+#: ``dotted key -> the values it takes`` (speed settings, :mod:`hyperkd.training.optim` and
+#: :mod:`hyperkd.training.parts`; ``true``/``false`` are YAML booleans).
+CHOICES: dict[str, tuple[bool | str, ...]] = {
+    "optim.fused": ("auto", True, False),
+    "trainer.channels_last": ("auto", True, False),
+    "trainer.compile": (
+        False,
+        True,
+        "default",
+        "reduce-overhead",
+        "max-autotune",
+        "max-autotune-no-cudagraphs",
+    ),
+}
+
+
 def _get(recipe: Mapping[str, Any], dotted: str) -> tuple[Mapping[str, Any] | None, str]:
     """The section holding ``dotted`` (None if absent) and its last key."""
     *parents, last = dotted.split(".")
@@ -328,6 +344,12 @@ def check_values(recipe: dict[str, Any]) -> None:
             raise RecipeError(f"recipe key optim.betas {betas!r}: each must be at least 0 and below 1")
         recipe["optim"]["betas"] = values
     check_store(recipe)
+    for dotted, allowed in CHOICES.items():
+        section, key = _get(recipe, dotted)
+        value = section.get(key) if section is not None else None
+        if value is not None and not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
+            names = ", ".join(str(a).lower() if isinstance(a, bool) else a for a in allowed)
+            raise RecipeError(f"recipe key {dotted} is {value!r}; use one of {names}")
     for dotted in ("data.augment", "trainer.figures"):
         section, key = _get(recipe, dotted)
         if section is not None and key in section and not isinstance(section[key], bool):

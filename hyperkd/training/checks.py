@@ -25,7 +25,7 @@ from hyperkd.recipes import check_keys
 STUDENT_EXTRA = frozenset({"name", "selection", "init_from", "min_grid"})
 
 #: ``trainer`` keys hyperkd handles itself (not passed to Lightning).
-TRAINER_EXTRA = frozenset({"checkpoint_every_n_steps", "figures"})
+TRAINER_EXTRA = frozenset({"checkpoint_every_n_steps", "figures", "compile", "channels_last"})
 
 #: Trainer arguments the runner sets itself: a recipe may not give them.
 TRAINER_RESERVED = frozenset(

@@ -7,7 +7,11 @@ and other 1-D parameters, plus the MAE's ``cls_token``/``mask_token``, are not d
 The schedule is a plain :class:`torch.optim.lr_scheduler.LambdaLR`, so Lightning steps,
 checkpoints and resumes it like any torch scheduler.
 
-The ``optim`` section of a recipe holds the same keys as :class:`OptimConfig`.
+The ``optim`` section of a recipe holds the same keys as :class:`OptimConfig`. ``fused``
+(:func:`fused_flag`) picks torch's fused AdamW kernel: ``auto`` (the default) on an accelerator
+(CUDA, MPS, XPU...) when every parameter is there and the torch build has the kernel, the
+plain implementation (foreach on CUDA, a loop on CPU) otherwise; ``true`` insists (refused in
+one line where the kernel is missing); ``false`` never.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 0
+    fused: bool | str = "auto"
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None, where: str = "optim") -> OptimConfig:
@@ -49,6 +54,7 @@ class OptimConfig:
                 weight_decay=float(cfg.get("weight_decay", cls.weight_decay)),
                 betas=tuple(float(b) for b in cfg.get("betas", cls.betas)),  # type: ignore[arg-type]
                 warmup_steps=int(cfg.get("warmup_steps", cls.warmup_steps)),
+                fused=fused_setting(cfg.get("fused", cls.fused), f"{where}.fused"),
             )
         except (TypeError, ValueError) as err:
             raise RecipeError(f"{where}: {err}; use numbers (betas: a list of two)") from err
@@ -61,6 +67,54 @@ class OptimConfig:
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+def fused_setting(value: Any, where: str = "optim.fused") -> bool | str:
+    """``auto``, ``True`` or ``False`` (YAML's true/false); anything else is refused in one line."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[no-any-return]
+    raise RecipeError(f"recipe key {where} is {value!r}; use auto, true or false")
+
+
+def fused_devices() -> set[str]:
+    """Device types this torch build has a fused AdamW kernel for."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # pragma: no cover - torch < 2.1: CUDA only
+        return {"cuda"}
+    return set(_get_fused_kernels_supported_devices())
+
+
+def fused_flag(params: Iterable[Any], fused: bool | str = "auto") -> bool | None:
+    """The ``fused`` argument for :class:`torch.optim.AdamW` over ``params`` (tensors or groups).
+
+    ``auto``: ``True`` when every floating-point parameter is on one accelerator type that this
+    torch build has a fused kernel for, else ``None`` (torch's default: foreach on CUDA, a loop
+    on CPU). The CPU is left on its loop, the reference, so CPU runs stay comparable with earlier
+    ones (the fused kernel rounds differently). ``True``: fused (the CPU included, where torch
+    has the kernel), or a one-line :class:`RecipeError` naming the device that has none.
+    ``False``: ``None``.
+    """
+    fused = fused_setting(fused)
+    if fused is False:
+        return None
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, Mapping) else [p])]
+    kinds = {t.device.type for t in tensors}
+    supported = fused_devices()
+    floating = all(torch.is_floating_point(t) for t in tensors)
+    if fused is True:
+        missing = sorted(kinds - supported)
+        if missing or not floating:
+            raise RecipeError(
+                f"optim.fused is true but this torch {torch.__version__} has no fused AdamW kernel for "
+                f"{'parameters on ' + ', '.join(missing) if missing else 'non-float parameters'} "
+                f"(fused on: {', '.join(sorted(supported))}); set optim.fused=auto"
+            )
+        return True if tensors else None
+    on_accelerator = len(kinds) == 1 and kinds <= supported - {"cpu"}
+    return True if tensors and floating and on_accelerator else None
 
 
 def decay_groups(
@@ -106,14 +160,18 @@ def adamw_warmup_cosine(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     warmup_steps: int = 0,
+    fused: bool | str = "auto",
 ) -> dict[str, Any]:
     """AdamW over ``params`` (tensors or param-group dicts) with the warmup-cosine schedule.
 
     Returns what :meth:`lightning.LightningModule.configure_optimizers` returns; call it as
     ``adamw_warmup_cosine(groups, int(self.trainer.estimated_stepping_batches), lr=...)``.
-    Groups keep their own ``lr``/``weight_decay`` when they set them.
+    Groups keep their own ``lr``/``weight_decay`` when they set them. ``fused``: :func:`fused_flag`.
     """
-    opt = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    params = list(params)
+    opt = torch.optim.AdamW(
+        params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused_flag(params, fused)
+    )
     sched = warmup_cosine_scheduler(opt, total_steps, warmup_steps)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -130,4 +188,5 @@ def configure_optimizers(
         weight_decay=oc.weight_decay,
         betas=oc.betas,
         warmup_steps=oc.warmup_steps,
+        fused=oc.fused,
     )

@@ -49,7 +49,7 @@ from hyperkd.training.callbacks import (
     final_metrics,
     keep_metrics_history,
 )
-from hyperkd.training.parts import build_losses
+from hyperkd.training.parts import SpeedUps, build_losses
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,8 @@ RESUMABLE_KEYS = frozenset(
         "trainer.log_every_n_steps",
         "trainer.checkpoint_every_n_steps",
         "trainer.figures",
+        "trainer.compile",
+        "trainer.channels_last",
         "data.num_workers",
     }
 )
@@ -428,6 +430,7 @@ def make_trainer(recipe: Mapping[str, Any], out: Path, extra_callbacks: Iterable
     t = dict(recipe["trainer"])
     every = int(t.pop("checkpoint_every_n_steps", 50))
     t.pop("figures", None)
+    speed = SpeedUps.from_trainer_section(t)  # trainer.compile / channels_last: hyperkd's, not Lightning's
     ckpt = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="step{step}",
@@ -446,7 +449,7 @@ def make_trainer(recipe: Mapping[str, Any], out: Path, extra_callbacks: Iterable
     guard = StopOnNonFiniteLoss(hint) if hint else StopOnNonFiniteLoss()
     if len(stores) > 1:  # MultiStoreDataModule's batch sampler shards the batches by rank itself
         t["use_distributed_sampler"] = False
-    callbacks: list[Any] = [ckpt, guard, *extra_callbacks]
+    callbacks: list[Any] = [speed, ckpt, guard, *extra_callbacks]  # speed first: undone before exports
     if progress_enabled():
         callbacks.append(RichProgressBar())
     loggers: list[Any] = [
