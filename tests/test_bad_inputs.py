@@ -274,6 +274,114 @@ def test_evaluate_with_labels_beside_the_chips_fails_instead_of_scoring_no_pixel
     assert code == 1 and expected in " ".join(captured.err.split()) and "pixels 0" not in captured.out
 
 
+def _no_training(monkeypatch) -> None:
+    """Make any training fail loudly: a refusal these tests expect must come before it."""
+
+    def trainer(*args, **kwargs):
+        raise AssertionError("training started before the bad input was refused")
+
+    monkeypatch.setattr("hyperkd.training.runner.make_trainer", trainer)
+
+
+def test_finetune_refuses_evaluation_label_codes_the_training_labels_lack_before_training(
+    trained, tmp_path, capsys, monkeypatch
+):
+    from .test_labels import _tif
+
+    run, train, test, scene = trained
+    mixed = _tif(tmp_path / "mixed.tif", np.where(scene == 3, 9, scene).astype(np.float32))
+    _no_training(monkeypatch)
+    capsys.readouterr()
+    args = ["--task", "segmentation", "--student", "raw", "--data", str(train.root), "--protocol", "linear"]
+    args += ["--labels", str(run.parent / "labels"), "--label-nodata", "0", "--eval-data", str(test.root)]
+    code = main(["finetune", *args, "--eval-labels", str(mixed), "--out", str(tmp_path / "ft")])
+    err = capsys.readouterr().err
+    expected = (
+        f"evaluation labels {mixed} hold codes [9] over the chips of {test.root} that the training labels "
+        "do not have (their codes: [1, 2, 3]); pass --legend CSV listing every class, or make those pixels "
+        "the raster's nodata value (or --label-nodata CODE) if they mean 'no label'"
+    )
+    assert code == 1 and err.startswith("error: ") and expected in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "ft").exists()  # nothing blocks a rerun
+
+
+def test_finetune_still_scores_evaluation_labels_whose_extra_code_is_their_nodata(trained, tmp_path):
+    from hyperkd.evaluation.finetune import finetune
+
+    from .test_labels import _tif
+
+    run, train, test, scene = trained
+    mixed = np.where(scene == 3, 9, scene).astype(np.float32)
+    res = finetune(
+        student="raw",
+        task="segmentation",
+        store=train,
+        labels=run.parent / "labels",
+        label_nodata=0,
+        eval_store=test,
+        eval_labels=_tif(tmp_path / "nodata9.tif", mixed, nodata=9),  # 9 means "no label" here
+        protocol="linear",
+        epochs=1,
+        out=tmp_path / "ft",
+        figures=False,
+    )
+    assert res.metrics["pixels"] == int(np.isin(mixed[12:16, 8:16], [1, 2]).sum())
+    assert "pixels_unknown_class" not in res.metrics
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    """A model trained on a store's label layer, and a store whose layer has no labelled pixel."""
+    from hyperkd.data.store import ChipStoreWriter, LabelSpec
+    from hyperkd.evaluation.finetune import finetune
+
+    from .helpers.toy import toy_store
+
+    tmp = tmp_path_factory.mktemp("unlabelled")
+    train = toy_store(tmp / "train", chips=8)
+    spec = train.labels["lc"]
+    w = ChipStoreWriter(
+        tmp / "empty", train.sensor, train.chip_size, labels={"lc": LabelSpec("class", spec.classes)}
+    )
+    for i in range(2):
+        no_label = np.full((train.chip_size,) * 2, spec.ignore_index)
+        w.add(np.asarray(train[i]["image"]), labels={"lc": no_label}, source=f"e{i}")
+    kw = {"student": "raw", "task": "segmentation", "label": "lc", "protocol": "linear", "figures": False}
+    finetune(store=train, epochs=1, batch_size=4, out=tmp / "run", **kw)
+    return tmp / "run", train, w.close(), kw
+
+
+def test_evaluate_on_chips_without_a_labelled_pixel_says_so_instead_of_empty_metrics(unlabelled, capsys):
+    from hyperkd.evaluation.finetune import evaluate
+
+    run, _, empty, _ = unlabelled
+    expected = (
+        f"the 2 chip(s) scored (all chips) of {empty.root} have no labelled pixel in label layer 'lc' of "
+        "the store (every pixel is the no-label value or has no image data)"
+    )
+    with pytest.raises(DataError) as err:
+        evaluate(run, empty, figures=False)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    capsys.readouterr()
+    code = main(["evaluate", "--model", str(run), "--data", str(empty.root), "--json"])
+    captured = capsys.readouterr()
+    assert code == 1 and expected in " ".join(captured.err.split()) and "pixels" not in captured.out
+
+
+def test_finetune_refuses_test_chips_without_a_labelled_pixel_before_training(
+    unlabelled, tmp_path, monkeypatch
+):
+    from hyperkd.evaluation.finetune import finetune
+
+    _, train, empty, kw = unlabelled
+    _no_training(monkeypatch)
+    with pytest.raises(
+        DataError, match=rf"^the 2 test chip\(s\) of {empty.root} have no labelled pixel in label"
+    ):
+        finetune(store=train, eval_store=empty, epochs=1, out=tmp_path / "ft", **kw)
+    assert not (tmp_path / "ft").exists()
+
+
 def test_a_truncated_label_raster_says_so_rather_than_that_it_has_no_crs(tmp_path):
     from hyperkd.evaluation.labels import bind_labels
     from hyperkd.evaluation.tasks import get_task
@@ -327,3 +435,25 @@ def test_a_legend_or_chip_list_that_is_not_utf8_text_is_one_line(tmp_path):
     chips.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     with pytest.raises(DataError, match=rf"chip list {chips}: not UTF-8 text"):
         read_list(chips)
+
+
+# -- chip stores ----------------------------------------------------------------------------------
+def test_pretraining_on_a_webdataset_export_says_what_the_folder_is_and_what_reads_it(tmp_path, capsys):
+    pytest.importorskip("webdataset", reason="needs the stream extra: pip install 'hyperkd[stream]'")
+    from hyperkd.data.streaming import export_webdataset
+
+    from .helpers.toy import toy_store
+
+    store = toy_store(tmp_path / "store", chips=4, size=16)
+    export_webdataset(store, tmp_path / "export", shards=1)
+    capsys.readouterr()
+    args = ["--data", str(tmp_path / "export"), "--out", str(tmp_path / "run")]
+    code = main(["pretrain", "--student", "enmap", *args, "--set", "trainer.max_steps=1"])
+    err = " ".join(capsys.readouterr().err.split())
+    expected = (
+        f"{tmp_path / 'export'} is a WebDataset export (`hyperkd data export`), not a chip store: give "
+        f"hyperkd commands the store it was exported from ({store.root}); the export is read from Python "
+        "by hyperkd.data.streaming.StreamingChipDataModule"
+    )
+    assert code == 1 and expected in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

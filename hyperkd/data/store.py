@@ -407,6 +407,15 @@ class ChipStore(Sequence[dict[str, Any]]):
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.exists():
+            from hyperkd.data.streaming import STREAM_INDEX, read_stream_index
+
+            if (self.root / STREAM_INDEX).exists():  # `hyperkd data export`'s output: not wired to runs
+                source = read_stream_index(self.root)[0].get("source_store")
+                raise DataError(
+                    f"{self.root} is a WebDataset export (`hyperkd data export`), not a chip store: "
+                    f"give hyperkd commands the store it was exported from ({source}); the export is "
+                    "read from Python by hyperkd.data.streaming.StreamingChipDataModule"
+                )
             raise DataError(
                 f"{self.root} is not a chip store (no {MANIFEST}); create one with "
                 "`hyperkd data prepare` or `hyperkd data synth`"

@@ -80,7 +80,14 @@ from hyperkd.data.splits import ChipList, check_heldout_store, list_record, spli
 from hyperkd.data.store import ChipStore
 from hyperkd.evaluation.compare import headline
 from hyperkd.evaluation.datasets import TaskDataset, open_store
-from hyperkd.evaluation.labels import TaskLabels, bind_labels, label_fraction_subset, target_stats
+from hyperkd.evaluation.labels import (
+    TaskLabels,
+    bind_labels,
+    has_labelled,
+    label_fraction_subset,
+    no_labelled_pixel,
+    target_stats,
+)
 from hyperkd.evaluation.metrics import RegressionAccumulator
 from hyperkd.evaluation.results import EvalResult, FinetuneResult
 from hyperkd.evaluation.students import RAW, resolve_student
@@ -258,10 +265,20 @@ def finetune(
             task_labels.task = bound
         weights = class_weights_of(train_labels, train_idx) if loss == "weighted" else None
 
+        test_labels, test_chips, test_st = task_labels, test_idx, train_store  # what evaluate() scores
         if eval_st is not None:
             if labels is not None and eval_labels is None:
                 eval_labels = labels  # one raster (e.g. national NLCD / CDL) usually covers both stores
             _check_eval_store(train_store, eval_st, bound, eval_labels)
+            cache = out / "labels" / "eval.npy" if eval_labels else None  # evaluate()'s cache
+            _, test_labels = bind_labels(  # codes training lacks: refused now, not after training
+                bound, eval_st, eval_labels, cache=cache, held_out="evaluation", **label_opts
+            )
+            test_labels.task = bound
+            test_chips, test_st = list(range(len(eval_st))), eval_st
+        if test_chips and not has_labelled(test_labels, test_chips):
+            where = eval_labels if eval_st is not None else labels
+            raise no_labelled_pixel(test_st, where, bound, f"the {len(test_chips)} test chip(s)")
         val_task_labels = task_labels
         if val_st is not None:
             if labels is not None and val_labels is None:
@@ -409,11 +426,19 @@ def finetune(
         # validation metrics of the final model (Lightning's per-epoch ones in logs/ used moving BN statistics)
         val_metrics = (
             evaluate(model, val_data, chips=val_idx, figures=False, task_labels=val_task_labels).metrics
-            if val_idx
+            if val_idx and has_labelled(val_task_labels, val_idx)  # unlabelled validation chips: no metrics
             else {}
         )
         if eval_st is not None:
-            ev = evaluate(model, eval_st, labels=eval_labels, out=out, figures=figures, settings=settings)
+            ev = evaluate(
+                model,
+                eval_st,
+                labels=eval_labels,
+                out=out,
+                figures=figures,
+                settings=settings,
+                task_labels=test_labels,
+            )
         else:
             # chips=None: the model's recorded test split of its training store
             ev = evaluate(
@@ -572,6 +597,8 @@ def evaluate(
                     )
                 )
     metrics = acc.compute()
+    if not metrics["pixels"]:  # every scored pixel is no-label: NaN/empty metrics would mislead
+        raise no_labelled_pixel(st, labels, pm.task, f"the {len(idx)} chip(s) scored ({which})")
     if isinstance(pm.task, SegmentationTask) and task_labels.unknown_pixels:
         metrics["pixels_unknown_class"] = task_labels.unknown_pixels
     result = EvalResult(metrics=metrics, chips=idx, store=st.root, out=Path(out) if out is not None else None)

@@ -83,6 +83,7 @@ def bind_labels(
     nodata: float | None = None,
     field: str | None = None,
     legend: str | Path | Mapping[int, str] | None = None,
+    held_out: str | None = None,
 ) -> tuple[Task, TaskLabels]:
     """Bind ``task`` to the store's label layer or to labels aligned onto its chips; returns (task, labels).
 
@@ -93,7 +94,9 @@ def bind_labels(
     trained model's) keeps them; with a legend its codes are the classes (a labelled code
     missing from it is refused); otherwise the codes present over the store's chips are the
     classes, named by the legend, the source's own names (category names, a vector field's
-    text), NLCD's (task ``landcover``, all codes NLCD) or ``class <code>``.
+    text), NLCD's (task ``landcover``, all codes NLCD) or ``class <code>``. Codes the given
+    codes lack are not scored, with a warning; with ``held_out`` (``"evaluation"``: a store's
+    labels checked against the training labels' codes before training) they are refused.
     """
     if labels is None:
         if task.label not in store.labels:
@@ -164,7 +167,7 @@ def bind_labels(
         ids, unknown = encode_classes(values, codes, task.ignore_index)
         scored = bool((ids != task.ignore_index).any())
         if unknown:  # only given codes (a trained model's, a legend's) can miss some
-            _unknown_codes(labels, store, values, codes, scored, nodata)
+            _unknown_codes(labels, store, values, codes, scored, nodata, held_out)
         if not scored:  # e.g. labels beside the chips: metrics would read "pixels: 0"
             raise DataError(f"labels {labels} have no labelled pixel over the chips of {store.root}")
         return bound_seg, TaskLabels(store, bound_seg, ids, unknown)
@@ -181,9 +184,11 @@ def _unknown_codes(
     codes: Sequence[int],
     scored: bool,
     nodata: float | None,
+    held_out: str | None = None,
 ) -> None:
     """Refuse labels none of whose codes the model knows (nothing would be ``scored``, and the
-    metrics would read "pixels: 0"); warn, naming the codes, when only some are unknown."""
+    metrics would read "pixels: 0"); when only some are unknown, refuse ``held_out`` labels (a
+    fine-tune's, before it trains: a class it cannot learn) and otherwise warn, naming the codes."""
     from hyperkd.data.labels import class_codes
 
     extra = sorted(set(class_codes(values)) - {int(c) for c in codes})
@@ -193,6 +198,12 @@ def _unknown_codes(
         raise DataError(
             f"labels {labels} hold codes {extra[:20]} over the chips of {store.root}, none of which the model "
             f"was trained on (its codes: {known}); give labels with the model's codes{hint}"
+        )
+    if held_out:
+        raise DataError(
+            f"{held_out} labels {labels} hold codes {extra[:20]} over the chips of {store.root} that the "
+            f"training labels do not have (their codes: {known}); pass --legend CSV listing every class, "
+            "or make those pixels the raster's nodata value (or --label-nodata CODE) if they mean 'no label'"
         )
     logger.warning(
         "labels %s: %d pixel(s) hold codes %s the model was not trained on (its codes: %s); they are not scored",
@@ -322,6 +333,21 @@ def label_fraction_subset(
     return sub
 
 
+def has_labelled(labels: TaskLabels, indices: Sequence[int]) -> bool:
+    """Whether any pixel of chips ``indices`` is labelled (stops at the first chip with one)."""
+    return any(bool(_labelled(labels.target(i), labels.task).any()) for i in indices)
+
+
+def no_labelled_pixel(store: ChipStore, labels: str | Path | None, task: Task, chips: str) -> DataError:
+    """The one-line error for chips with nothing to score: every pixel is the no-label value."""
+    source = f"labels {labels}" if labels else f"label layer {task.label!r} of the store"
+    return DataError(
+        f"{chips} of {store.root} have no labelled pixel in {source} (every pixel is the no-label "
+        "value or has no image data), so there is nothing to score; give labels that cover them "
+        "(--labels, --label-nodata) or other chips"
+    )
+
+
 def target_stats(labels: TaskLabels, indices: Sequence[int]) -> tuple[float, float]:
     """Mean and standard deviation of the labelled target pixels of chips ``indices``
     (what a regression task standardises its targets with)."""
@@ -339,7 +365,9 @@ __all__ = [
     "FractionLabels",
     "TaskLabels",
     "bind_labels",
+    "has_labelled",
     "label_fraction_subset",
+    "no_labelled_pixel",
     "pixel_keys",
     "target_stats",
 ]
