@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -171,6 +172,21 @@ def curve_verdicts(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str
     return out
 
 
+def finetune_text(budget: Mapping[str, Any], prov: Mapping[str, Any]) -> str:
+    """The fine-tuning settings in words (the benchmark's epochs if it set them, else the defaults)."""
+    d = dict(prov.get("finetune_defaults") or {})
+    if budget.get("finetune_epochs"):
+        epochs = f"{budget['finetune_epochs']} epochs"
+    elif d.get("min_steps") and d.get("batch_size") and prov.get("train_tiles"):
+        batches = math.ceil(len(prov["train_tiles"]) / d["batch_size"])
+        n = max(d["min_epochs"], math.ceil(d["min_steps"] / batches))
+        epochs = f"at least {d['min_epochs']} epochs and {d['min_steps']} steps: {n} epochs of {batches} batches here"
+    else:
+        epochs = "its default epochs"
+    extra = ", ".join(f"{k} `{d[k]}`" for k in ("loss", "fusion") if d.get(k))
+    return epochs + (f", {extra}" if extra else "")
+
+
 def render_markdown(results: Mapping[str, Any], figure: str | None = None) -> str:
     """The page ``docs/real-data.md`` from a results dict (``OUT/results.json``); ``figure``: its path from the page."""
     prov = results["provenance"]
@@ -210,7 +226,8 @@ def render_markdown(results: Mapping[str, Any], figure: str | None = None) -> st
             else []
         ),
         f"- budget: pretraining and distillation {budget['pretrain_steps']} steps of {budget['batch_size']} chips; "
-        f"fine-tuning {budget['finetune_epochs']} epochs on all training tiles (`finetune` protocol: "
+        f"fine-tuning on all training tiles with `hyperkd finetune`'s defaults unless a row says otherwise "
+        f"({finetune_text(budget, prov)}; protocol: "
         f"{prov.get('protocol') or 'its default'}); random forest {budget['rf_trees']} trees",
         f"- teacher: {prov['teacher']['description']}",
         "",

@@ -178,8 +178,14 @@ def test_rows_are_data_and_are_chosen_by_key():
     assert len(keys) == len(set(keys))
     by_key = {r.key: r for r in bench.ROWS}
     assert all(r.of in by_key for r in bench.ROWS if r.kind == "untrained" or r.of)
-    # a head study on the same encoders: it reuses mae-small's pretraining and sets its own epochs
-    assert by_key["mae-small-w60"].of == "mae-small" and by_key["mae-small-w60"].finetune["epochs"] == 60
+    # the previous defaults on the same encoders: reuses mae-small's pretraining, sets its own fine-tuning
+    assert by_key["mae-small-prev"].of == "mae-small" and by_key["mae-small-prev"].finetune == bench.PREVIOUS
+    assert by_key["raw-prev"].finetune == bench.PREVIOUS and by_key["untrained"].of == "mae-small"
+    # the transductive row says so on the page
+    assert by_key["mae-small-all"].pretrain_on == "all"
+    assert "validation tiles** (never their labels)" in bench.describe(
+        by_key["mae-small-all"], by_key, bench.Budget()
+    )
     assert [r.key for r in bench.select_rows(None)] == [r.key for r in bench.ROWS if r.default]
     assert "mae-small" in [r.key for r in bench.select_rows(None)]  # the documented pipeline is a default row
     assert {r.kind for r in bench.ROWS} == {"raw", "untrained", "pretrain", "distill", "sklearn"}

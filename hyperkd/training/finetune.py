@@ -24,8 +24,8 @@ Losses for segmentation (``loss=``, :data:`LOSSES`); the task's ignore index is 
 
 ``auto`` (the default)
     ``weighted`` for segmentation, the task's own loss (MSE) for regression: on the real EnMAP
-    tiles the weighted loss lifts the rare classes that mIoU averages over (docs/real-data.md,
-    the rows against the previous defaults).
+    tiles the weighted loss lifts the rare classes that mIoU averages over (docs/tasks.md,
+    "Why these defaults").
 ``ce``
     plain cross-entropy (the task's own loss).
 ``weighted``
@@ -70,7 +70,7 @@ MIN_EPOCHS = 20
 MIN_STEPS = 120
 """``epochs=None`` trains for :func:`default_epochs`: at least ``MIN_EPOCHS`` epochs and at least
 ``MIN_STEPS`` optimiser steps, so a few dozen labelled chips (2 batches an epoch) still get 120
-steps instead of 40 (docs/real-data.md compares them with the previous defaults)."""
+steps instead of 40 (docs/tasks.md, "Why these defaults")."""
 MAX_CLASS_WEIGHT = 10.0
 FOCAL_GAMMA = 2.0
 
