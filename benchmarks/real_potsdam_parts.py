@@ -62,6 +62,12 @@ def comparison_sentence(name: str, ref: str, table: Any, metric: str = "miou") -
     return f"{name} and {ref} are within the seed spread on {title} (difference {delta:+.3f}, spread {spread:.3f})."
 
 
+def _beyond(a: Any, b: Any) -> int:
+    """+1 / -1 / 0: ``a`` above / below ``b`` beyond the seed spread (|Δ mean| > std_a + std_b), or not."""
+    d = a.mean - b.mean
+    return 0 if abs(d) <= a.std + b.std else (1 if d > 0 else -1)
+
+
 def verdicts(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Plain sentences: each hyperkd row vs the random forest and raw spectra, KD vs its controls."""
     table = aggregate(runs)
@@ -80,9 +86,23 @@ def verdicts(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]
             if beyond
             else "is level with (within the seed spread of)"
         )
+        encoders = [n for n in ours if kinds[n] != "raw"]
+        adds = (
+            [n for n in encoders if _beyond(table.rows[n]["miou"], table.rows[raw]["miou"]) > 0]
+            if raw is not None
+            else []
+        )
+        versus_raw = (
+            f" Against {raw} (mIoU {table.rows[raw]['miou'].mean:.3f} ± {table.rows[raw]['miou'].std:.3f}), "
+            f"{len(adds)} of {len(encoders)} encoder rows add to the spectra beyond the seed spread"
+            + (f" ({', '.join(adds)})" if adds else "")
+            + "."
+            if raw is not None and encoders
+            else ""
+        )
         out.append(
             f"**In short: hyperkd's best row here, {best} (mIoU {a.mean:.3f} ± {a.std:.3f}), {verdict} "
-            f"the {rf} (mIoU {b.mean:.3f} ± {b.std:.3f}).**"
+            f"the {rf} (mIoU {b.mean:.3f} ± {b.std:.3f}).{versus_raw}**"
         )
     tuning = {r["name"]: dict(r.get("finetune") or {}) for r in rows}
     raws = [n for n, k in kinds.items() if k == "raw"]

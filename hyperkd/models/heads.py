@@ -206,7 +206,7 @@ class FusedHead(nn.Module):
         layer starts at zero. So training starts from exactly the raw-spectra head, and the
         features can only move it where they help on the training labels. On the real EnMAP tiles
         this kept an untrained encoder from costing anything against raw spectra, where the
-        concatenation lost to them (docs/real-data.md).
+        concatenation lost to them (docs/real-data.md; docs/tasks.md, "Why these defaults").
     ``concat``
         the features (1x1 to ``width`` channels) are concatenated with the stem's output before
         the fusion layers (the first fused head; saved models without ``fusion`` in their config).
