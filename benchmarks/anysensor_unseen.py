@@ -64,7 +64,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_potsdam import DEFAULT_DATA, prepare_split  # the Potsdam tiles, prepared as they are
-from real_potsdam_parts import machine, split_files
+from real_potsdam_parts import machine, split_files, write_generated
 
 BEGIN = "<!-- benchmarks/anysensor_unseen.py: begin (generated, do not edit by hand) -->"
 END = "<!-- benchmarks/anysensor_unseen.py: end -->"
@@ -522,16 +522,6 @@ def figure(results: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def write_docs(path: Path, block: str) -> None:
-    """Replace the page's generated section (between BEGIN and END), or append it."""
-    text = path.read_text()
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--out", default="runs/anysensor_unseen", help="work folder (default: %(default)s)")
@@ -584,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     block = render(results, rel)
     print(block)
     if args.docs is not None:
-        write_docs(args.docs, block)
+        write_generated(args.docs, block, BEGIN, END)
         log.info("wrote %s", args.docs)
     return results
 

@@ -42,6 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_potsdam_parts import write_generated
+
 BEGIN = "<!-- benchmarks/heads.py: begin (generated, do not edit by hand) -->"
 END = "<!-- benchmarks/heads.py: end -->"
 
@@ -247,15 +250,6 @@ def render(results: dict[str, Any], seeds: list[int], meta: dict[str, Any]) -> s
     return "\n".join(lines)
 
 
-def write_docs(path: Path, block: str) -> None:
-    text = path.read_text()
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("data", nargs="?", default="../shared/data/enmap-potsdam", type=Path)
@@ -313,7 +307,7 @@ def main() -> None:
     block = render(results, seeds, meta)
     print(block)
     if args.docs is not None:
-        write_docs(args.docs, block)
+        write_generated(args.docs, block, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -455,6 +455,17 @@ def baseline_metrics(
 
 
 # ----------------------------------------------------------------------------------------------
+def write_generated(path: Path, block: str, begin: str, end: str) -> None:
+    """Replace ``path``'s generated section (from the ``begin`` to the ``end`` marker) by ``block``,
+    or append ``block`` when the page has none yet."""
+    text = path.read_text()
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def machine() -> str:
     """CPU, cores, load and versions, in one line."""
     import torch
