@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import lightning as L
@@ -13,7 +14,7 @@ import yaml
 from hyperkd.cli import main
 from hyperkd.core.errors import HyperKDError, RecipeError, TrainingError
 from hyperkd.evaluation.finetune import finetune
-from hyperkd.training.checkpoint import checkpoint_step, find_checkpoint
+from hyperkd.training.checkpoint import checkpoint_step, find_checkpoint, load_checkpoint_file
 from hyperkd.training.runner import pretrain
 
 from .helpers.threads import one_thread  # noqa: F401 - autouse fixture
@@ -111,6 +112,17 @@ def test_a_run_that_fails_on_input_leaves_no_run_folder_and_out_may_not_be_a_fil
     assert code == 1 and "is a file" in err and err.count("\n") == 1
     code, err = _cli(capsys, "pretrain", "--out", str(afile / "run"), "--data", str(store.root))
     assert code == 1 and "is a file" in err
+
+
+def test_the_final_checkpoint_is_the_full_state_and_lightning_logs_no_weights_only_notice(
+    store, tmp_path, caplog
+):
+    # Lightning's "`weights_only` was not set, defaulting to `False`" read like an unsafe load
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    pretrain("mae", tmp_path / "run", overrides=_sets(store, "trainer.max_steps=1"))
+    assert "weights_only" not in caplog.text
+    state = load_checkpoint_file(tmp_path / "run" / "checkpoints" / "last.ckpt")  # safetensors, no pickle
+    assert "optimizer_states" in state and state["global_step"] == 1  # what --resume needs
 
 
 def test_a_run_that_never_saved_a_checkpoint_is_started_again_without_resume(store, tmp_path):

@@ -537,7 +537,9 @@ def fit(
     trainer = make_trainer(recipe, out, [*reports, *callbacks])
     with run_folder(plan):
         trainer.fit(module, datamodule=dm, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
-        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+        # the full state (optimizer, loops, callbacks) so that --resume continues exactly; said
+        # explicitly, Lightning logs nothing about it (its default is the same)
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     return RunResult(
         run_dir=out,
         metrics=final_metrics(trainer),
