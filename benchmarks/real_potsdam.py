@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import inspect
 import json
 import logging
@@ -303,6 +304,15 @@ def resolve_teacher(spec: str, weights: str, overrides: Sequence[str] = ()) -> T
     return Teacher(spec, weights, tuple(overrides), f"`{spec}` ({desc}; weights: {weights})")
 
 
+def recipe_digest(name: str) -> str:
+    """A short hash of recipe ``name`` as it resolves now (its ``base`` merged in), so that a saved
+    encoder trained under an earlier version of the recipe is not reused."""
+    from hyperkd import recipes
+
+    text = json.dumps(recipes.load_recipe(name), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -394,7 +404,12 @@ class Runner:
             "trainer.figures=false",
             *row.overrides,
         ]
-        spec: dict[str, Any] = {"kind": row.kind, "recipe": row.recipe, "sets": sets}
+        spec: dict[str, Any] = {
+            "kind": row.kind,
+            "recipe": row.recipe,
+            "recipe_content": recipe_digest(row.recipe or "mae"),  # an edited recipe retrains
+            "sets": sets,
+        }
         if row.kind == "distill":
             t = self.teacher
             if t is None:

@@ -352,3 +352,28 @@ def test_predict_maps_a_real_validation_tile_on_its_grid_with_classes_1_to_6_and
             assert set(np.unique(ids[~expected]).tolist()) <= set(range(1, 7))
             assert dst.colormap(1)[1] is not None and dst.tags().get("class_names")
     assert maps[0].nodata_pixels == 0 and maps[1].nodata_pixels == 3 * 4 + 1
+
+
+def test_a_saved_encoder_is_tied_to_its_recipe_content_not_only_its_name(tmp_path):
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text("name: small\nbase: mae\ntrainer:\n  max_epochs: 150\n")
+    before = bench.recipe_digest(str(recipe))
+    assert bench.recipe_digest(str(recipe)) == before  # stable
+    recipe.write_text("name: small\nbase: mae\ntrainer:\n  max_epochs: 600\n")  # the recipe edited
+    assert bench.recipe_digest(str(recipe)) != before
+    assert bench.recipe_digest("mae-small-data") != bench.recipe_digest("mae")
+
+
+def test_every_row_of_the_small_data_sweep_is_a_valid_recipe():
+    from hyperkd import recipes
+    from hyperkd.core.plugins import load_plugins
+    from hyperkd.training.checks import check_components
+
+    load_plugins()
+    sweep = _load("small_data_sweep")
+    for kind, sets in sweep.VARIANTS.values():
+        if kind == "raw":
+            continue
+        sets = [s for s in sets if s != "data.store=ALL"]
+        resolved = recipes.resolve_for_run("mae-small-data", [*sets, "data.store=/x"], {})
+        check_components(resolved)  # a misspelt key in a row fails here, before any run
