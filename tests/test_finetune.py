@@ -527,3 +527,40 @@ def test_labels_from_a_geotiff_are_reprojected_encoded_and_scored(tmp_path):
     assert res.metrics["pixels"] == labelled
     again = evaluate(tmp_path / "run", geo, labels=raster)
     assert again.metrics["confusion_matrix"] == res.metrics["confusion_matrix"]
+
+
+def test_train_crop_trains_the_fused_head_on_crops_and_is_recorded(store, student_dir, tmp_path, monkeypatch):
+    seen: list[tuple[int, int]] = []
+    original = PixelModel.head_forward
+
+    def spy(self, features, x=None, window=None):
+        if torch.is_grad_enabled() and x is not None:  # training steps (not validation, not the BN pass)
+            seen.append(tuple(x.shape[-2:]))
+        return original(self, features, x, window)
+
+    monkeypatch.setattr(PixelModel, "head_forward", spy)
+    res = finetune(
+        student=student_dir,
+        task="landcover",
+        store=store,
+        train_crop=12,
+        epochs=2,
+        batch_size=4,
+        out=tmp_path / "crop",
+        figures=False,
+    )
+    assert res.settings["train_crop"] == 12
+    assert seen and all(h <= 12 + 4 and w <= 12 + 4 for h, w in seen)  # the crop and its 2 px margin
+    assert len(set(seen)) > 1 or seen[0] != (32, 32)
+    assert 0.0 <= res.metrics["overall_accuracy"] <= 1.0  # scored on whole chips
+    with pytest.raises(HyperKDError, match=r"--train-crop 12.*--protocol fused or fused-full.*frozen"):
+        finetune(
+            student=student_dir,
+            task="landcover",
+            store=store,
+            protocol="frozen",
+            train_crop=12,
+            out=tmp_path / "frozen",
+            epochs=1,
+        )
+    assert not (tmp_path / "frozen").exists()

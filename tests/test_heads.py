@@ -290,3 +290,28 @@ def test_the_default_loss_is_weighted_for_segmentation_and_mse_for_regression_an
     assert default_epochs(2) == 60 and default_epochs(1) == MIN_STEPS and default_epochs(100) == 20
     assert default_epochs(5) * 5 >= MIN_STEPS > (default_epochs(5) - 1) * 5 and default_epochs(7) == 20
     assert FinetuneModule(task=TASK, sensor=SENSOR, img_size=16).loss_name == "weighted"
+
+
+@pytest.mark.parametrize("fusion,feature_dim", [("residual", 12), ("concat", 12), ("residual", 0)])
+def test_a_window_of_the_fused_head_equals_the_whole_chip_inside_its_margin(fusion, feature_dim):
+    # training on crops (finetune --train-crop) must train the function used on whole chips
+    torch.manual_seed(0)
+    head = FusedHead(5, 3, feature_dim, width=8, fusion=fusion)
+    for p in head.parameters():  # the correction's last layer starts at zero: make it count
+        torch.nn.init.normal_(p, std=0.3)
+    head.eval()  # BatchNorm on running statistics: a pixel's output depends on its context only
+    size, m = (20, 20), FusedHead.crop_margin
+    spectra = torch.randn(2, 5, *size)
+    tokens = torch.randn(2, feature_dim, 5, 5) if feature_dim else None
+    whole = head(spectra, tokens, size)
+    for y0, x0, c in [(6, 7, 6), (0, 0, 8), (12, 11, 8)]:  # inside, at a corner, at the far edges
+        r = (max(0, y0 - m), min(20, y0 + c + m), max(0, x0 - m), min(20, x0 + c + m))
+        out = head(spectra[..., r[0] : r[1], r[2] : r[3]], tokens, size, r)
+        crop = out[..., y0 - r[0] : y0 - r[0] + c, x0 - r[2] : x0 - r[2] + c]
+        torch.testing.assert_close(crop, whole[..., y0 : y0 + c, x0 : x0 + c], atol=1e-5, rtol=1e-5)
+    # one pixel less of context and the crop's border is wrong: the margin is the real one
+    r = (y0 - m + 1, y0 + c, x0 - m + 1, x0 + c)
+    out = head(spectra[..., r[0] : r[1], r[2] : r[3]], tokens, (20, 20), r)
+    assert not torch.allclose(
+        out[..., m - 1, m - 1 : m - 1 + c - 1], whole[..., y0, x0 : x0 + c - 1], atol=1e-4
+    )

@@ -19,6 +19,7 @@ def test_quickstart_runs_every_stage_and_reports_the_controls(tmp_path):
         student_epochs=1,
         finetune_epochs=1,
         train_chips=6,
+        train_crop=16,
     )
     lines: list[str] = []
     report = quickstart(tmp_path / "demo", cfg, log=lines.append)
@@ -46,6 +47,9 @@ def test_quickstart_runs_every_stage_and_reports_the_controls(tmp_path):
     assert rnd["teacher_weights"]["source"] == "random init"
     md = (out / "report.md").read_text()
     assert "synthetic" in md and "| raw spectra (n=2) |" in md and "What the controls say" in md
+    assert "`--train-crop 16`" in md
+    ft = json.loads((out / "finetune/no-KD-landcover-s0/finetune.json").read_text())
+    assert ft["train_crop"] == 16 and ft["protocol"] == "fused"
     assert any(line.startswith("HyperKD vs no-KD:") for line in lines)
     page = docs_from_report(out, tmp_path / "docs" / "quickstart.md")
     text = page.read_text()

@@ -105,6 +105,15 @@ def finetune_cmd(
             "fixed by --split-seed and nested across fractions; validation and test labels stay whole.",
         ),
     ] = None,
+    train_crop: Annotated[
+        int | None,
+        typer.Option(
+            "--train-crop",
+            help="Train the fused head on random N x N px crops of the chips (plus the 2 px of context "
+            "its outputs need, so they equal the whole chip's): a step costs about (N+4)^2/size^2 of "
+            "one on whole chips. Default: whole chips.",
+        ),
+    ] = None,
     train_list: Annotated[
         Path | None,
         typer.Option(
@@ -183,6 +192,7 @@ def finetune_cmd(
         legend=legend,
         train_chips=train_chips,
         label_fraction=label_fraction,
+        train_crop=train_crop,
         train_list=train_list,
         val_list=val_list,
         test_list=test_list,

@@ -94,6 +94,7 @@ from hyperkd.evaluation.students import RAW, resolve_student
 from hyperkd.evaluation.tasks import RegressionTask, SegmentationTask, Task, get_task
 from hyperkd.models.mae import HyperspectralMAE
 from hyperkd.models.pixel import (
+    CROP_PROTOCOLS,
     DEFAULT_FUSION,
     DEFAULT_PROTOCOL,
     PixelModel,
@@ -173,6 +174,7 @@ def finetune(
     val_list: ChipList | None = None,
     test_list: ChipList | None = None,
     label_fraction: float | None = None,
+    train_crop: int | None = None,
     cache_mb: float = 1024.0,
     num_workers: int = 0,
     trainer: Mapping[str, Any] | None = None,
@@ -200,6 +202,11 @@ def finetune(
     if (epochs is not None and epochs < 1) or batch_size < 1 or not lr > 0:
         raise HyperKDError(
             f"--epochs {epochs} and --batch-size {batch_size} must be at least 1, --lr {lr:g} above 0"
+        )
+    if train_crop is not None and (train_crop < 1 or protocol not in CROP_PROTOCOLS):
+        raise HyperKDError(
+            f"--train-crop {train_crop}: a positive number of pixels, with --protocol "
+            f"{' or '.join(CROP_PROTOCOLS)} (got --protocol {protocol}); leave it out to train on whole chips"
         )
     check_keys("trainer", trainer, trainer_keys())
     for flag, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
@@ -335,6 +342,7 @@ def finetune(
             "layers": list(model.layers),
             "loss": loss,
             "class_weights": weights,
+            "train_crop": train_crop,
             "train_chips": train_idx,
             "val_chips": val_idx,
             "test_chips": test_idx,
@@ -389,6 +397,7 @@ def finetune(
             cache_mb=cache_mb,
             loss=loss,
             class_weights=weights,
+            train_crop=train_crop,
         )
         from hyperkd.training.runner import make_trainer
 

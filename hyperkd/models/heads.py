@@ -246,13 +246,29 @@ class FusedHead(nn.Module):
             nn.init.zeros_(cast(Tensor, last.bias))
             self.correction = nn.Sequential(*conv_norm_relu(self.stem.out_channels + fw, width, 1), last)
 
-    def forward(self, spectra: Tensor, tokens: Tensor | None, size: tuple[int, int]) -> Tensor:
+    crop_margin = 2
+    """How far a pixel's output reaches into the spectra (two 3x3 layers): a window's outputs
+    more than this many pixels from its cut edges equal those of the whole chip."""
+
+    def forward(
+        self,
+        spectra: Tensor,
+        tokens: Tensor | None,
+        size: tuple[int, int],
+        window: tuple[int, int, int, int] | None = None,
+    ) -> Tensor:
+        """Logits ``(B, K, H, W)`` for ``spectra`` of a chip of ``size``; with ``window``
+        ``(y0, y1, x0, x1)``, ``spectra`` is only that window of the chip (training on crops:
+        the token features are upsampled to the whole chip and then cut to the same window)."""
         stem = self.stem(spectra)
         if self.features is None:
             return self.classifier(self.fuse(stem))
         if tokens is None:
             raise ValueError("this head was built for encoder features but got none")
         feats = _resize(self.features(tokens), size)
+        if window is not None:
+            y0, y1, x0, x1 = window
+            feats = feats[..., y0:y1, x0:x1]
         if self.correction is None:  # concat
             return self.classifier(self.fuse(torch.cat([stem, feats], dim=1)))
         return self.classifier(self.fuse(stem)) + self.correction(torch.cat([stem, feats], dim=1))

@@ -82,6 +82,8 @@ DEFAULT_PROTOCOL = "fused"
 DEFAULT_FUSION = FUSIONS[0]
 PIXEL_PROTOCOLS = ("fused", "fused-full", "upernet")
 """Protocols whose head reads the pixel spectra next to the encoder's features."""
+CROP_PROTOCOLS = ("fused", "fused-full")
+"""Protocols whose head (:class:`~hyperkd.models.heads.FusedHead`) can train on crops of the chips."""
 TRAIN_ENCODER = ("full", "fused-full")
 """Protocols that train the encoder (at ``lr * encoder_lr_scale``)."""
 
@@ -261,20 +263,22 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
             self.encoder.eval()  # a fixed encoder stays in eval mode (no dropout / norm updates)
         return self
 
-    def _check(self, x: Tensor) -> None:
-        if (
-            x.ndim != 4
-            or x.shape[1] != self.in_chans
-            or tuple(x.shape[-2:]) != (self.img_size, self.img_size)
-        ):
+    def _check(self, x: Tensor, window: tuple[int, int, int, int] | None = None) -> None:
+        size = (
+            (self.img_size, self.img_size)
+            if window is None
+            else (window[1] - window[0], window[3] - window[2])
+        )
+        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[-2:]) != size:
             raise HyperKDError(
                 f"this model expects (B, {self.in_chans}, {self.img_size}, {self.img_size}) reflectance, "
                 f"got {tuple(x.shape)}; check the chip size and band selection of the data"
             )
 
-    def spectra(self, x: Tensor) -> Tensor:
-        """Standardised pixel spectra of reflectance ``x`` (the encoder's statistics if there is one)."""
-        self._check(x)
+    def spectra(self, x: Tensor, window: tuple[int, int, int, int] | None = None) -> Tensor:
+        """Standardised pixel spectra of reflectance ``x`` (the encoder's statistics if there is one);
+        ``x`` is the ``window`` ``(y0, y1, x0, x1)`` of the chips if one is given."""
+        self._check(x, window)
         if self.encoder is not None:
             return self.encoder.standardize(x)
         return (x - self.band_mean) / self.band_std
@@ -293,15 +297,33 @@ class PixelModel(nn.Module, HyperKDHubMixin, model_type=MODEL_TYPE):
         gh, gw = enc.grid
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], gh, gw)
 
-    def head_forward(self, features: Tensor | None, x: Tensor | None = None) -> Tensor:
+    def head_forward(
+        self,
+        features: Tensor | None,
+        x: Tensor | None = None,
+        window: tuple[int, int, int, int] | None = None,
+    ) -> Tensor:
         """Raw outputs ``(B, K, H, W)`` from :meth:`features` (cached features skip the encoder);
-        the pixel-resolution heads also need the reflectance ``x`` of the same chips."""
+        the pixel-resolution heads also need the reflectance ``x`` of the same chips. With
+        ``window`` ``(y0, y1, x0, x1)`` (heads with a :attr:`crop_margin` only), ``x`` is that
+        window of the chips and the outputs are the window's."""
         size = (self.img_size, self.img_size)
+        if window is not None and self.crop_margin is None:
+            raise HyperKDError(f"the {self.protocol!r} head cannot train on crops")
         if self.reads_spectra:
             if x is None:
                 raise HyperKDError(f"the {self.protocol!r} head reads the pixel spectra: pass the image too")
+            if window is not None:
+                return self.head(self.spectra(x, window), features, size, window)
             return self.head(self.spectra(x), features, size)
         return self.head(features, size)
+
+    @property
+    def crop_margin(self) -> int | None:
+        """Pixels of context the head needs around a training crop for its outputs inside the
+        crop to equal the whole chip's (:class:`~hyperkd.models.heads.FusedHead`); ``None``:
+        this head trains on whole chips only."""
+        return int(self.head.crop_margin) if isinstance(self.head, FusedHead) else None
 
     def forward(self, x: Tensor) -> Tensor:
         """Raw outputs (logits, or standardised values for regression) ``(B, K, H, W)``."""
@@ -378,6 +400,7 @@ def layers_tuple(layers: Sequence[int] | int) -> tuple[int, ...]:
 
 
 __all__ = [
+    "CROP_PROTOCOLS",
     "DEFAULT_PROTOCOL",
     "MODEL_TYPE",
     "PIXEL_PROTOCOLS",

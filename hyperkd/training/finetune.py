@@ -187,6 +187,7 @@ class FinetuneModule(L.LightningModule):
         cache_mb: float = 1024.0,
         loss: str = DEFAULT_LOSS,
         class_weights: Sequence[float] | None = None,
+        train_crop: int | None = None,
     ) -> None:
         super().__init__()
         if model is None:
@@ -213,8 +214,18 @@ class FinetuneModule(L.LightningModule):
                 raise HyperKDError(f"class_weights has {len(class_weights)} values; the task has {k} classes")
             class_weights = [float(w) for w in class_weights]
         self.class_weights = class_weights
+        if train_crop is not None and train_crop < 1:
+            raise HyperKDError(f"train_crop must be a positive number of pixels or None, got {train_crop}")
+        self.train_crop = train_crop
         self.save_hyperparameters(
-            "lr", "encoder_lr_scale", "weight_decay", "warmup_steps", "cache_mb", "loss", "class_weights"
+            "lr",
+            "encoder_lr_scale",
+            "weight_decay",
+            "warmup_steps",
+            "cache_mb",
+            "loss",
+            "class_weights",
+            "train_crop",
         )
         # the model's whole construction (load_from_checkpoint passes it back as ``model``)
         self.hparams["model"] = {**self.model.config, "task": self.model.task.to_dict()}
@@ -264,9 +275,42 @@ class FinetuneModule(L.LightningModule):
             self.class_weights = class_weights_from_counts(counts).tolist()
             self.hparams["class_weights"] = self.class_weights
 
+    def crop_windows(self, height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """A random training crop of ``train_crop`` px and the window the head reads around it
+        (the crop plus the head's :attr:`~hyperkd.models.pixel.PixelModel.crop_margin`, cut at
+        the chip's edges), both ``(y0, y1, x0, x1)``; ``None``: train on the whole chip (no
+        ``train_crop``, a head that cannot, or a chip no larger than the crop)."""
+        c, margin = self.train_crop, self.model.crop_margin
+        if not c or margin is None or (c >= height and c >= width):
+            return None
+        ch, cw = min(c, height), min(c, width)
+        y0 = int(torch.randint(0, height - ch + 1, ()).item())
+        x0 = int(torch.randint(0, width - cw + 1, ()).item())
+        crop = (y0, y0 + ch, x0, x0 + cw)
+        read = (
+            max(0, y0 - margin),
+            min(height, y0 + ch + margin),
+            max(0, x0 - margin),
+            min(width, x0 + cw + margin),
+        )
+        return crop, read
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        loss = self.criterion(self.forward_batch(batch), batch["target"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        image, target = batch["image"], batch["target"]
+        windows = self.crop_windows(*image.shape[-2:])
+        if windows is None:
+            output = self.forward_batch(batch)
+        else:
+            # the head reads the crop plus its margin; the encoder features are those of the
+            # whole chip (cached), cut to the same window: inside the crop the outputs equal
+            # the whole chip's, at a fraction of the pixels
+            (y0, y1, x0, x1), (ry0, ry1, rx0, rx1) = windows
+            window = (ry0, ry1, rx0, rx1)
+            output = self.model.head_forward(self._features(batch), image[..., ry0:ry1, rx0:rx1], window)
+            output = output[..., y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+            target = target[..., y0:y1, x0:x1]
+        loss = self.criterion(output, target)
+        self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
         return loss
 
     def on_validation_epoch_start(self) -> None:
