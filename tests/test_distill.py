@@ -199,7 +199,9 @@ def test_teacher_cache_skips_cached_chips_and_holds_normal_tensors():
 
 
 # -- runs -------------------------------------------------------------------------------------
-def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, tiny_teacher, tmp_path):
+def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(
+    store, tiny_teacher, tmp_path, recwarn
+):
     from hyperkd.training.distill import distill
 
     run = tmp_path / "run"
@@ -213,6 +215,8 @@ def test_tiny_distillation_lowers_reconstruction_and_distillation_loss(store, ti
         data=str(store.root),
         overrides=sets,
     )
+    # the frozen teacher is in eval mode on purpose: Lightning's notice of it is not shown
+    assert not [w for w in recwarn if "in eval mode" in str(w.message)]
     mse, kld = logged(run, "val/loss_mse"), logged(run, "val/loss_kld")
     assert len(mse) == len(kld) == 10
     assert mse[-1] < 0.9 * mse[0], mse  # about 0.82 x on this data (fixed validation masks: no noise)

@@ -21,6 +21,7 @@ import copy
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -535,7 +536,9 @@ def fit(
     if plan.resume_from is not None:
         reports.insert(0, ResumeBookkeeping(out, plan.recipe_text))
     trainer = make_trainer(recipe, out, [*reports, *callbacks])
-    with run_folder(plan):
+    with run_folder(plan), warnings.catch_warnings():
+        # a distillation's teacher is frozen in eval mode on purpose; Lightning warns of it at fit start
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         trainer.fit(module, datamodule=dm, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
         # the full state (optimizer, loops, callbacks) so that --resume continues exactly; said
         # explicitly, Lightning logs nothing about it (its default is the same)
