@@ -564,3 +564,27 @@ def test_train_crop_trains_the_fused_head_on_crops_and_is_recorded(store, studen
             epochs=1,
         )
     assert not (tmp_path / "frozen").exists()
+
+
+def test_how_often_training_validates_changes_nothing_it_learns(store, student_dir, tmp_path):
+    # validation only draws the val/loss curve: about ten points (finetune.val_every), and the
+    # weights must not depend on it (a validation pass once drew its loader's seed from the global
+    # RNG, shifting the fused head's dropout masks)
+    from safetensors.torch import load_file
+
+    from hyperkd.evaluation.finetune import val_every
+
+    assert [val_every(e) for e in (1, 9, 20, 60, 200)] == [1, 1, 2, 6, 20]
+    kw = dict(
+        student=student_dir, task="landcover", store=store, epochs=4, batch_size=4, seed=3, figures=False
+    )
+    a = finetune(out=tmp_path / "a", **kw)
+    b = finetune(out=tmp_path / "b", trainer={"check_val_every_n_epoch": 3}, **kw)
+    wa, wb = (
+        load_file(str(tmp_path / "a/model/model.safetensors")),
+        load_file(str(tmp_path / "b/model/model.safetensors")),
+    )
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.scalars == b.scalars
+    logged = (tmp_path / "b/logs/metrics.csv").read_text()
+    assert "val/loss" in logged  # still validated, less often

@@ -139,6 +139,15 @@ def _student_name(student: Any) -> str:
     return str(student)
 
 
+VAL_POINTS = 10
+"""About how many times a fine-tune validates during training (the val/loss curve)."""
+
+
+def val_every(epochs: int) -> int:
+    """Validate every this many epochs: :data:`VAL_POINTS` times over ``epochs``, at least every epoch."""
+    return max(1, epochs // VAL_POINTS)
+
+
 def finetune(
     *,
     student: str | Path | HyperspectralMAE,
@@ -385,6 +394,9 @@ def finetune(
                 TaskDataset(val_data, val_idx, val_task_labels),
                 batch_size=batch_size,
                 num_workers=num_workers,
+                # its own generator: each pass over a loader draws a seed from it, and drawn from the
+                # global one, how often training validates would change the dropout masks
+                generator=torch.Generator().manual_seed(seed),
             )
             if val_idx
             else None
@@ -407,6 +419,10 @@ def finetune(
             "devices": 1,
             "log_every_n_steps": 1,
             "checkpoint_every_n_steps": 10**9,
+            # per-epoch validation only draws the val/loss curve (the reported validation metrics
+            # are computed once, on the final model): about ten points are enough, and on few
+            # chips with many epochs validating every epoch took a fifth of the run
+            "check_val_every_n_epoch": val_every(epochs),
             **dict(trainer or {}),
         }
         if val_loader is None:
