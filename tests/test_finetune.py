@@ -572,7 +572,7 @@ def test_how_often_training_validates_changes_nothing_it_learns(store, student_d
     # RNG, shifting the fused head's dropout masks)
     from safetensors.torch import load_file
 
-    from hyperkd.evaluation.finetune import val_every
+    from hyperkd.training.finetune import val_every
 
     assert [val_every(e) for e in (1, 9, 20, 60, 200)] == [1, 1, 2, 6, 20]
     kw = dict(

@@ -110,6 +110,7 @@ from hyperkd.training.finetune import (
     class_weights_of,
     default_epochs,
     resolve_loss,
+    val_every,
 )
 from hyperkd.training.runner import check_out_folder, remove_created
 
@@ -137,15 +138,6 @@ def _student_name(student: Any) -> str:
     if isinstance(student, HyperspectralMAE):
         return f"<{type(student).__name__} object>"
     return str(student)
-
-
-VAL_POINTS = 10
-"""About how many times a fine-tune validates during training (the val/loss curve)."""
-
-
-def val_every(epochs: int) -> int:
-    """Validate every this many epochs: :data:`VAL_POINTS` times over ``epochs``, at least every epoch."""
-    return max(1, epochs // VAL_POINTS)
 
 
 def finetune(

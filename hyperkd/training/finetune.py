@@ -153,6 +153,15 @@ def segmentation_loss(
     return F.cross_entropy(logits, t, weight=w, ignore_index=ignore_index)
 
 
+VAL_POINTS = 10
+"""About how many times a fine-tune validates during training (only the val/loss curve)."""
+
+
+def val_every(epochs: int) -> int:
+    """Validate every this many epochs: :data:`VAL_POINTS` times over ``epochs``, at least every epoch."""
+    return max(1, epochs // VAL_POINTS)
+
+
 class FinetuneModule(L.LightningModule):
     """Trains a :class:`PixelModel`'s head (and, for ``full``/``fused-full``, its encoder) on one task.
 
@@ -353,4 +362,5 @@ __all__ = [
     "default_epochs",
     "resolve_loss",
     "segmentation_loss",
+    "val_every",
 ]
