@@ -153,6 +153,9 @@ def segmentation_loss(
     return F.cross_entropy(logits, t, weight=w, ignore_index=ignore_index)
 
 
+Window = tuple[int, int, int, int]
+"""``(y0, y1, x0, x1)``: rows ``y0:y1`` and columns ``x0:x1`` of a chip."""
+
 VAL_POINTS = 10
 """About how many times a fine-tune validates during training (only the val/loss curve)."""
 
@@ -284,7 +287,7 @@ class FinetuneModule(L.LightningModule):
             self.class_weights = class_weights_from_counts(counts).tolist()
             self.hparams["class_weights"] = self.class_weights
 
-    def crop_windows(self, height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    def crop_windows(self, height: int, width: int) -> tuple[Window, Window] | None:
         """A random training crop of ``train_crop`` px and the window the head reads around it
         (the crop plus the head's :attr:`~hyperkd.models.pixel.PixelModel.crop_margin`, cut at
         the chip's edges), both ``(y0, y1, x0, x1)``; ``None``: train on the whole chip (no
@@ -313,9 +316,9 @@ class FinetuneModule(L.LightningModule):
             # the head reads the crop plus its margin; the encoder features are those of the
             # whole chip (cached), cut to the same window: inside the crop the outputs equal
             # the whole chip's, at a fraction of the pixels
-            (y0, y1, x0, x1), (ry0, ry1, rx0, rx1) = windows
-            window = (ry0, ry1, rx0, rx1)
-            output = self.model.head_forward(self._features(batch), image[..., ry0:ry1, rx0:rx1], window)
+            (y0, y1, x0, x1), read = windows
+            ry0, ry1, rx0, rx1 = read
+            output = self.model.head_forward(self._features(batch), image[..., ry0:ry1, rx0:rx1], read)
             output = output[..., y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
             target = target[..., y0:y1, x0:x1]
         loss = self.criterion(output, target)
