@@ -641,3 +641,19 @@ def test_weights_of_another_architecture_are_one_line_with_counts(saved, tmp_pat
         hub.mismatch_message({"a": torch.zeros(1)}, {"b": torch.zeros(1)})
         == "1 missing (a); 1 unexpected (b)"
     )
+
+
+def test_the_card_of_a_run_over_several_stores_names_each_and_counts_their_chips(tmp_path):
+    from hyperkd.hub.card import _training_data, training_data_info
+
+    from .helpers.toy import toy_store
+
+    a = toy_store(tmp_path / "enmap-a", chips=3, size=16)
+    b = toy_store(tmp_path / "enmap-b", chips=5, size=16)
+    info = training_data_info({"data": {"store": [str(a.root), str(b.root)]}}, tmp_path)
+    assert info == {"store": [str(a.root), str(b.root)], "synthetic": False, "num_chips": 8, "chip_size": 16}
+    text = _training_data(info, "enmap")
+    assert "8 chips of 16×16 px" in text and "`enmap-a`, `enmap-b`" in text and "[" not in text
+    # one store, as before
+    one = training_data_info({"data": {"store": str(a.root)}}, tmp_path)
+    assert one is not None and one["num_chips"] == 3 and "`enmap-a`" in _training_data(one, "enmap")

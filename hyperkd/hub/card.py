@@ -147,9 +147,14 @@ def _training_data(data: Mapping[str, Any] | None, sensor_name: str) -> str:
             "These weights are a demonstration and test artefact: they have seen no real imagery and say "
             "nothing about real scenes."
         )
+    stores = data.get("store")
+    if isinstance(stores, list | tuple):
+        names = ", ".join(f"`{Path(str(s)).name}`" for s in stores)
+        where = f"the {len(stores)} chip stores {names} (one store per batch; the recipe's `data` section below names them)"
+        return f"Trained on {amount} of surface reflectance from {where}."
     return (
         f"Trained on {amount} of {sensor_name} surface reflectance from the chip store "
-        f"`{Path(str(data.get('store'))).name}` (the recipe's `data` section below names it)."
+        f"`{Path(str(stores)).name}` (the recipe's `data` section below names it)."
     )
 
 
@@ -277,28 +282,49 @@ def render_card(
 
 
 # -- provenance ---------------------------------------------------------------------------------
+def _manifest(root: Path | None) -> dict[str, Any]:
+    """A chip store's ``manifest.json`` (empty when there is none or it does not parse)."""
+    manifest = root / "manifest.json" if root is not None else None
+    if manifest is None or not manifest.is_file():
+        return {}
+    try:
+        return dict(json.loads(manifest.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 def training_data_info(recipe: Mapping[str, Any] | None, run_dir: Path | None) -> dict[str, Any] | None:
-    """What a run trained on: ``{"store", "synthetic", "num_chips", "chip_size", "description"}``."""
+    """What a run trained on: ``{"store", "synthetic", "num_chips", "chip_size", "description"}``;
+    over several stores (``data.store`` a list) ``store`` lists them, ``num_chips`` is their sum
+    and ``chip_size`` is kept only when they share it."""
     if not recipe or "data" not in recipe:
         return None
     data = recipe["data"]
-    store = str(data.get("store", "synthetic"))
-    info: dict[str, Any] = {"store": store, "synthetic": store == "synthetic"}
+    raw = data.get("store", "synthetic")
+    stores = [str(s) for s in raw] if isinstance(raw, list | tuple) else [str(raw)]
+    if len(stores) > 1:
+        found = [_manifest(Path(s)) for s in stores]
+        sizes = {m.get("chip_size") for m in found}
+        info: dict[str, Any] = {
+            "store": stores,
+            "synthetic": any(bool(m.get("synthetic")) for m in found),
+            "num_chips": sum(int(m.get("num_chips") or 0) for m in found) or None,
+            "chip_size": sizes.pop() if len(sizes) == 1 else None,
+        }
+        return info
+    store = stores[0]
+    info = {"store": store, "synthetic": store == "synthetic"}
     root: Path | None = None
     if store == "synthetic" and run_dir is not None:
-        found = sorted((run_dir / "data").glob("synthetic-*/manifest.json"))
-        root = found[0].parent if found else None
+        paths = sorted((run_dir / "data").glob("synthetic-*/manifest.json"))
+        root = paths[0].parent if paths else None
         info.update(
             {k: v for k, v in (data.get("synthetic") or {}).items() if k in ("chips", "size", "seed")}
         )
     elif store != "synthetic":
         root = Path(store)
-    manifest = root / "manifest.json" if root is not None else None
-    if manifest is not None and manifest.is_file():
-        try:
-            m = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            m = {}
+    m = _manifest(root)
+    if m:
         info["synthetic"] = bool(info["synthetic"] or m.get("synthetic"))
         info["num_chips"] = m.get("num_chips")
         info["chip_size"] = m.get("chip_size")
