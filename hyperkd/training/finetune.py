@@ -260,9 +260,13 @@ class FinetuneModule(L.LightningModule):
 
         return self.cache.fetch(keys, encode, image.device)[0]
 
-    def forward_batch(self, batch: Mapping[str, Any]) -> Tensor:
-        """Raw model outputs for a batch (cached encoder features + the batch's own spectra)."""
-        return self.model.head_forward(self._features(batch), batch["image"])
+    def forward_batch(self, batch: Mapping[str, Any], window: Window | None = None) -> Tensor:
+        """Raw model outputs for a batch (cached encoder features + the batch's own spectra); with
+        ``window`` ``(y0, y1, x0, x1)`` only that window's (the features stay the whole chip's)."""
+        image = batch["image"]
+        if window is not None:
+            image = image[..., window[0] : window[1], window[2] : window[3]]
+        return self.model.head_forward(self._features(batch), image, window)
 
     def criterion(self, output: Tensor, target: Tensor) -> Tensor:
         """The training loss (:data:`LOSSES` for segmentation; the task's MSE for regression)."""
@@ -316,10 +320,8 @@ class FinetuneModule(L.LightningModule):
             # the head reads the crop plus its margin; the encoder features are those of the
             # whole chip (cached), cut to the same window: inside the crop the outputs equal
             # the whole chip's, at a fraction of the pixels
-            (y0, y1, x0, x1), read = windows
-            ry0, ry1, rx0, rx1 = read
-            output = self.model.head_forward(self._features(batch), image[..., ry0:ry1, rx0:rx1], read)
-            output = output[..., y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+            (y0, y1, x0, x1), (ry0, _, rx0, _) = windows
+            output = self.forward_batch(batch, windows[1])[..., y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
             target = target[..., y0:y1, x0:x1]
         loss = self.criterion(output, target)
         self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
